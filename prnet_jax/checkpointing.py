@@ -1,0 +1,79 @@
+"""Orbax checkpoints of model variables, shared by training, evaluation, prediction and export.
+
+Layout: a `CheckpointManager` directory with one folder per step; each step holds the items
+
+* ``variables``: ``{'params': ..., 'batch_stats': ...}`` (float32 arrays);
+* ``model_config``: JSON of `ModelConfig` (so a checkpoint is self-describing);
+* further items the trainer adds (optimizer state, data iterator, ...).
+
+`load_variables` restores only the first two, so converted official weights and our training
+checkpoints load the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from prnet_jax.model import ModelConfig
+
+VARIABLES = 'variables'
+MODEL_CONFIG = 'model_config'
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint is missing or unreadable; the message names the path."""
+
+
+def save_variables(directory: str, variables: Mapping[str, Any], model_config: ModelConfig,
+                   step: int = 0) -> str:
+  """Writes `variables` and `model_config` as step `step` under `directory`; returns its path."""
+  directory = os.path.abspath(directory)
+  tree = {k: jax.tree_util.tree_map(np.asarray, dict(v)) for k, v in variables.items()}
+  with ocp.CheckpointManager(directory) as mngr:
+    mngr.save(step, args=ocp.args.Composite(**{
+        VARIABLES: ocp.args.StandardSave(tree),
+        MODEL_CONFIG: ocp.args.JsonSave(model_config.to_dict())}), force=True)
+    mngr.wait_until_finished()
+  return os.path.join(directory, str(step))
+
+
+def load_variables(directory: str, step: Optional[int] = None
+                   ) -> tuple[dict[str, Any], ModelConfig, int]:
+  """Restores (variables as NumPy arrays, model config, step) from a checkpoint directory.
+
+  `directory` is a CheckpointManager folder (the newest step is used unless `step` is given).
+  """
+  directory = os.path.abspath(directory)
+  if not os.path.isdir(directory):
+    raise CheckpointError(f'{directory}: checkpoint directory does not exist')
+  with ocp.CheckpointManager(directory) as mngr:
+    steps = mngr.all_steps()
+    if not steps:
+      raise CheckpointError(f'{directory}: no checkpoint steps found (expected numbered step '
+                            f'folders written by prnet_jax)')
+    step = max(steps) if step is None else step
+    if step not in steps:
+      raise CheckpointError(f'{directory}: no step {step}; available: {sorted(steps)}')
+    try:
+      meta = mngr.restore(step, args=ocp.args.Composite(**{
+          MODEL_CONFIG: ocp.args.JsonRestore()}))
+      # Restore onto the host as NumPy: callers place arrays on their own mesh.
+      item_meta = mngr.item_metadata(step)[VARIABLES]
+      target = jax.tree_util.tree_map(
+          lambda m: np.zeros(m.shape, m.dtype), _metadata_tree(item_meta))
+      restored = mngr.restore(step, args=ocp.args.Composite(**{
+          VARIABLES: ocp.args.StandardRestore(target)}))
+    except Exception as e:  # Orbax raises many types; name the checkpoint in one message.
+      raise CheckpointError(f'{directory}/{step}: cannot restore model variables ({e})') from e
+  variables = jax.tree_util.tree_map(np.asarray, dict(restored[VARIABLES]))
+  return variables, ModelConfig.from_mapping(meta[MODEL_CONFIG]), step
+
+
+def _metadata_tree(item_meta: Any) -> Any:
+  tree = getattr(item_meta, 'tree', item_meta)
+  return jax.tree_util.tree_map(lambda m: m, tree)

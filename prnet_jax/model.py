@@ -1,0 +1,243 @@
+"""The PRNet encoder-decoder ("resfcn256") in Flax Linen.
+
+A faithful port of the official TF1 network (``predictor.py`` of YadiraF/PRNet):
+
+* encoder: conv 4x4/1 -> 16 ch, then 10 residual blocks down to 8x8x512;
+* decoder: 17 transposed convs 4x4, the last one BN + sigmoid;
+* no biases anywhere, BatchNorm(scale=True, eps=1e-3, decay=0.999), TF 'SAME' padding
+  (Flax's 'SAME' is TF's: stride-1 4x4 pads 1 before / 2 after, stride-2 pads 1 / 1);
+* transposed convs are the gradient of a conv (``transpose_kernel=True``) with the kernel
+  stored as TF does, ``[kh, kw, out, in]``, so official weights load without flips.
+
+The network maps images ``(B, R, R, 3)`` in ``[0, 1]`` to UV position maps ``(B, R, R, 3)`` in
+input pixels: ``sigmoid(...) * max_pos`` with ``max_pos = 1.1 * R`` (281.6 for R = 256).
+
+Run ``python -m prnet_jax.model`` for a per-layer table of the default model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+# (channel multiplier of `width`, stride) of the 10 residual blocks and 17 transposed convs.
+ENCODER_BLOCKS: tuple[tuple[int, int], ...] = (
+    (2, 2), (2, 1), (4, 2), (4, 1), (8, 2), (8, 1), (16, 2), (16, 1), (32, 2), (32, 1))
+DECODER_LAYERS: tuple[tuple[int, int], ...] = (
+    (32, 1), (16, 2), (16, 1), (16, 1), (8, 2), (8, 1), (8, 1), (4, 2), (4, 1), (4, 1),
+    (2, 2), (2, 1), (1, 2), (1, 1))
+# The last three decoder layers have 3 output channels regardless of width.
+NUM_OUTPUT_LAYERS = 3
+KERNEL_SIZE = 4
+BN_MOMENTUM = 0.999   # TF's batch_norm `decay`.
+BN_EPSILON = 1e-3
+MAX_POS_FACTOR = 1.1  # Output scale: MaxPos = 1.1 * resolution.
+DOWNSAMPLING = 2 ** sum(1 for _, s in ENCODER_BLOCKS if s == 2)
+
+# TF contrib layers initialise weights with Glorot uniform.
+default_kernel_init = nn.initializers.xavier_uniform()
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Hyper-parameters that change the network's function or shapes.
+
+  Attributes:
+    resolution: input and output side in pixels; a multiple of 32 (five stride-2 stages).
+    width: channels of the first conv ("size" in the official code); 16 is PRNet.
+    dtype: compute dtype name ('float32' or 'bfloat16'); params and BN statistics stay float32.
+  """
+  resolution: int = 256
+  width: int = 16
+  dtype: str = 'float32'
+
+  @property
+  def max_pos(self) -> float:
+    return MAX_POS_FACTOR * self.resolution
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_mapping(cls, m: Mapping[str, Any]) -> 'ModelConfig':
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(m) - known
+    if unknown:
+      raise ValueError(f'Unknown model config fields {sorted(unknown)}; known: {sorted(known)}')
+    return cls(**dict(m))
+
+
+def _dtype(name: str) -> Any:
+  try:
+    return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}[name]
+  except KeyError:
+    raise ValueError(f"dtype must be 'float32', 'bfloat16' or 'float16', got {name!r}") from None
+
+
+class ConvBN(nn.Module):
+  """Conv (or transposed conv) without bias, then optional BatchNorm and activation."""
+  features: int
+  kernel_size: int = KERNEL_SIZE
+  strides: int = 1
+  transpose: bool = False
+  use_bn: bool = True
+  activation: Optional[Callable[[jax.Array], jax.Array]] = nn.relu
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    k, s = (self.kernel_size,) * 2, (self.strides,) * 2
+    if self.transpose:
+      x = nn.ConvTranspose(self.features, k, s, padding='SAME', use_bias=False,
+                           transpose_kernel=True, kernel_init=default_kernel_init,
+                           dtype=self.dtype, name='conv')(x)
+    else:
+      x = nn.Conv(self.features, k, s, padding='SAME', use_bias=False,
+                  kernel_init=default_kernel_init, dtype=self.dtype, name='conv')(x)
+    if self.use_bn:
+      x = batch_norm(train, self.dtype, name='bn')(x)
+    if self.activation is not None:
+      x = self.activation(x)
+    return x
+
+
+def batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
+  # Statistics are reduced in float32 even for bf16 compute; under jit with a data-sharded
+  # batch the mean is over the global batch (XLA inserts the cross-device reduction).
+  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                      dtype=dtype, name=name)
+
+
+class ResBlock(nn.Module):
+  """Bottleneck residual block: out = relu(bn(conv1x1(conv4x4(conv1x1(x))) + shortcut(x)))."""
+  features: int
+  strides: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    shortcut = x
+    if self.strides != 1 or x.shape[-1] != self.features:
+      shortcut = ConvBN(self.features, 1, self.strides, use_bn=False, activation=None,
+                        dtype=self.dtype, name='shortcut')(x, train)
+    half = self.features // 2
+    y = ConvBN(half, 1, 1, dtype=self.dtype, name='conv1')(x, train)
+    y = ConvBN(half, KERNEL_SIZE, self.strides, dtype=self.dtype, name='conv2')(y, train)
+    y = ConvBN(self.features, 1, 1, use_bn=False, activation=None, dtype=self.dtype,
+               name='conv3')(y, train)
+    y = batch_norm(train, self.dtype, name='bn')(y + shortcut)
+    return nn.relu(y)
+
+
+class PRNet(nn.Module):
+  """Images (B, R, R, 3) in [0, 1] -> position maps (B, R, R, 3) in input pixels (float32)."""
+  resolution: int = 256
+  width: int = 16
+  dtype: Any = jnp.float32
+
+  @classmethod
+  def from_config(cls, config: ModelConfig | Mapping[str, Any]) -> 'PRNet':
+    if not isinstance(config, ModelConfig):
+      config = ModelConfig.from_mapping(config)
+    return cls(resolution=config.resolution, width=config.width, dtype=_dtype(config.dtype))
+
+  @property
+  def max_pos(self) -> float:
+    return MAX_POS_FACTOR * self.resolution
+
+  def setup_check(self, images: jax.Array) -> None:
+    if self.resolution % DOWNSAMPLING:
+      raise ValueError(f'resolution must be a multiple of {DOWNSAMPLING}, got {self.resolution}')
+    if self.width < 1:
+      raise ValueError(f'width must be positive, got {self.width}')
+    expected = (self.resolution, self.resolution, 3)
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+      raise ValueError(f'PRNet expects images of shape (batch, {expected[0]}, {expected[1]}, 3), '
+                       f'got {tuple(images.shape)}')
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    self.setup_check(images)
+    w, dt = self.width, self.dtype
+    x = images.astype(dt)
+    x = ConvBN(w, dtype=dt, name='conv0')(x, train)
+    for i, (mult, stride) in enumerate(ENCODER_BLOCKS):
+      x = ResBlock(w * mult, stride, dtype=dt, name=f'res{i}')(x, train)
+    layers = [(w * m, s) for m, s in DECODER_LAYERS] + [(3, 1)] * NUM_OUTPUT_LAYERS
+    for i, (features, stride) in enumerate(layers):
+      last = i == len(layers) - 1
+      x = ConvBN(features, strides=stride, transpose=True,
+                 activation=nn.sigmoid if last else nn.relu, dtype=dt,
+                 name=f'deconv{i}')(x, train)
+    return x.astype(jnp.float32) * self.max_pos
+
+
+def init_variables(model: PRNet, rng: jax.Array, batch_size: int = 1) -> dict[str, Any]:
+  """{'params': ..., 'batch_stats': ...} for `model` (float32)."""
+  shape = (batch_size, model.resolution, model.resolution, 3)
+  return dict(model.init(rng, jnp.zeros(shape, jnp.float32), train=False))
+
+
+def count_params(tree: Any) -> int:
+  return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree))
+
+
+def layer_table(model: PRNet, batch_size: int = 1) -> tuple[list[tuple[str, tuple[int, ...],
+                                                                         int, int]], int, int]:
+  """Rows (name, output shape, trainable params, batch statistics) per top-level layer.
+
+  Computed abstractly (``jax.eval_shape``): no FLOPs are spent.
+  """
+  images = jax.ShapeDtypeStruct((batch_size, model.resolution, model.resolution, 3), jnp.float32)
+
+  def run(rng, x):
+    variables = model.init(rng, x, train=False)
+    _, state = model.apply(variables, x, train=False, capture_intermediates=True,
+                           mutable=['intermediates'])
+    return variables, state['intermediates']
+
+  variables, inter = jax.eval_shape(run, jax.random.key(0), images)
+  rows = []
+  for name in sorted(variables['params'], key=_layer_order):
+    params = variables['params'][name]
+    stats = variables.get('batch_stats', {}).get(name, {})
+    rows.append((name, tuple(inter[name]['__call__'][0].shape), count_params(params),
+                 count_params(stats)))
+  return rows, count_params(variables['params']), count_params(variables.get('batch_stats', {}))
+
+
+def _layer_order(name: str) -> tuple[int, int]:
+  prefix, index = re.fullmatch(r'([a-z]+)(\d+)', name).groups()
+  return ({'conv': 0, 'res': 1, 'deconv': 2}[prefix], int(index))
+
+
+def format_layer_table(model: PRNet, batch_size: int = 1) -> str:
+  rows, n_params, n_stats = layer_table(model, batch_size)
+  header = f"{'layer':<10} {'output shape':<22} {'params':>12} {'batch stats':>12}"
+  lines = [header, '-' * len(header)]
+  for name, shape, p, s in rows:
+    lines.append(f'{name:<10} {str(shape):<22} {p:>12,} {s:>12,}')
+  lines.append('-' * len(header))
+  lines.append(f'trainable parameters: {n_params}, batch statistics: {n_stats}')
+  return '\n'.join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  import argparse
+  parser = argparse.ArgumentParser(description='Per-layer table of the PRNet network.')
+  parser.add_argument('--resolution', type=int, default=ModelConfig.resolution)
+  parser.add_argument('--width', type=int, default=ModelConfig.width)
+  parser.add_argument('--dtype', default=ModelConfig.dtype)
+  args = parser.parse_args(argv)
+  model = PRNet.from_config(ModelConfig(args.resolution, args.width, args.dtype))
+  print(format_layer_table(model))
+
+
+if __name__ == '__main__':
+  main()

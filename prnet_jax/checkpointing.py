@@ -60,20 +60,14 @@ def load_variables(directory: str, step: Optional[int] = None
     if step not in steps:
       raise CheckpointError(f'{directory}: no step {step}; available: {sorted(steps)}')
     try:
-      meta = mngr.restore(step, args=ocp.args.Composite(**{
-          MODEL_CONFIG: ocp.args.JsonRestore()}))
       # Restore onto the host as NumPy: callers place arrays on their own mesh.
       item_meta = mngr.item_metadata(step)[VARIABLES]
       target = jax.tree_util.tree_map(
-          lambda m: np.zeros(m.shape, m.dtype), _metadata_tree(item_meta))
+          lambda m: np.zeros(m.shape, m.dtype), getattr(item_meta, 'tree', item_meta))
       restored = mngr.restore(step, args=ocp.args.Composite(**{
-          VARIABLES: ocp.args.StandardRestore(target)}))
+          VARIABLES: ocp.args.StandardRestore(target),
+          MODEL_CONFIG: ocp.args.JsonRestore()}))
     except Exception as e:  # Orbax raises many types; name the checkpoint in one message.
       raise CheckpointError(f'{directory}/{step}: cannot restore model variables ({e})') from e
   variables = jax.tree_util.tree_map(np.asarray, dict(restored[VARIABLES]))
-  return variables, ModelConfig.from_mapping(meta[MODEL_CONFIG]), step
-
-
-def _metadata_tree(item_meta: Any) -> Any:
-  tree = getattr(item_meta, 'tree', item_meta)
-  return jax.tree_util.tree_map(lambda m: m, tree)
+  return variables, ModelConfig.from_mapping(restored[MODEL_CONFIG]), step

@@ -1,0 +1,52 @@
+"""Compile time and forward (inference) time of the PRNet network.
+
+  python benchmarks/model_forward.py                          # full model, batch 1, CPU
+  python benchmarks/model_forward.py --batch_sizes=1,16 --output=benchmarks/results/forward.json
+
+Compile is measured from a fresh `jax.jit` (lower + compile, no persistent cache); forward is the
+median of `--repeats` calls after one warm-up call.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import median, report, time_calls  # noqa: E402
+from prnet_jax.model import ModelConfig, PRNet, init_variables  # noqa: E402
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--resolution', type=int, default=256)
+  p.add_argument('--width', type=int, default=16)
+  p.add_argument('--dtype', default='float32')
+  p.add_argument('--batch_sizes', default='1')
+  p.add_argument('--repeats', type=int, default=10)
+  p.add_argument('--output', default='benchmarks/results/model_forward.json')
+  a = p.parse_args()
+  cfg = ModelConfig(a.resolution, a.width, a.dtype)
+  model = PRNet.from_config(cfg)
+  variables = jax.jit(lambda k: init_variables(model, k))(jax.random.key(0))
+  rows = []
+  for bs in [int(b) for b in a.batch_sizes.split(',')]:
+    x = jax.random.uniform(jax.random.key(1), (bs, a.resolution, a.resolution, 3))
+    fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    t = time.perf_counter()
+    compiled = fwd.lower(variables, x).compile()
+    compile_s = time.perf_counter() - t
+    compiled(variables, x).block_until_ready()  # warm-up
+    times = time_calls(lambda: compiled(variables, x).block_until_ready(), a.repeats)
+    flops = (compiled.cost_analysis() or {}).get('flops', float('nan'))
+    rows.append({'resolution': a.resolution, 'width': a.width, 'dtype': a.dtype, 'batch': bs,
+                 'compile_s': compile_s, 'forward_ms': 1e3 * median(times),
+                 'images_per_s': bs / median(times), 'gflop_per_image': flops / bs / 1e9})
+  report('model_forward', rows, list(rows[0]), a.output)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,53 @@
+"""Checkpoints of model variables: exact round trip, newest step, clear errors."""
+
+import jax
+import numpy as np
+import pytest
+
+from prnet_jax import checkpointing
+from prnet_jax.model import ModelConfig
+
+
+def fake_variables(seed):
+  rng = np.random.RandomState(seed)
+  return {'params': {'conv0': {'conv': {'kernel': rng.randn(4, 4, 3, 8).astype(np.float32)}}},
+          'batch_stats': {'conv0': {'bn': {'mean': rng.randn(8).astype(np.float32),
+                                           'var': rng.rand(8).astype(np.float32)}}}}
+
+
+def test_round_trip_and_newest_step(tmp_path):
+  cfg = ModelConfig(64, 4, 'bfloat16')
+  checkpointing.save_variables(str(tmp_path), fake_variables(0), cfg, step=3)
+  checkpointing.save_variables(str(tmp_path), fake_variables(1), cfg, step=7)
+  variables, config, step = checkpointing.load_variables(str(tmp_path))
+  assert (config, step) == (cfg, 7)
+  expected = fake_variables(1)
+  assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(expected)
+  for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(expected)):
+    assert isinstance(a, np.ndarray)
+    np.testing.assert_array_equal(a, b)
+  old, _, step = checkpointing.load_variables(str(tmp_path), step=3)
+  assert step == 3
+  np.testing.assert_array_equal(old['params']['conv0']['conv']['kernel'],
+                                fake_variables(0)['params']['conv0']['conv']['kernel'])
+
+
+def test_errors_name_the_path(tmp_path):
+  with pytest.raises(checkpointing.CheckpointError, match=f'{tmp_path}/nope: checkpoint directory'
+                                                         ' does not exist'):
+    checkpointing.load_variables(str(tmp_path / 'nope'))
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(checkpointing.CheckpointError, match='empty: no checkpoint steps found'):
+    checkpointing.load_variables(str(tmp_path / 'empty'))
+  checkpointing.save_variables(str(tmp_path / 'c'), fake_variables(0), ModelConfig(), step=1)
+  with pytest.raises(checkpointing.CheckpointError, match=r'no step 5; available: \[1\]'):
+    checkpointing.load_variables(str(tmp_path / 'c'), step=5)
+
+
+def test_damaged_checkpoint_is_reported_with_its_path(tmp_path):
+  import shutil
+  checkpointing.save_variables(str(tmp_path), fake_variables(0), ModelConfig(), step=2)
+  shutil.rmtree(tmp_path / '2' / 'variables')
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=f'{tmp_path}/2: cannot restore model variables'):
+    checkpointing.load_variables(str(tmp_path))

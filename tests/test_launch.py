@@ -1,0 +1,50 @@
+"""The entry point and configs as a user runs them (subprocess, repository root)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_launch(*args):
+  return subprocess.run([sys.executable, 'launch.py', *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+
+
+def test_summary_of_default_config_prints_official_counts():
+  r = run_launch('--config=configs/prnet.py', '--mode=summary')
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.rstrip().endswith('trainable parameters: 13353618, batch statistics: 11890')
+  assert 'Unable to initialize backend' not in r.stderr
+
+
+def test_config_override_reaches_the_model():
+  r = run_launch('--config=configs/prnet.py:small', '--mode=summary', '--config.model.width=8')
+  assert r.returncode == 0, r.stderr
+  assert 'config variant: small' in r.stdout
+  assert '(1, 64, 64, 3)' in r.stdout and 'res0       (1, 32, 32, 16)' in r.stdout
+
+
+def test_unknown_variant_is_rejected_with_the_choices():
+  r = run_launch('--config=configs/prnet.py:huge', '--mode=summary')
+  assert r.returncode != 0
+  assert "Unknown config variant 'huge'" in r.stderr
+
+
+@pytest.mark.parametrize('variant,dataset,resolution', [
+    ('', 'prnet_300wlp', 256), ('synthetic', 'synthetic_faces', 256),
+    ('small', 'synthetic_faces', 64)])
+def test_config_variants(variant, dataset, resolution):
+  sys.path.insert(0, os.path.join(ROOT, 'configs'))
+  try:
+    import prnet as config_module
+  finally:
+    sys.path.pop(0)
+  c = config_module.get_config(variant)
+  assert (c.dataset, c.model.resolution) == (dataset, resolution)
+  if variant == '':  # the paper's recipe
+    assert (c.batch_size, c.learning_rate, c.lr_decay_every_epochs, c.lr_decay_factor,
+            c.weight_decay, c.model.width) == (16, 1e-4, 5, 0.5, 2e-4, 16)

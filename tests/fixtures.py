@@ -1,0 +1,40 @@
+"""Small files in the real formats, written for tests (no real data needed)."""
+
+import os
+
+import numpy as np
+from scipy import io as sio
+
+from prnet_jax.procedural_face import procedural_face_model
+
+
+def write_bfm_fixture(directory, nu=41, nv=46):
+  """Writes face3d-schema `BFM.mat` and `BFM_UV.mat` of a coarse procedural face.
+
+  Real schema: struct `model` with column vectors (3V x 1), PCs (3V x K), EVs (K x 1),
+  MATLAB 1-based `tri` (3 x T), `tri_mouth` (3 x M) and `kpt_ind` (1 x 68); `UV` (V x 2).
+  Returns (source model, paths)."""
+  src = procedural_face_model(nu, nv)
+  v = src.num_vertices
+  exp_mu = np.random.RandomState(0).normal(0, 0.5, (3 * v, 1))
+  tri = src.triangles
+  mouth = tri[:2]  # stands in for tri_mouth (appended after `tri` by the loader)
+  model = {
+      'shapeMU': src.mean.reshape(-1, 1).astype(np.float64) - exp_mu,
+      'shapePC': src.shape_basis.astype(np.float64),
+      'shapeEV': src.shape_ev.reshape(-1, 1).astype(np.float64),
+      'expMU': exp_mu,
+      'expPC': src.exp_basis.astype(np.float64),
+      'expEV': src.exp_ev.reshape(-1, 1).astype(np.float64),
+      'texMU': (src.albedo.reshape(-1, 1) * 255).astype(np.float64),
+      'texPC': np.zeros((3 * v, 2)), 'texEV': np.ones((2, 1)),
+      'tri': (tri[2:].T + 1).astype(np.float64),
+      'tri_mouth': (mouth.T + 1).astype(np.float64),
+      'kpt_ind': (src.landmarks[None] + 1).astype(np.float64),
+  }
+  os.makedirs(directory, exist_ok=True)
+  bfm = os.path.join(directory, 'BFM.mat')
+  uv = os.path.join(directory, 'BFM_UV.mat')
+  sio.savemat(bfm, {'model': model})
+  sio.savemat(uv, {'UV': src.uv.astype(np.float64)})
+  return src, bfm, uv

@@ -9,9 +9,10 @@ Conventions (those of face3d, the authors' data tool):
 * depth: a **larger z is nearer** the viewer; among equally near triangles the higher index wins.
 
 The rasteriser is a pure, jittable, vmappable function of arrays. Every triangle tests the pixel
-centres of a fixed ``bbox x bbox`` window anchored at the top-left of its bounding box, so
-``bbox`` (static) must cover the largest triangle; `required_bbox` computes it on the host and
-the convenience wrappers do so when it is not given. Coverage, the z-buffer and the owner of each
+centres of a fixed window anchored at the top-left of its bounding box; the window sides are
+static: one side for all (`required_bbox`) or, cheaper, a big window for the few largest
+triangles and a small one for the rest (`plan_windows`, computed on the host; the convenience
+wrappers do so when no plan is given). Coverage, the z-buffer and the owner of each
 pixel come from three scatters (max-depth, then max-index among the nearest), and barycentrics
 are recomputed per pixel for its owner, so the result does not depend on scatter order.
 
@@ -67,19 +68,82 @@ def _barycentric(p, a, b, c):
   return jnp.where(ok[..., None], w, -1.0), d
 
 
-def required_bbox(vertices: np.ndarray, triangles: np.ndarray) -> int:
-  """Smallest static window side that covers every triangle's pixel centres (host, NumPy).
+class Windows(NamedTuple):
+  """Static pixel windows: the `num_big` largest triangles test `big` x `big` pixel centres,
+  all others `small` x `small` (see `plan_windows`)."""
+  small: int
+  big: int = 0
+  num_big: int = 0
 
-  vertices: (..., V, 2+) pixel coordinates (batched allowed); triangles: (T, 3)."""
-  v = np.asarray(vertices, np.float64)[..., np.asarray(triangles), :2]  # (..., T, 3, 2)
-  lo, hi = np.ceil(v.min(-2)), np.floor(v.max(-2))
-  ext = (hi - lo).max() if v.size else 0
-  return int(max(ext, 0)) + 1
+
+WINDOW_SIDES = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)
+NUM_BIG = (0, 64, 256, 1024, 4096, 16384)
+
+
+def _needed(xy):
+  """Window side each triangle needs: pixel centres from ceil(min) to floor(max), inclusive."""
+  return (jnp.floor(xy.max(-2)) - jnp.ceil(xy.min(-2))).max(-1) + 1
+
+
+def triangle_windows(vertices, triangles) -> np.ndarray:
+  """(..., T) int window side each triangle needs (host, same float32 arithmetic as the jit)."""
+  xy = np.asarray(vertices, np.float32)[..., np.asarray(triangles), :2]
+  need = (np.floor(xy.max(-2)) - np.ceil(xy.min(-2))).max(-1) + 1
+  return np.maximum(need, 1).astype(np.int64)
+
+
+def required_bbox(vertices, triangles) -> int:
+  """Smallest single window side that covers every triangle (host). vertices: (..., V, 2+)."""
+  need = triangle_windows(vertices, triangles)
+  return int(need.max()) if need.size else 1
+
+
+def plan_windows(vertices, triangles) -> Windows:
+  """The cheapest two-tier `Windows` (from fixed buckets, so few compilations) covering every
+  triangle of `vertices` (..., V, 2+); batched vertices get one plan valid for every item."""
+  need = triangle_windows(vertices, triangles).reshape(-1, len(triangles))
+  ranked = -np.sort(-need, axis=1)  # descending per item
+  num_tri = ranked.shape[1]
+  big = next(k for k in WINDOW_SIDES if k >= ranked[:, 0].max()) if num_tri else 1
+  best = None
+  for nb in NUM_BIG:
+    if nb >= num_tri:
+      break
+    rest = ranked[:, nb].max()
+    small = next(k for k in WINDOW_SIDES if k >= rest)
+    cost = (num_tri - nb) * small ** 2 + nb * big ** 2
+    if best is None or cost < best[0]:
+      best = (cost, Windows(small, big if nb else 0, nb))
+  return best[1] if best else Windows(1)
+
+
+def _candidates(xy, z, tids, k, height, width):
+  """Pixel-centre candidates of triangles xy (n, 3, 2) in k x k windows.
+
+  Returns flat pixel index (n*k*k,; out-of-image -> H*W), depth (-inf where not covered),
+  triangle index."""
+  n = xy.shape[0]
+  lo = jnp.ceil(xy.min(1))  # (n, 2) first pixel centre of the bounding box
+  hi = jnp.floor(xy.max(1))
+  off = jnp.arange(k, dtype=jnp.float32)
+  px, py = jnp.broadcast_arrays(lo[:, None, None, 0] + off[None, None, :],
+                                lo[:, None, None, 1] + off[None, :, None])  # (n, k, k)
+  p = jnp.stack([px, py], -1).reshape(n, k * k, 2)
+  w, _ = _barycentric(p, xy[:, None, 0], xy[:, None, 1], xy[:, None, 2])  # (n, k*k, 3)
+  valid = (jnp.all(w >= -_EDGE_EPS, -1)
+           & (p[..., 0] <= hi[:, None, 0]) & (p[..., 1] <= hi[:, None, 1])
+           & (p[..., 0] >= 0) & (p[..., 0] <= width - 1)
+           & (p[..., 1] >= 0) & (p[..., 1] <= height - 1))
+  flat = jnp.where(valid, p[..., 1].astype(jnp.int32) * width + p[..., 0].astype(jnp.int32),
+                   height * width)  # out-of-range index: dropped by the scatters
+  zq = jnp.where(valid, jnp.einsum('tkv,tv->tk', w, z), -jnp.inf)
+  return (flat.reshape(-1), zq.reshape(-1),
+          jnp.broadcast_to(tids[:, None], valid.shape).reshape(-1))
 
 
 @functools.partial(jax.jit, static_argnames=('height', 'width', 'bbox'))
 def rasterize(vertices: jax.Array, triangles: jax.Array, height: int, width: int,
-              bbox: int) -> Raster:
+              bbox: int | Windows) -> Raster:
   """Rasterises a triangle mesh with a z-buffer.
 
   Args:
@@ -87,38 +151,29 @@ def rasterize(vertices: jax.Array, triangles: jax.Array, height: int, width: int
       Pass z = 0 for a flat layout (UV space).
     triangles: (T, 3) int vertex indices.
     height, width: output size.
-    bbox: static side of the per-triangle pixel window (see `required_bbox`).
+    bbox: static window side for every triangle (`required_bbox`), or a two-tier `Windows`
+      (`plan_windows`), which is much cheaper when a few triangles are large.
 
   Returns:
     Raster with (H, W) fields.
   """
+  windows = bbox if isinstance(bbox, Windows) else Windows(int(bbox))
   vertices = jnp.asarray(vertices, jnp.float32)
   triangles = jnp.asarray(triangles, jnp.int32)
   num_tri = triangles.shape[0]
   tri = vertices[triangles]  # (T, 3, 3)
-  xy = tri[..., :2]
-  lo = jnp.ceil(xy.min(1))  # (T, 2) first pixel centre of the bounding box
-  hi = jnp.floor(xy.max(1))
-  off = jnp.arange(bbox, dtype=jnp.float32)
-  px = lo[:, None, None, 0] + off[None, None, :]  # (T, 1, K)
-  py = lo[:, None, None, 1] + off[None, :, None]  # (T, K, 1)
-  px, py = jnp.broadcast_arrays(px, py)  # (T, K, K)
-  p = jnp.stack([px, py], -1).reshape(num_tri, bbox * bbox, 2)
-  a, b, c = (xy[:, None, i] for i in range(3))
-  w, _ = _barycentric(p, a, b, c)  # (T, K*K, 3)
-  inside = jnp.all(w >= -_EDGE_EPS, -1)
-  in_box = (p[..., 0] <= hi[:, None, 0]) & (p[..., 1] <= hi[:, None, 1])
-  in_img = (p[..., 0] >= 0) & (p[..., 0] <= width - 1) & (p[..., 1] >= 0) & (
-      p[..., 1] <= height - 1)
-  valid = inside & in_box & in_img
-  z = jnp.einsum('tkv,tv->tk', w, tri[..., 2])
+  xy, z = tri[..., :2], tri[..., 2]
+  tids = jnp.arange(num_tri, dtype=jnp.int32)
+  if windows.num_big:
+    order = jnp.argsort(-_needed(xy))  # the largest triangles get the big window
+    groups = [(order[:windows.num_big], windows.big), (order[windows.num_big:], windows.small)]
+  else:
+    groups = [(tids, windows.small)]
+  parts = [_candidates(xy[ids], z[ids], ids, k, height, width) for ids, k in groups]
+  flat, zq, tid = (jnp.concatenate(x) for x in zip(*parts))
   n_pix = height * width
-  flat = jnp.where(valid, p[..., 1].astype(jnp.int32) * width + p[..., 0].astype(jnp.int32),
-                   n_pix)  # out-of-range index: dropped by the scatters
-  zq = jnp.where(valid, z, -jnp.inf)
   zbuf = jnp.full((n_pix,), -jnp.inf, jnp.float32).at[flat].max(zq, mode='drop')
-  tid = jnp.broadcast_to(jnp.arange(num_tri, dtype=jnp.int32)[:, None], valid.shape)
-  nearest = valid & (zq >= zbuf.at[flat].get(mode='fill', fill_value=jnp.inf))
+  nearest = (zq > -jnp.inf) & (zq >= zbuf.at[flat].get(mode='fill', fill_value=jnp.inf))
   owner = jnp.full((n_pix,), -1, jnp.int32).at[flat].max(jnp.where(nearest, tid, -1),
                                                          mode='drop')
   owner = owner.reshape(height, width)
@@ -142,13 +197,13 @@ def interpolate(raster: Raster, triangles: jax.Array, attributes: jax.Array,
 
 
 def render(vertices, triangles, attributes, height: int, width: int,
-           bbox: Optional[int] = None, background: float = 0.0):
+           bbox: Optional[int | Windows] = None, background: float = 0.0):
   """Renders per-vertex attributes into an image with a z-buffer.
 
   Returns (image (H, W, C), raster). Computes `bbox` on the host when not given (so then the
   call cannot be traced; pass `bbox` under jit/vmap)."""
   if bbox is None:
-    bbox = required_bbox(np.asarray(vertices), np.asarray(triangles))
+    bbox = plan_windows(np.asarray(vertices), np.asarray(triangles))
   raster = rasterize(vertices, triangles, height, width, bbox)
   return interpolate(raster, triangles, attributes, background), raster
 
@@ -181,8 +236,7 @@ class UVRenderer:
     """uv_pixels: (V, 2) UV positions in pixels (x = column, y = row), triangles (T, 3)."""
     uv = np.concatenate([np.asarray(uv_pixels, np.float32)[:, :2],
                          np.zeros((len(uv_pixels), 1), np.float32)], 1)
-    raster = rasterize(uv, triangles, resolution, resolution,
-                       required_bbox(uv, triangles))
+    raster = rasterize(uv, triangles, resolution, resolution, plan_windows(uv, triangles))
     ids = jnp.asarray(triangles, jnp.int32)[jnp.maximum(raster.triangle, 0)]
     return cls(vertex_ids=ids, weights=raster.bary)
 

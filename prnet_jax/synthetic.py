@@ -29,10 +29,6 @@ from prnet_jax import face_model as fm
 from prnet_jax import geometry
 from prnet_jax import render
 
-# Static pixel windows for the rasteriser, chosen per sample as the smallest that fits.
-BBOX_BUCKETS = (4, 8, 16, 32, 64)
-
-
 @dataclasses.dataclass(frozen=True)
 class Sample:
   """One synthetic face. Shapes for image size S and UV resolution R."""
@@ -40,11 +36,13 @@ class Sample:
   position_map: np.ndarray   # (R, R, 3) float32, crop pixels (x, y, z), 0 outside the mesh
   landmarks: np.ndarray      # (68, 3) float32 crop-frame 3D landmarks
   pose: np.ndarray           # (7,) Pose_Para of the original frame: pitch, yaw, roll, t, s
+  crop_transform: np.ndarray  # (3, 3) original frame -> crop similarity
   shape_para: np.ndarray     # (Ks,)
   exp_para: np.ndarray       # (Ke,)
   seed: int
 
 
+@jax.jit
 def vertex_normals(vertices: jax.Array, triangles: jax.Array) -> jax.Array:
   """(V, 3) area-weighted unit vertex normals of a mesh."""
   tri = vertices[triangles]
@@ -57,13 +55,18 @@ def vertex_normals(vertices: jax.Array, triangles: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=('size', 'bbox'))
 def shade_and_render(positions, normals, albedo, light_dir, ambient, diffuse, background,
-                     triangles, size: int, bbox: int):
+                     triangles, size: int, bbox: render.Windows):
   """Lambertian shading per vertex, rasterised over `background` (S, S, 3) in [0, 1]."""
   lambert = jnp.clip(normals @ light_dir, 0.0, 1.0)[:, None]
   colour = jnp.clip(albedo * (ambient + diffuse * lambert), 0.0, 1.0)
   raster = render.rasterize(positions, triangles, size, size, bbox)
   image = render.interpolate(raster, triangles, colour)
   return jnp.where(raster.mask[..., None], image, background)
+
+
+@jax.jit
+def _render_uv(renderer: render.UVRenderer, values: jax.Array) -> jax.Array:
+  return renderer(values)
 
 
 def clutter_background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -146,19 +149,17 @@ class SyntheticWorld:
     light = np.array([rng.uniform(-0.8, 0.8), rng.uniform(-0.8, 0.3), 1.0])
     light /= np.linalg.norm(light)
     background = clutter_background(rng, self.image_size)
-    bbox = next((b for b in BBOX_BUCKETS
-                 if b >= render.required_bbox(positions, m.triangles)), None)
-    if bbox is None:
-      raise ValueError(f'seed {seed}: face too large for the rasteriser window')
+    windows = render.plan_windows(positions, m.triangles)
     image = shade_and_render(positions, normals, albedo.astype(np.float32),
                              light.astype(np.float32), rng.uniform(0.25, 0.45),
                              rng.uniform(0.6, 0.9), background, self._triangles,
-                             self.image_size, bbox)
-    pos_map = np.asarray(self.uv_renderer(positions))
+                             self.image_size, windows)
+    pos_map = np.asarray(_render_uv(self.uv_renderer, positions))
     return Sample(image=np.round(np.asarray(image) * 255).astype(np.uint8),
                   position_map=pos_map.astype(np.float32),
                   landmarks=positions[m.landmarks].astype(np.float32),
-                  pose=pose.astype(np.float32), shape_para=shape.astype(np.float32),
+                  pose=pose.astype(np.float32),
+                  crop_transform=gt.transform.astype(np.float32), shape_para=shape.astype(np.float32),
                   exp_para=exp.astype(np.float32), seed=seed)
 
 

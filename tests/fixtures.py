@@ -38,3 +38,27 @@ def write_bfm_fixture(directory, nu=41, nv=46):
   sio.savemat(bfm, {'model': model})
   sio.savemat(uv, {'UV': src.uv.astype(np.float64)})
   return src, bfm, uv
+
+
+def write_300wlp_sample(folder, name, rng, n_shape=16, n_exp=7, image_size=450, **overrides):
+  """Writes <name>.jpg + <name>.mat in the 300W-LP schema (fields, shapes, dtypes as released:
+  Pose_Para 1x7 float32, Shape_Para 199x1 / Exp_Para 29x1 float64 in the real files (here sized
+  for the fixture model), pt2d 2x68, roi 1x4, Tex/Color/Illum parameters)."""
+  from PIL import Image
+  os.makedirs(folder, exist_ok=True)
+  image = (rng.uniform(0, 255, (image_size, image_size, 3))).astype(np.uint8)
+  pose = np.array([[rng.uniform(-0.3, 0.3), rng.uniform(-1.2, 1.2), rng.uniform(-0.3, 0.3),
+                    image_size / 2, image_size / 2, 0.0, 1.4]], np.float32)
+  fields = {
+      'Pose_Para': pose,
+      'Shape_Para': rng.normal(0, 0.7, (n_shape, 1)),
+      'Exp_Para': rng.normal(0, 0.3, (n_exp, 1)),
+      'pt2d': rng.uniform(100, 350, (2, 68)),
+      'roi': np.array([[100, 100, 350, 350]], np.int16),
+      'Tex_Para': np.zeros((n_shape, 1)), 'Color_Para': np.zeros((1, 7), np.float32),
+      'Illum_Para': np.zeros((1, 10)),
+  }
+  fields.update(overrides)
+  Image.fromarray(image).save(os.path.join(folder, name + '.jpg'), quality=95)
+  sio.savemat(os.path.join(folder, name + '.mat'), fields)
+  return fields

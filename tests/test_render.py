@@ -152,3 +152,23 @@ def test_vertex_visibility():
   vis = np.asarray(render.vertex_visibility(jnp.asarray(v), raster))
   # corners visible; a point behind the triangle hidden; a point outside the image hidden
   np.testing.assert_array_equal(vis, [True, True, True, False, False])
+
+
+def test_two_tier_windows_equal_one_window():
+  # Many small triangles and a few large ones: the plan uses a big window for the large.
+  rng = np.random.RandomState(5)
+  centres = rng.uniform(0, 64, (300, 1, 2))
+  small = centres + rng.uniform(-1.5, 1.5, (300, 3, 2))
+  large = rng.uniform(-10, 74, (6, 3, 2))
+  xy = np.concatenate([small, large]).reshape(-1, 2)
+  v = np.concatenate([xy, rng.uniform(-5, 5, (len(xy), 1))], 1).astype(np.float32)
+  tri = np.arange(len(v)).reshape(-1, 3)
+  plan = render.plan_windows(v, tri)
+  assert plan.num_big > 0 and plan.small <= 4 and plan.big >= render.required_bbox(v, tri)
+  a = render.rasterize(v, tri, 64, 64, plan)
+  b = render.rasterize(v, tri, 64, 64, render.required_bbox(v, tri))
+  np.testing.assert_array_equal(np.asarray(a.triangle), np.asarray(b.triangle))
+  np.testing.assert_array_equal(np.asarray(a.bary), np.asarray(b.bary))
+  # A plan that is too small for the data misses pixels: the test can fail.
+  c = render.rasterize(v, tri, 64, 64, render.Windows(plan.small))
+  assert (np.asarray(c.triangle) != np.asarray(b.triangle)).any()

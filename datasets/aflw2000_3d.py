@@ -1,0 +1,121 @@
+"""`aflw2000_3d`: the AFLW2000-3D evaluation set (2,000 images with fitted 3DMMs).
+
+Each example is the official landmark crop (side 1.6 x the box of the 68 ground-truth
+landmarks `pt3d_68`, resized to 256) with the landmarks in the crop frame, Pose_Para and the
+|yaw| bucket (0: [0, 30], 1: (30, 60], 2: (60, 90] deg). With a BFM folder in the manual
+directory the dense ground-truth position map (from Shape_Para / Exp_Para / Pose_Para, in
+the same crop) is stored too; otherwise `position_map` is empty.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from datasets import common
+
+CROP_SIZE = 256
+
+MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+Put in the manual directory (default ~/tensorflow_datasets/downloads/manual/):
+
+  AFLW2000/  the AFLW2000-3D release (Zhu et al., CVPR 2016; linked from the 3DDFA project
+             page as AFLW2000-3D.zip): image00002.jpg + image00002.mat, ... (pt3d_68, Pose_Para,
+             Shape_Para, Exp_Para).
+  BFM/       optional: BFM.mat + BFM_UV.mat (see prnet_300wlp's instructions) for dense maps.
+
+Then build:  python -m datasets.build aflw2000_3d --manual_dir=DIR [--data_dir=DIR]
+"""
+
+_BFM = None
+
+
+def _init(bfm_dir: Optional[str]) -> None:
+  global _BFM
+  _BFM = None
+  if bfm_dir:
+    from prnet_jax import face_model
+    model = face_model.load_bfm(os.path.join(bfm_dir, 'BFM.mat'),
+                                os.path.join(bfm_dir, 'BFM_UV.mat'))
+    _BFM = (model, model.uv_renderer(CROP_SIZE))
+
+
+def process_sample(item):
+  """(image path, mat path, name) -> (key, example), or the SampleError."""
+  from prnet_jax import data_io, geometry, posmap_codec
+  image_path, mat_path, name = item
+  try:
+    fields = {'Pose_Para': (1, 7), 'pt3d_68': (3, 68)}
+    if _BFM is not None:
+      fields.update({'Shape_Para': None, 'Exp_Para': None})
+    mat = data_io.load_mat(mat_path, fields)
+    pose = data_io.check_pose(mat_path, mat['Pose_Para'])
+    image = data_io.load_image(image_path)
+    pt3d = np.asarray(mat['pt3d_68'], np.float64).T  # (68, 3): x, y image pixels, z depth
+    transform = geometry.crop_transform(geometry.landmark_crop(pt3d), CROP_SIZE)
+    landmarks = geometry.transform_points(transform, pt3d)
+    landmarks[:, 2] -= landmarks[:, 2].min()
+    encoded_map = b''
+    if _BFM is not None:
+      model, renderer = _BFM
+      vertices = model.vertices(mat['Shape_Para'], mat['Exp_Para'])
+      image_vertices = geometry.to_image_frame(
+          geometry.transform_3ddfa(vertices, pose[6], pose[:3], pose[3:6]), image.shape[0])
+      positions = geometry.transform_points(transform, image_vertices)
+      positions[:, 2] -= positions[:, 2].min()
+      try:
+        encoded_map = posmap_codec.encode(np.asarray(renderer(positions.astype(np.float32))))
+      except posmap_codec.PosmapCodecError as e:
+        raise data_io.SampleError(mat_path, str(e)) from e
+    crop = np.asarray(geometry.warp_image(image.astype(np.float32), transform, CROP_SIZE,
+                                          CROP_SIZE))
+  except data_io.SampleError as e:
+    return e
+  return name, {
+      'image': data_io.encode_jpeg(np.clip(np.round(crop), 0, 255).astype(np.uint8)),
+      'position_map': encoded_map,
+      'landmarks_3d': landmarks.astype(np.float32),
+      'landmarks_2d': landmarks[:, :2].astype(np.float32),
+      'pose': pose.astype(np.float32),
+      'crop_transform': transform.astype(np.float32),
+      'yaw_bucket': data_io.yaw_bucket(pose[1]),
+      'file_name': name,
+  }
+
+
+class Aflw20003d(tfds.core.GeneratorBasedBuilder):
+  """AFLW2000-3D crops with 68 3D landmarks, pose, yaw bucket (and dense maps with BFM)."""
+
+  name = 'aflw2000_3d'
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Landmark crops (1.6x), yaw buckets, optional dense maps.'}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+
+  def __init__(self, *, strict: bool = False, num_workers: Optional[int] = None, **kwargs):
+    self._strict = strict
+    self._num_workers = num_workers
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(features=common.face_features(),
+                                          description=__doc__.split('\n')[0])
+
+  def _split_generators(self, dl_manager):
+    from prnet_jax import data_io
+    folder = os.path.join(dl_manager.manual_dir, 'AFLW2000')
+    if not os.path.isdir(folder):
+      raise FileNotFoundError(f'{folder} not found.\n{MANUAL_DOWNLOAD_INSTRUCTIONS}')
+    bfm = os.path.join(dl_manager.manual_dir, 'BFM')
+    bfm = bfm if os.path.isfile(os.path.join(bfm, 'BFM.mat')) else None
+    items = [(img, mat, os.path.splitext(os.path.basename(mat))[0])
+             for img, mat in data_io.find_pairs(folder)]
+    return {'test': self._generate_examples(items, bfm)}
+
+  def _generate_examples(self, items, bfm_dir):
+    from prnet_jax import data_io
+    self.report = data_io.BuildReport('aflw2000_3d', strict=self._strict)
+    yield from common.generate(process_sample, items, self.report, self._num_workers, _init,
+                               (bfm_dir,))

@@ -1,0 +1,143 @@
+"""`prnet_300wlp`: 300W-LP with PRNet position-map ground truth (face3d's procedure).
+
+Manual download (see MANUAL_DOWNLOAD_INSTRUCTIONS). For every `<subset>/<name>.jpg` + `.mat`
+the 3DMM fit (Shape_Para, Exp_Para, Pose_Para) is turned into a mesh with the Basel Face Model,
+cropped around its 68 landmarks (x 1.5, randomly perturbed with a per-file seed) and rendered
+into UV space (`prnet_jax.geometry.position_map_from_3dmm`). Broken samples are reported and
+skipped (or stop the build with `strict=True`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Optional
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from datasets import common
+
+SUBSETS = ('AFW', 'HELEN', 'IBUG', 'LFPW', 'AFW_Flip', 'HELEN_Flip', 'IBUG_Flip', 'LFPW_Flip')
+CROP_SIZE = 256
+
+MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+Put two folders in the manual directory (default ~/tensorflow_datasets/downloads/manual/):
+
+  300W_LP/  the 300W-LP release (Zhu et al., "Face Alignment Across Large Poses", CVPR 2016;
+            the 3DDFA project page links the archive 300W-LP.zip): the subsets AFW, HELEN,
+            IBUG, LFPW and their *_Flip twins, each with <name>.jpg + <name>.mat
+            (Pose_Para, Shape_Para, Exp_Para, pt2d). The `landmarks/` folder is not needed.
+  BFM/      BFM.mat and BFM_UV.mat as produced by face3d (github.com/YadiraF/face3d,
+            examples/Data/BFM: run its generate script on the Basel Face Model 2009
+            01_MorphableModel.mat, which you request from the University of Basel, plus the
+            3DDFA and HPEN extras it lists; BFM_UV.mat comes from 3DMMasSTN).
+
+Then build:  python -m datasets.build prnet_300wlp --manual_dir=DIR [--data_dir=DIR]
+"""
+
+_BFM = None
+
+
+def _init_bfm(bfm_dir: str) -> None:
+  global _BFM
+  from prnet_jax import face_model
+  model = face_model.load_bfm(os.path.join(bfm_dir, 'BFM.mat'),
+                              os.path.join(bfm_dir, 'BFM_UV.mat'))
+  _BFM = (model, model.uv_renderer(CROP_SIZE))
+
+
+def file_seed(name: str) -> int:
+  """A stable per-file seed (for the crop perturbation) from its relative name."""
+  return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], 'little')
+
+
+def process_sample(item):
+  """(image path, mat path, relative name) -> (key, example) or SampleError (returned, so
+  that a worker process never dies on one bad file)."""
+  from prnet_jax import data_io, geometry, posmap_codec
+  image_path, mat_path, name = item
+  try:
+    mat = data_io.load_mat(mat_path, {'Pose_Para': (1, 7), 'Shape_Para': None,
+                                      'Exp_Para': None, 'pt2d': None})
+    pose = data_io.check_pose(mat_path, mat['Pose_Para'])
+    image = data_io.load_image(image_path)
+    model, renderer = _BFM
+    if mat['Shape_Para'].size != model.shape_basis.shape[1]:
+      raise data_io.SampleError(mat_path, f'Shape_Para has {mat["Shape_Para"].size} values, '
+                                f'the BFM has {model.shape_basis.shape[1]} components')
+    if mat['Exp_Para'].size != model.exp_basis.shape[1]:
+      raise data_io.SampleError(mat_path, f'Exp_Para has {mat["Exp_Para"].size} values, '
+                                f'the BFM has {model.exp_basis.shape[1]} components')
+    pt2d = np.asarray(mat['pt2d'], np.float64)
+    if pt2d.shape != (2, 68):
+      raise data_io.SampleError(mat_path, f'pt2d has shape {pt2d.shape}, expected (2, 68)')
+    vertices = model.vertices(mat['Shape_Para'], mat['Exp_Para'])
+    rng = np.random.default_rng(file_seed(name))
+    gt = geometry.position_map_from_3dmm(vertices, pose, image.shape[0], model.landmarks,
+                                         CROP_SIZE, geometry.random_perturbation(rng))
+    pos_map = np.asarray(renderer(gt.positions.astype(np.float32)))
+    crop = np.asarray(geometry.warp_image(image.astype(np.float32), gt.transform, CROP_SIZE,
+                                          CROP_SIZE))
+    try:
+      encoded_map = posmap_codec.encode(pos_map)
+    except posmap_codec.PosmapCodecError as e:
+      raise data_io.SampleError(mat_path, str(e)) from e
+  except data_io.SampleError as e:
+    return e
+  landmarks = gt.positions[model.landmarks].astype(np.float32)
+  return name, {
+      'image': data_io.encode_jpeg(np.clip(np.round(crop), 0, 255).astype(np.uint8)),
+      'position_map': encoded_map,
+      'landmarks_3d': landmarks,
+      'landmarks_2d': geometry.transform_points(gt.transform, pt2d.T).astype(np.float32),
+      'pose': pose.astype(np.float32),
+      'crop_transform': gt.transform.astype(np.float32),
+      'yaw_bucket': data_io.yaw_bucket(pose[1]),
+      'file_name': name,
+  }
+
+
+class Prnet300wlp(tfds.core.GeneratorBasedBuilder):
+  """300W-LP face crops with PRNet UV position maps."""
+
+  name = 'prnet_300wlp'
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'face3d 300W-LP procedure, all eight subsets.'}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+
+  def __init__(self, *, strict: bool = False, num_workers: Optional[int] = None, **kwargs):
+    self._strict = strict
+    self._num_workers = num_workers
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(features=common.face_features(),
+                                          description=__doc__.split('\n')[0])
+
+  def _split_generators(self, dl_manager):
+    root = os.path.join(dl_manager.manual_dir, '300W_LP')
+    bfm = os.path.join(dl_manager.manual_dir, 'BFM')
+    for path, what in ((root, '300W_LP/'), (os.path.join(bfm, 'BFM.mat'), 'BFM/BFM.mat'),
+                       (os.path.join(bfm, 'BFM_UV.mat'), 'BFM/BFM_UV.mat')):
+      if not os.path.exists(path):
+        raise FileNotFoundError(f'{path} not found: the manual directory needs {what}.\n'
+                                f'{MANUAL_DOWNLOAD_INSTRUCTIONS}')
+    from prnet_jax import data_io
+    items = []
+    for subset in SUBSETS:
+      folder = os.path.join(root, subset)
+      if not os.path.isdir(folder):
+        print(f'[prnet_300wlp] subset {subset}/ not found in {root}; skipping it', flush=True)
+        continue
+      items += [(img, mat, f'{subset}/{os.path.splitext(os.path.basename(mat))[0]}')
+                for img, mat in data_io.find_pairs(folder)]
+    if not items:
+      raise FileNotFoundError(f'{root} holds none of the subsets {SUBSETS}')
+    return {'train': self._generate_examples(items, bfm)}
+
+  def _generate_examples(self, items, bfm_dir):
+    from prnet_jax import data_io
+    self.report = data_io.BuildReport('prnet_300wlp', strict=self._strict)
+    yield from common.generate(process_sample, items, self.report, self._num_workers,
+                               _init_bfm, (bfm_dir,))

@@ -1,0 +1,156 @@
+"""Reading real dataset files with checks, and the build report of skipped samples.
+
+Every problem with one sample raises `SampleError(path, reason)`; dataset builders catch it,
+record it in a `BuildReport` (file name and reason, counted in the summary) and skip the sample,
+or, when strict, stop the build with that message. Nothing good is dropped.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import io
+import os
+from typing import Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+
+JPEG_QUALITY = 95
+
+
+class SampleError(Exception):
+  """One sample cannot be used: `path` names the file, `reason` says why."""
+
+  def __init__(self, path: str, reason: str):
+    super().__init__(f'{path}: {reason}')
+    self.path = path
+    self.reason = reason
+
+
+def load_image(path: str) -> np.ndarray:
+  """(H, W, 3) uint8 RGB image. Missing, unreadable, grayscale, RGBA/transparent and 16-bit
+  images raise SampleError (a training set of RGB photos should not silently mix them)."""
+  from PIL import Image
+  if not os.path.isfile(path):
+    raise SampleError(path, 'image file missing')
+  try:
+    with Image.open(path) as im:
+      im.load()
+      mode = im.mode
+      if mode in ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I', 'F'):
+        raise SampleError(path, f'16-bit or float image (mode {mode}); expected 8-bit RGB')
+      if mode in ('L', 'LA', '1'):
+        raise SampleError(path, f'grayscale image (mode {mode}); expected 8-bit RGB')
+      if mode in ('RGBA', 'LA', 'PA') or (mode == 'P' and 'transparency' in im.info):
+        raise SampleError(path, f'image has an alpha channel (mode {mode}); expected 8-bit RGB')
+      rgb = np.asarray(im.convert('RGB'))
+  except SampleError:
+    raise
+  except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, ...)
+    raise SampleError(path, f'cannot decode image ({type(e).__name__}: {e})') from e
+  if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+    raise SampleError(path, f'image has no pixels (shape {rgb.shape})')
+  return rgb
+
+
+def load_mat(path: str, fields: Mapping[str, Optional[tuple[int, ...]]]) -> dict[str, np.ndarray]:
+  """Reads a MATLAB file and checks each required field's presence, shape (None: any) and
+  finiteness."""
+  from scipy import io as sio
+  if not os.path.isfile(path):
+    raise SampleError(path, '.mat file missing')
+  try:
+    data = sio.loadmat(path)
+  except Exception as e:  # truncated / not a mat file: scipy raises several types
+    raise SampleError(path, f'cannot read .mat ({type(e).__name__}: {e})') from e
+  out = {}
+  for name, shape in fields.items():
+    if name not in data:
+      raise SampleError(path, f'.mat lacks field {name!r}')
+    value = np.asarray(data[name])
+    if shape is not None and value.shape != tuple(shape):
+      raise SampleError(path, f'field {name!r} has shape {value.shape}, expected {tuple(shape)}')
+    if value.dtype.kind in 'fc' and not np.all(np.isfinite(value)):
+      raise SampleError(path, f'field {name!r} contains NaN or inf')
+    out[name] = value
+  return out
+
+
+def check_pose(path: str, pose: np.ndarray) -> np.ndarray:
+  """Pose_Para (7,) sanity: angles within +-pi, positive finite scale."""
+  pose = np.asarray(pose, np.float64).reshape(-1)
+  if pose.shape != (7,):
+    raise SampleError(path, f'Pose_Para has {pose.size} values, expected 7')
+  if np.any(np.abs(pose[:3]) > np.pi):
+    raise SampleError(path, f'Pose_Para angles {pose[:3]} outside [-pi, pi]')
+  if not pose[6] > 0:
+    raise SampleError(path, f'Pose_Para scale {pose[6]} is not positive')
+  return pose
+
+
+def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+  from PIL import Image
+  buf = io.BytesIO()
+  Image.fromarray(np.asarray(image, np.uint8)).save(buf, format='JPEG', quality=quality)
+  return buf.getvalue()
+
+
+def decode_image(data: bytes) -> np.ndarray:
+  """Encoded JPEG/PNG bytes -> (H, W, 3) uint8."""
+  from PIL import Image
+  with Image.open(io.BytesIO(data)) as im:
+    return np.asarray(im.convert('RGB'))
+
+
+@dataclasses.dataclass
+class BuildReport:
+  """Skipped samples of a dataset build (file name and reason), with a summary."""
+  name: str
+  strict: bool = False
+  processed: int = 0
+  skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+  def ok(self) -> None:
+    self.processed += 1
+
+  def skip(self, error: SampleError) -> None:
+    """Records a bad sample; in strict mode stops the build with its message."""
+    self.processed += 1
+    if self.strict:
+      raise SampleError(error.path, f'{error.reason} (strict build: stopping)') from error
+    self.skipped.append((error.path, error.reason))
+    print(f'[{self.name}] skipped {error.path}: {error.reason}', flush=True)
+
+  def summary(self) -> str:
+    kept = self.processed - len(self.skipped)
+    lines = [f'[{self.name}] {kept} of {self.processed} samples kept, '
+             f'{len(self.skipped)} skipped']
+    reasons = collections.Counter(r.split(' (')[0] for _, r in self.skipped)
+    lines += [f'  {n} x {reason}' for reason, n in reasons.most_common()]
+    return '\n'.join(lines)
+
+
+def find_pairs(folder: str, image_exts: Sequence[str] = ('.jpg', '.jpeg', '.png')
+               ) -> list[tuple[str, str]]:
+  """Sorted (image path, .mat path) pairs by stem; a .mat without an image (or the reverse)
+  still appears, so the loader reports the missing file."""
+  stems: dict[str, dict[str, str]] = collections.defaultdict(dict)
+  for name in os.listdir(folder):
+    stem, ext = os.path.splitext(name)
+    if ext.lower() in image_exts:
+      stems[stem]['image'] = os.path.join(folder, name)
+    elif ext.lower() == '.mat':
+      stems[stem]['mat'] = os.path.join(folder, name)
+  return [(d.get('image', os.path.join(folder, stem + image_exts[0])),
+           d.get('mat', os.path.join(folder, stem + '.mat'))) for stem, d in sorted(stems.items())]
+
+
+def yaw_bucket(yaw_radians: float) -> int:
+  """|yaw| bucket of the AFLW2000-3D protocol: 0 = [0, 30], 1 = (30, 60], 2 = (60, 90+] deg."""
+  a = abs(np.rad2deg(yaw_radians))
+  return 0 if a <= 30 else 1 if a <= 60 else 2
+
+
+def chunks(items: Sequence, size: int) -> Iterable[Sequence]:
+  for i in range(0, len(items), size):
+    yield items[i:i + size]

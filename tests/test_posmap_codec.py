@@ -1,0 +1,52 @@
+"""Position-map codec: bounded error, exact zeros, clear errors."""
+
+import numpy as np
+import pytest
+
+from prnet_jax import posmap_codec as codec
+
+
+def smooth_map(seed=0):
+  rng = np.random.RandomState(seed)
+  y, x = np.mgrid[0:256, 0:256].astype(np.float64)
+  m = np.stack([x * rng.uniform(0.8, 1.2) - 20, y * 1.1 + 5,
+                60 * np.exp(-((x - 128) ** 2 + (y - 120) ** 2) / 5000.0)], -1)
+  m[:30] = 0  # outside the mesh
+  m[:, 250:] = 0
+  return m
+
+
+def test_round_trip_within_bound_and_zeros_exact():
+  m = smooth_map()
+  data = codec.encode(m)
+  out = codec.decode(data)
+  assert out.shape == m.shape and out.dtype == np.float32
+  assert np.abs(out - m).max() <= codec.MAX_ERROR + 1e-6
+  assert np.all(out[:30] == 0) and np.all(out[:, 250:] == 0)
+  assert len(data) < 0.5 * m.astype(np.float16).nbytes  # compresses a smooth map
+
+
+def test_extreme_values_in_range():
+  m = np.zeros((4, 5, 3))
+  m[0, 0] = [-512, 511.9, 0.0078]
+  out = codec.decode(codec.encode(m))
+  assert np.abs(out - m).max() <= codec.MAX_ERROR + 1e-6
+
+
+@pytest.mark.parametrize('value,message', [(np.nan, 'NaN or inf'), (600.0, r'outside the codec '
+                                                                           r'range')])
+def test_bad_maps_rejected(value, message):
+  m = np.zeros((4, 4, 3))
+  m[1, 1, 1] = value
+  with pytest.raises(codec.PosmapCodecError, match=message):
+    codec.encode(m)
+
+
+def test_corrupt_records_rejected():
+  data = codec.encode(smooth_map())
+  with pytest.raises(codec.PosmapCodecError, match='not an encoded position map'):
+    codec.decode(b'XYZ' + data[3:])
+  with pytest.raises(codec.PosmapCodecError, match='corrupt position map record'):
+    codec.decode(data[:40])
+  with pytest.raises(codec.PosmapCodecError, match='too short'):
+    codec.decode(b'PM')

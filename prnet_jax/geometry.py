@@ -142,6 +142,25 @@ def transform_points(t, points):
   return xp.concatenate([xy, points[..., 2:3] * scale, points[..., 3:]], -1)
 
 
+def bilinear_sample(image: jax.Array, x: jax.Array, y: jax.Array, cval: float = 0.0):
+  """Samples (H, W, C) `image` at float pixel coordinates x, y (any shape S) -> (S..., C).
+
+  Pixel centres are integers; points outside read `cval` (each of the 4 taps separately)."""
+  h, w, c = image.shape
+  flat = image.reshape(h * w, c)
+  x0, y0 = jnp.floor(x), jnp.floor(y)
+  out = 0.0
+  for dy in (0, 1):
+    for dx in (0, 1):
+      xi, yi = x0 + dx, y0 + dy
+      wgt = (1 - jnp.abs(x - xi)) * (1 - jnp.abs(y - yi))
+      ok = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
+      idx = (jnp.clip(yi, 0, h - 1) * w + jnp.clip(xi, 0, w - 1)).astype(jnp.int32)
+      tap = jnp.where(ok[..., None], jnp.take(flat, idx, axis=0), cval)
+      out = out + wgt[..., None] * tap
+  return out
+
+
 def warp_image(image, t, out_height: int, out_width: int, cval: float = 0.0) -> jax.Array:
   """Resamples `image` (H, W, C) so that output pixel p shows input point T^-1 p (bilinear).
 
@@ -151,10 +170,7 @@ def warp_image(image, t, out_height: int, out_width: int, cval: float = 0.0) -> 
   ys, xs = jnp.meshgrid(jnp.arange(out_height, dtype=jnp.float32),
                         jnp.arange(out_width, dtype=jnp.float32), indexing='ij')
   src = jnp.stack([xs, ys], -1) @ t_inv[:2, :2].T + t_inv[:2, 2]
-  coords = [src[..., 1], src[..., 0]]
-  return jnp.stack([jax.scipy.ndimage.map_coordinates(image[..., c], coords, order=1,
-                                                      mode='constant', cval=cval)
-                    for c in range(image.shape[-1])], -1)
+  return bilinear_sample(image, src[..., 0], src[..., 1], cval)
 
 
 def uv_pixels(uv: np.ndarray, resolution: int) -> np.ndarray:

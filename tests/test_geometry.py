@@ -144,3 +144,20 @@ def test_bad_pose_is_rejected():
   with pytest.raises(ValueError, match='Pose_Para must be 7 finite numbers'):
     geometry.position_map_from_3dmm(np.zeros((70, 3)), [0, np.nan, 0, 0, 0, 0, 1], 100,
                                     np.arange(68))
+
+
+def test_warp_image_matches_scipy_map_coordinates():
+  from scipy import ndimage
+  rng = np.random.RandomState(0)
+  img = rng.uniform(0, 1, (40, 50, 3))
+  t = geometry.similarity(1.3, 0.5, (-7.0, 4.0))
+  out = np.asarray(geometry.warp_image(img, t, 45, 35))
+  t_inv = np.linalg.inv(t)
+  ys, xs = np.mgrid[0:45, 0:35].astype(np.float64)
+  sx = t_inv[0, 0] * xs + t_inv[0, 1] * ys + t_inv[0, 2]
+  sy = t_inv[1, 0] * xs + t_inv[1, 1] * ys + t_inv[1, 2]
+  ref = np.stack([ndimage.map_coordinates(img[..., c], [sy, sx], order=1, mode='constant',
+                                          cval=0.0) for c in range(3)], -1)
+  inside = (sx >= 0) & (sx <= 49) & (sy >= 0) & (sy <= 39)
+  np.testing.assert_allclose(out[inside], ref[inside], atol=1e-5)
+  assert np.all(out[(sx < -1) | (sx > 50) | (sy < -1) | (sy > 40)] == 0)

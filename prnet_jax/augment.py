@@ -1,0 +1,114 @@
+"""PRNet's training augmentation, on the accelerator: jitted, batched, keyed by an RNG.
+
+Per example (paper's recipe, ranges configurable): rotation in [-45, 45] deg, translation up to
+10% of the side, scale in [0.9, 1.2] (all one similarity about the image centre), per-channel
+colour scale in [0.6, 1.4], and synthetic occlusion (a noise-textured rectangle pasted on the
+image). The image is resampled through the similarity and the position map's x, y go through
+the same similarity (z is scaled by its scale), so image and ground truth stay consistent;
+pixels outside the mesh (all-zero) stay zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from prnet_jax import geometry
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+  rotation_deg: float = 45.0
+  translation: float = 0.1                  # fraction of the side
+  scale: tuple[float, float] = (0.9, 1.2)
+  color: tuple[float, float] = (0.6, 1.4)   # per-channel multiplier
+  occlusion_prob: float = 0.5
+  occlusion_size: tuple[float, float] = (0.1, 0.4)  # rectangle side, fraction of the image
+
+  @classmethod
+  def from_mapping(cls, m) -> 'AugmentConfig':
+    m = dict(m)
+    if 'occlusion' in m:  # config shorthand: occlusion=True/False
+      m['occlusion_prob'] = cls.occlusion_prob if m.pop('occlusion') else 0.0
+    return cls(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in m.items()})
+
+
+NO_AUGMENT = AugmentConfig(rotation_deg=0.0, translation=0.0, scale=(1.0, 1.0),
+                           color=(1.0, 1.0), occlusion_prob=0.0)
+
+
+def _similarity(angle, scale, shift, center):
+  """3x3: x -> R(angle) * scale * (x - center) + center + shift (JAX, traced values)."""
+  c, s = scale * jnp.cos(angle), scale * jnp.sin(angle)
+  lin = jnp.array([[c, -s], [s, c]])
+  t = center + shift - lin @ center
+  return jnp.concatenate([jnp.concatenate([lin, t[:, None]], 1),
+                          jnp.array([[0.0, 0.0, 1.0]])], 0)
+
+
+def sample_transform(rng: jax.Array, size: int, config: AugmentConfig) -> jax.Array:
+  """(3, 3) random similarity for one example."""
+  k1, k2, k3 = jax.random.split(rng, 3)
+  angle = jnp.deg2rad(jax.random.uniform(k1, (), minval=-config.rotation_deg,
+                                         maxval=config.rotation_deg))
+  scale = jax.random.uniform(k2, (), minval=config.scale[0], maxval=config.scale[1])
+  shift = jax.random.uniform(k3, (2,), minval=-config.translation,
+                             maxval=config.translation) * size
+  center = jnp.full((2,), (size - 1) / 2.0)
+  return _similarity(angle, scale, shift, center)
+
+
+def transform_position_map(pos: jax.Array, t: jax.Array) -> jax.Array:
+  """(R, R, 3) map through a similarity: x, y mapped, z x scale; empty pixels stay 0."""
+  inside = jnp.any(pos != 0, -1, keepdims=True)
+  return jnp.where(inside, geometry.transform_points(t, pos), 0.0)
+
+
+def occlude(rng: jax.Array, image: jax.Array, config: AugmentConfig) -> jax.Array:
+  """Pastes a noise-textured rectangle with probability `occlusion_prob`."""
+  h, w, _ = image.shape
+  k_on, k_size, k_pos, k_col, k_noise, k_mix = jax.random.split(rng, 6)
+  on = jax.random.uniform(k_on) < config.occlusion_prob
+  size = jax.random.uniform(k_size, (2,), minval=config.occlusion_size[0],
+                            maxval=config.occlusion_size[1]) * jnp.array([h, w])
+  corner = jax.random.uniform(k_pos, (2,)) * (jnp.array([h, w]) - size)
+  ys, xs = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
+  inside = ((ys >= corner[0]) & (ys < corner[0] + size[0]) &
+            (xs >= corner[1]) & (xs < corner[1] + size[1]))[..., None]
+  base = jax.random.uniform(k_col, (3,))
+  noise = jax.random.uniform(k_noise, image.shape)
+  mix = jax.random.uniform(k_mix, (), minval=0.2, maxval=0.8)
+  texture = jnp.clip((1 - mix) * base + mix * noise, 0.0, 1.0)
+  return jnp.where(on & inside, texture, image)
+
+
+def augment_example(rng: jax.Array, image: jax.Array, pos: jax.Array,
+                    config: AugmentConfig) -> tuple[jax.Array, jax.Array]:
+  """image (R, R, 3) in [0, 1], pos (R, R, 3) -> augmented (image, pos)."""
+  size = image.shape[0]
+  k_t, k_c, k_o = jax.random.split(rng, 3)
+  t = sample_transform(k_t, size, config)
+  image = geometry.warp_image(image, t, size, size)
+  pos = transform_position_map(pos, t)
+  colour = jax.random.uniform(k_c, (3,), minval=config.color[0], maxval=config.color[1])
+  image = jnp.clip(image * colour, 0.0, 1.0)
+  if config.occlusion_prob > 0:
+    image = occlude(k_o, image, config)
+  return image, pos
+
+
+def augment_batch(rng: jax.Array, images: jax.Array, pos: jax.Array,
+                  config: AugmentConfig) -> tuple[jax.Array, jax.Array]:
+  """Batched `augment_example` with one key per example (jit it with `config` static)."""
+  keys = jax.random.split(rng, images.shape[0])
+  return jax.vmap(lambda k, i, p: augment_example(k, i, p, config))(keys, images, pos)
+
+
+def batch_transforms(rng: jax.Array, batch_size: int, size: int,
+                     config: AugmentConfig) -> jax.Array:
+  """(B, 3, 3) the similarities `augment_batch` draws for the same key (for tests/plots)."""
+  keys = jax.random.split(rng, batch_size)
+  return jax.vmap(lambda k: sample_transform(jax.random.split(k, 3)[0], size, config))(keys)

@@ -91,6 +91,12 @@ def local_batch_size(global_batch_size: int) -> int:
 def train_loader(source, global_batch_size: int, seed: int, resolution: int,
                  worker_count: int = 0, num_epochs: Optional[int] = None) -> grain.DataLoader:
   """Shuffled (by `seed`), repeated, this process's shard, batched to its part of the batch."""
+  if worker_count > 0:
+    # grain's worker processes read absl flags; outside an absl app (notebooks, scripts) mark
+    # them parsed so their defaults apply.
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
   sampler = grain.IndexSampler(
       num_records=len(source), shuffle=True, seed=seed, num_epochs=num_epochs,
       shard_options=grain.ShardOptions(shard_index=jax.process_index(),

@@ -1,32 +1,58 @@
 r"""prnet-jax entry point.
 
-  python launch.py --config=configs/prnet.py[:variant] --workdir=DIR --mode=summary|train|eval|predict
+  python launch.py --config=configs/prnet.py[:variant] --workdir=DIR [--mode=train|eval|predict|summary]
 
+Multi-host (TPU pod slice, SLURM, or explicit): every host runs the same command; JAX's
+distributed runtime is initialised automatically on TPU pods and SLURM, or explicitly with
+--coordinator_address=HOST:PORT --num_processes=N --process_id=I.
 The logic lives in importable modules (prnet_jax.*) so notebooks can call it directly.
 """
 
 import logging
+import os
 import sys
 
 from absl import app
+from absl import logging as absl_logging
 from absl import flags
 from ml_collections import config_flags
-
-from prnet_jax import model as model_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/prnet.py:small',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
 _MODE = flags.DEFINE_enum('mode', 'train', ['summary', 'train', 'eval', 'predict'],
                           'What to run.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                   'host:port of process 0 for multi-process runs.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index.')
 
 # Modes whose modules land with later issues; a clear message beats a traceback until then.
-_PENDING = {'train': 'training (issue 5)', 'eval': 'evaluation (issue 6)',
-            'predict': 'prediction (issue 7)'}
+_PENDING = {'eval': 'evaluation (issue 6)', 'predict': 'prediction (issue 7)'}
+
+
+def _cluster_environment() -> bool:
+  """True on multi-host TPU pods and multi-task SLURM jobs (jax auto-detects these)."""
+  hosts = os.environ.get('TPU_WORKER_HOSTNAMES', '')
+  return (',' in hosts or int(os.environ.get('SLURM_NTASKS', '1')) > 1
+          or 'MEGASCALE_COORDINATOR_ADDRESS' in os.environ)
+
+
+def initialize_distributed() -> None:
+  import jax
+  if _COORDINATOR.value:
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+  elif _cluster_environment():
+    jax.distributed.initialize()
 
 
 def main(argv):
-  # jax logs every backend it probes (libtpu, cuda) at INFO; keep the console for progress.
+  # jax and orbax log every backend probe and checkpoint phase at INFO; keep the console for
+  # progress lines (--verbosity=0 brings them back).
+  if not flags.FLAGS['verbosity'].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -35,13 +61,25 @@ def main(argv):
     raise app.UsageError('--config is required, e.g. --config=configs/prnet.py:small')
   mode = _MODE.value
   if mode == 'summary':
+    from prnet_jax import model as model_lib
     model = model_lib.PRNet.from_config(dict(config.model))
     print(f'config variant: {config.variant}')
     print(model_lib.format_layer_table(model))
     return 0
-  print(f'--mode={mode}: {_PENDING[mode]} is not in this version of prnet-jax yet. '
-        f'Available now: --mode=summary.', file=sys.stderr)
-  return 2
+  if mode in _PENDING:
+    print(f'--mode={mode}: {_PENDING[mode]} is not in this version of prnet-jax yet. '
+          f'Available now: --mode=train, --mode=summary.', file=sys.stderr)
+    return 2
+  if not _WORKDIR.value:
+    raise app.UsageError('--workdir is required for training')
+  initialize_distributed()
+  from prnet_jax import train
+  try:
+    train.train_and_evaluate(config, _WORKDIR.value)
+  except train.TrainingError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  return 0
 
 
 if __name__ == '__main__':

@@ -2,22 +2,24 @@ r"""PRNet configs: the paper's recipe, and variants chosen by the argument after
 
 Commands (from the repository root):
 
+  # CPU demo on the embedded synthetic faces (builds the data on first use, ~5 min on 2 cores):
+  python launch.py --config=configs/prnet.py:small --workdir=workdirs/small
+  # The full model on synthetic faces (256 px):
+  python launch.py --config=configs/prnet.py:synthetic --workdir=workdirs/synthetic
+  # The paper's recipe on 300W-LP (build it first: python -m datasets.build prnet_300wlp
+  # --manual_dir=DIR) with the official UV assets:
+  python launch.py --config=configs/prnet.py --workdir=workdirs/prnet \
+      --config.uv_assets=PATH/TO/PRNet/Data/uv-data
   # The model's per-layer table (any variant):
   python launch.py --config=configs/prnet.py --mode=summary
-  python launch.py --config=configs/prnet.py:small --mode=summary
-
-  # Training (lands with the training issue): paper recipe on 300W-LP, synthetic faces, CPU demo.
-  python launch.py --config=configs/prnet.py --workdir=workdirs/prnet
-  python launch.py --config=configs/prnet.py:synthetic --workdir=workdirs/synthetic
-  python launch.py --config=configs/prnet.py:small --workdir=workdirs/small
 
 Every field can be overridden, e.g. `--config.model.dtype=bfloat16 --config.batch_size=64`.
 
 Variants:
   '' (default): the paper — full PRNet (256 px, width 16) on `prnet_300wlp`, Adam 1e-4 halved
-      every 5 epochs, batch 16, L2 2e-4, augmentation as in the paper.
+      every 5 epochs, batch 16, L2 2e-4 on kernels, augmentation as in the paper.
   synthetic: the same model and recipe on the embedded `synthetic_faces` dataset.
-  small: a CPU-sized model (64 px, width 4) on `synthetic_faces`, for demos and tests.
+  small: a CPU-sized model (64 px, width 4) on `synthetic_faces/small`, for demos and tests.
 """
 
 import ml_collections
@@ -34,14 +36,21 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.seed = 0
 
   # Network (prnet_jax.model.ModelConfig).
-  c.model = ml_collections.ConfigDict(dict(resolution=256, width=16, dtype='float32'))
+  c.model = ml_collections.ConfigDict(dict(resolution=256, width=16, dtype='float32',
+                                           bn_momentum=0.999))
 
-  # Data.
+  # Data: a TFDS name ('dataset[/config]'), its directory ('' = TFDS default) and the UV
+  # assets giving the loss weights ('procedural' or an official-format uv-data folder).
   c.dataset = 'prnet_300wlp'
-  c.batch_size = 16  # global, over all hosts and devices
-  c.num_epochs = 30  # not published; reimplementations train 20..100
+  c.data_dir = ''
+  c.uv_assets = ''
+  c.worker_count = 0  # grain decode processes (0: a prefetch thread)
+  c.batch_size = 16   # global, over all hosts and devices
+  c.num_epochs = 30   # not published; reimplementations train 20..100
+  c.num_train_steps = 0  # > 0 overrides num_epochs
 
   # Optimiser: Adam 1e-4, halved every 5 epochs; TF-style L2 2e-4 on all kernels in the loss.
+  c.optimizer = 'adam'  # or 'sgd' (momentum 0.9)
   c.learning_rate = 1e-4
   c.lr_decay_every_epochs = 5
   c.lr_decay_factor = 0.5
@@ -51,13 +60,31 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.augment = ml_collections.ConfigDict(dict(
       rotation_deg=45.0, translation=0.1, scale=(0.9, 1.2), color=(0.6, 1.4), occlusion=True))
 
+  # Devices: data parallel over all devices; mesh.fsdp > 1 also shards parameters.
+  c.mesh = ml_collections.ConfigDict(dict(fsdp=1))
+
+  # Loop.
+  c.log_every = 100
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+  c.eval_every = 0  # > 0: evaluate on eval_split every so many steps
+  c.eval_split = 'test'
+
   if arg in ('synthetic', 'small'):
     c.dataset = 'synthetic_faces'
+    c.uv_assets = 'procedural'
+    c.eval_every = 2000
   if arg == 'small':
+    c.dataset = 'synthetic_faces/small'
     c.model.resolution = 64
     c.model.width = 4
-    c.batch_size = 32
-    c.num_epochs = 5
-    c.learning_rate = 1e-3
-    c.lr_decay_every_epochs = 2
+    c.model.bn_momentum = 0.99  # ~1k steps: moving statistics must converge within the run
+    c.batch_size = 16
+    c.num_epochs = 0
+    c.num_train_steps = 1500
+    c.learning_rate = 2e-3
+    c.lr_decay_every_epochs = 4
+    c.log_every = 50
+    c.checkpoint_every = 300
+    c.eval_every = 300
   return c

@@ -1,7 +1,7 @@
 """`synthetic_faces`: the embedded synthetic face world as a TFDS dataset (no downloads).
 
-Configs: `default` (256 px, 4,000 train / 200 test) and `small` (64 px, 2,000 / 200, for the
-CPU demo). Size and seed are configurable by making a `SyntheticFacesConfig`. Sample i of
+Configs: `default` (256 px, 4,000 train / 200 test), `small` (64 px, 2,000 / 200, for the
+CPU demo) and `tiny` (64 px, 64 / 16, for tests). Size and seed are configurable by making a `SyntheticFacesConfig`. Sample i of
 the train split is `SyntheticWorld.sample(seed + i)`; test samples use seeds offset by 10^8.
 """
 
@@ -59,6 +59,8 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
       SyntheticFacesConfig(name='default', description='256 px, 4000 train / 200 test'),
       SyntheticFacesConfig(name='small', description='64 px, 2000 train / 200 test (CPU demo)',
                            image_size=64, num_train=2000, num_test=200),
+      SyntheticFacesConfig(name='tiny', description='64 px, 64 train / 16 test (tests)',
+                           image_size=64, num_train=64, num_test=16),
   ]
 
   def __init__(self, *, num_workers: Optional[int] = None, **kwargs):

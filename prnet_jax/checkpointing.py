@@ -51,7 +51,9 @@ def load_variables(directory: str, step: Optional[int] = None
   directory = os.path.abspath(directory)
   if not os.path.isdir(directory):
     raise CheckpointError(f'{directory}: checkpoint directory does not exist')
-  with ocp.CheckpointManager(directory) as mngr:
+  handlers = {VARIABLES: ocp.StandardCheckpointHandler(),
+              MODEL_CONFIG: ocp.JsonCheckpointHandler()}
+  with ocp.CheckpointManager(directory, item_handlers=handlers) as mngr:
     steps = mngr.all_steps()
     if not steps:
       raise CheckpointError(f'{directory}: no checkpoint steps found (expected numbered step '
@@ -60,10 +62,13 @@ def load_variables(directory: str, step: Optional[int] = None
     if step not in steps:
       raise CheckpointError(f'{directory}: no step {step}; available: {sorted(steps)}')
     try:
-      # Restore onto the host as NumPy: callers place arrays on their own mesh.
+      # Restore onto one local device whatever topology saved it (a pod's checkpoint loads on
+      # a laptop), then hand NumPy to the caller, who places arrays on its own mesh.
       item_meta = mngr.item_metadata(step)[VARIABLES]
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
       target = jax.tree_util.tree_map(
-          lambda m: np.zeros(m.shape, m.dtype), getattr(item_meta, 'tree', item_meta))
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+          getattr(item_meta, 'tree', item_meta))
       restored = mngr.restore(step, args=ocp.args.Composite(**{
           VARIABLES: ocp.args.StandardRestore(target),
           MODEL_CONFIG: ocp.args.JsonRestore()}))

@@ -1,24 +1,25 @@
 """Input pipeline: grain over TFDS array_record sources, per-process shards, global jax.Arrays.
 
     source = data_source('synthetic_faces/small', 'train', data_dir)
-    loader = train_loader(source, global_batch_size=32, seed=0, resolution=64)
+    loader = train_loader(source, global_batch_size=32, seed=0, resolution=64)  # grain
     batches = DeviceIterator(loader, sharding)       # dicts of global, sharded jax.Arrays
     state = batches.get_state()                      # save with the checkpoint ...
     batches.set_state(state)                         # ... and resume exactly there
 
-Every JAX process reads its own shard of the (seeded, shuffled, repeated) index stream, decodes
-JPEG + position map on the host (in `worker_count` processes if > 0), batches its part of the
-global batch, and `jax.make_array_from_process_local_data` assembles the global array.
+One seeded, per-epoch-shuffled, repeated stream of record indices is cut into global batches;
+every JAX process decodes (JPEG + position map, in threads, or `worker_count` processes) only its
+rows of each, and `jax.make_array_from_process_local_data` assembles the global array. So the
+global batches do not depend on the number of processes or devices.
 Augmentation runs afterwards on the accelerator (`prnet_jax.augment`).
 """
 
 from __future__ import annotations
 
+import copy
 import queue
 import threading
 from typing import Any, Iterator, Optional
 
-import grain.python as grain
 import jax
 import numpy as np
 
@@ -56,7 +57,7 @@ def _resize(array: np.ndarray, size: int) -> np.ndarray:
                    for c in range(array.shape[-1])], -1)
 
 
-class DecodeExample(grain.MapTransform):
+class DecodeExample:
   """Record -> {'image': uint8 (R, R, 3), 'position_map': float32 (R, R, 3),
   'landmarks': float32 (68, 3), 'yaw_bucket': int32}, resized to `resolution` if needed
   (positions scaled with the image)."""
@@ -88,23 +89,40 @@ def local_batch_size(global_batch_size: int) -> int:
   return global_batch_size // n
 
 
+class _LocalBatch:
+  """Global batch of record indices -> this process's decoded slice, stacked."""
+
+  def __init__(self, source, decode: DecodeExample, start: int, size: int):
+    self.source, self.decode, self.start, self.size = source, decode, start, size
+
+  def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    examples = [self.decode.map(self.source[int(i)])
+                for i in indices[self.start:self.start + self.size]]
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
 def train_loader(source, global_batch_size: int, seed: int, resolution: int,
-                 worker_count: int = 0, num_epochs: Optional[int] = None) -> grain.DataLoader:
-  """Shuffled (by `seed`), repeated, this process's shard, batched to its part of the batch."""
+                 worker_count: int = 0, num_epochs: Optional[int] = None,
+                 num_threads: int = 2):
+  """A grain IterDataset of this process's part of each global batch.
+
+  The record order is one seeded global stream (reshuffled every epoch, repeated), cut into
+  global batches; process p decodes rows [p * L, (p + 1) * L) of each. So the global batches
+  are the same for any number of processes and devices: a seed fixes the data order."""
+  import grain
+  local = local_batch_size(global_batch_size)
+  ds = (grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(num_epochs)
+        .batch(global_batch_size, drop_remainder=True)
+        .map(_LocalBatch(source, DecodeExample(resolution), jax.process_index() * local, local)))
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4))
   if worker_count > 0:
     # grain's worker processes read absl flags; outside an absl app (notebooks, scripts) mark
     # them parsed so their defaults apply.
     from absl import flags
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
-  sampler = grain.IndexSampler(
-      num_records=len(source), shuffle=True, seed=seed, num_epochs=num_epochs,
-      shard_options=grain.ShardOptions(shard_index=jax.process_index(),
-                                       shard_count=jax.process_count(), drop_remainder=True))
-  return grain.DataLoader(
-      data_source=source, sampler=sampler, worker_count=worker_count,
-      operations=[DecodeExample(resolution),
-                  grain.Batch(local_batch_size(global_batch_size), drop_remainder=True)])
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return ds
 
 
 def to_global(local: dict[str, np.ndarray], sharding: jax.sharding.Sharding
@@ -115,23 +133,23 @@ def to_global(local: dict[str, np.ndarray], sharding: jax.sharding.Sharding
 
 
 class DeviceIterator:
-  """Global-array batches from a grain loader, prefetched by a background thread.
+  """Global-array batches from a `train_loader`, prefetched by a background thread.
 
   `get_state()` is the loader position after the last batch *returned* (not prefetched),
   so a run resumed from it sees exactly the batches an uninterrupted run would have seen."""
 
-  def __init__(self, loader: grain.DataLoader, sharding: jax.sharding.Sharding,
-               prefetch: int = 2, state: Optional[bytes] = None):
+  def __init__(self, loader, sharding: jax.sharding.Sharding, prefetch: int = 2,
+               state: Optional[dict] = None):
     self._loader = loader
     self._sharding = sharding
     self._prefetch = prefetch
     self._start(state)
 
-  def _start(self, state: Optional[bytes]) -> None:
+  def _start(self, state: Optional[dict]) -> None:
     self._it = iter(self._loader)
     if state is not None:
-      self._it.set_state(state)
-    self._state = self._it.get_state()
+      self._it.set_state(copy.deepcopy(state))
+    self._state = copy.deepcopy(self._it.get_state())
     self._queue: queue.Queue = queue.Queue(maxsize=self._prefetch)
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._fill, daemon=True)
@@ -141,7 +159,7 @@ class DeviceIterator:
     try:
       while not self._stop.is_set():
         local = next(self._it)
-        item = (to_global(local, self._sharding), self._it.get_state())
+        item = (to_global(local, self._sharding), copy.deepcopy(self._it.get_state()))
         while not self._stop.is_set():
           try:
             self._queue.put(item, timeout=0.1)
@@ -162,10 +180,10 @@ class DeviceIterator:
     batch, self._state = item
     return batch
 
-  def get_state(self) -> bytes:
+  def get_state(self) -> dict:
     return self._state
 
-  def set_state(self, state: bytes) -> None:
+  def set_state(self, state: dict) -> None:
     self.close()
     self._start(state)
 

@@ -52,10 +52,13 @@ class ModelConfig:
     resolution: input and output side in pixels; a multiple of 32 (five stride-2 stages).
     width: channels of the first conv ("size" in the official code); 16 is PRNet.
     dtype: compute dtype name ('float32' or 'bfloat16'); params and BN statistics stay float32.
+    bn_momentum: decay of the BatchNorm moving statistics (TF's 0.999; short runs need less,
+      or evaluation sees statistics still dominated by their initial values).
   """
   resolution: int = 256
   width: int = 16
   dtype: str = 'float32'
+  bn_momentum: float = BN_MOMENTUM
 
   @property
   def max_pos(self) -> float:
@@ -75,9 +78,11 @@ class ModelConfig:
 
 def _dtype(name: str) -> Any:
   try:
-    return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}[name]
+    return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16,
+            'float64': jnp.float64}[name]
   except KeyError:
-    raise ValueError(f"dtype must be 'float32', 'bfloat16' or 'float16', got {name!r}") from None
+    raise ValueError(f"dtype must be 'float32', 'bfloat16', 'float16' or 'float64' (a "
+                     f"reference for tests; needs jax_enable_x64), got {name!r}") from None
 
 
 class ConvBN(nn.Module):
@@ -89,6 +94,8 @@ class ConvBN(nn.Module):
   use_bn: bool = True
   activation: Optional[Callable[[jax.Array], jax.Array]] = nn.relu
   dtype: Any = jnp.float32
+  bn_momentum: float = BN_MOMENTUM
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -96,22 +103,26 @@ class ConvBN(nn.Module):
     if self.transpose:
       x = nn.ConvTranspose(self.features, k, s, padding='SAME', use_bias=False,
                            transpose_kernel=True, kernel_init=default_kernel_init,
-                           dtype=self.dtype, name='conv')(x)
+                           dtype=self.dtype, param_dtype=self.param_dtype, name='conv')(x)
     else:
       x = nn.Conv(self.features, k, s, padding='SAME', use_bias=False,
-                  kernel_init=default_kernel_init, dtype=self.dtype, name='conv')(x)
+                  kernel_init=default_kernel_init, dtype=self.dtype,
+                  param_dtype=self.param_dtype, name='conv')(x)
     if self.use_bn:
-      x = batch_norm(train, self.dtype, name='bn')(x)
+      x = batch_norm(train, self.dtype, self.bn_momentum, name='bn',
+                     param_dtype=self.param_dtype)(x)
     if self.activation is not None:
       x = self.activation(x)
     return x
 
 
-def batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
+def batch_norm(train: bool, dtype: Any, momentum: float, name: str,
+               param_dtype: Any = jnp.float32) -> nn.BatchNorm:
   # Statistics are reduced in float32 even for bf16 compute; under jit with a data-sharded
   # batch the mean is over the global batch (XLA inserts the cross-device reduction).
-  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                      dtype=dtype, name=name)
+  return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=BN_EPSILON,
+                      use_fast_variance=False, dtype=dtype, param_dtype=param_dtype,
+                      name=name)
 
 
 class ResBlock(nn.Module):
@@ -119,19 +130,22 @@ class ResBlock(nn.Module):
   features: int
   strides: int = 1
   dtype: Any = jnp.float32
+  bn_momentum: float = BN_MOMENTUM
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     shortcut = x
+    kw = dict(dtype=self.dtype, bn_momentum=self.bn_momentum, param_dtype=self.param_dtype)
     if self.strides != 1 or x.shape[-1] != self.features:
       shortcut = ConvBN(self.features, 1, self.strides, use_bn=False, activation=None,
-                        dtype=self.dtype, name='shortcut')(x, train)
+                        name='shortcut', **kw)(x, train)
     half = self.features // 2
-    y = ConvBN(half, 1, 1, dtype=self.dtype, name='conv1')(x, train)
-    y = ConvBN(half, KERNEL_SIZE, self.strides, dtype=self.dtype, name='conv2')(y, train)
-    y = ConvBN(self.features, 1, 1, use_bn=False, activation=None, dtype=self.dtype,
-               name='conv3')(y, train)
-    y = batch_norm(train, self.dtype, name='bn')(y + shortcut)
+    y = ConvBN(half, 1, 1, name='conv1', **kw)(x, train)
+    y = ConvBN(half, KERNEL_SIZE, self.strides, name='conv2', **kw)(y, train)
+    y = ConvBN(self.features, 1, 1, use_bn=False, activation=None, name='conv3', **kw)(y, train)
+    y = batch_norm(train, self.dtype, self.bn_momentum, name='bn',
+                   param_dtype=self.param_dtype)(y + shortcut)
     return nn.relu(y)
 
 
@@ -140,12 +154,17 @@ class PRNet(nn.Module):
   resolution: int = 256
   width: int = 16
   dtype: Any = jnp.float32
+  bn_momentum: float = BN_MOMENTUM
+  param_dtype: Any = jnp.float32  # float64 only for the float64 reference
 
   @classmethod
   def from_config(cls, config: ModelConfig | Mapping[str, Any]) -> 'PRNet':
     if not isinstance(config, ModelConfig):
       config = ModelConfig.from_mapping(config)
-    return cls(resolution=config.resolution, width=config.width, dtype=_dtype(config.dtype))
+    dtype = _dtype(config.dtype)
+    return cls(resolution=config.resolution, width=config.width, dtype=dtype,
+               bn_momentum=config.bn_momentum,
+               param_dtype=jnp.float64 if dtype == jnp.float64 else jnp.float32)
 
   @property
   def max_pos(self) -> float:
@@ -164,18 +183,19 @@ class PRNet(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
     self.setup_check(images)
-    w, dt = self.width, self.dtype
-    x = images.astype(dt)
-    x = ConvBN(w, dtype=dt, name='conv0')(x, train)
+    w = self.width
+    kw = dict(dtype=self.dtype, bn_momentum=self.bn_momentum, param_dtype=self.param_dtype)
+    x = images.astype(self.dtype)
+    x = ConvBN(w, name='conv0', **kw)(x, train)
     for i, (mult, stride) in enumerate(ENCODER_BLOCKS):
-      x = ResBlock(w * mult, stride, dtype=dt, name=f'res{i}')(x, train)
+      x = ResBlock(w * mult, stride, name=f'res{i}', **kw)(x, train)
     layers = [(w * m, s) for m, s in DECODER_LAYERS] + [(3, 1)] * NUM_OUTPUT_LAYERS
     for i, (features, stride) in enumerate(layers):
       last = i == len(layers) - 1
       x = ConvBN(features, strides=stride, transpose=True,
-                 activation=nn.sigmoid if last else nn.relu, dtype=dt,
-                 name=f'deconv{i}')(x, train)
-    return x.astype(jnp.float32) * self.max_pos
+                 activation=nn.sigmoid if last else nn.relu, name=f'deconv{i}', **kw)(x, train)
+    out_dtype = jnp.float64 if self.dtype == jnp.float64 else jnp.float32
+    return x.astype(out_dtype) * self.max_pos
 
 
 def init_variables(model: PRNet, rng: jax.Array, batch_size: int = 1) -> dict[str, Any]:

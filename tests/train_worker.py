@@ -1,0 +1,78 @@
+"""Subprocess entry for training tests (device counts, multi-host, kill/resume).
+
+  python tests/train_worker.py step NUM_DEVICES            -> JSON of per-step losses
+  python tests/train_worker.py train NUM_DEVICES WORKDIR DATA_DIR STEPS [COORD PROCS PID
+                                                                          [OPTIMIZER LR]]
+"""
+
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'configs'))
+
+import jax  # noqa: E402
+
+
+def tiny_config():
+  import prnet as config_module
+  c = config_module.get_config('small')
+  c.model.width = 2
+  c.dataset = 'synthetic_faces/tiny'
+  c.batch_size = 8
+  c.log_every = int(os.environ.get('LOG_EVERY', 2))
+  c.checkpoint_every = int(os.environ.get('CKPT_EVERY', 2))
+  c.eval_every = 0
+  return c
+
+
+def step_losses():
+  import numpy as np
+  from prnet_jax import train
+  from prnet_jax.face_model import derive_uv_assets
+  from prnet_jax.procedural_face import procedural_face_model
+  c = tiny_config()
+  trainer = train.make_trainer(c, 10, derive_uv_assets(procedural_face_model(), 64))
+  rng = np.random.RandomState(0)
+  batch = {'image': rng.randint(0, 255, (8, 64, 64, 3)).astype(np.uint8),
+           'position_map': rng.uniform(0, 60, (8, 64, 64, 3)).astype(np.float32)}
+  batch = jax.device_put(batch, trainer.data_sharding)
+  state = trainer.init(jax.random.key(0))
+  (loss, (_, stats)), grads = jax.device_get(trainer.grad(state, batch))
+  first = {'loss': float(loss),
+           'grads': [np.asarray(g).tolist() for g in jax.tree_util.tree_leaves(grads)[:6]],
+           'grad_norms': [float(np.linalg.norm(g)) for g in jax.tree_util.tree_leaves(grads)],
+           'stats': [float(np.abs(s).sum()) for s in jax.tree_util.tree_leaves(stats)]}
+  out = []
+  for _ in range(2):
+    state, m = trainer.step(state, batch)
+    out.append(float(m['loss']))
+  leaves = jax.tree_util.tree_leaves(jax.device_get(state.params))
+  return {'first': first, 'losses': out, 'devices': jax.device_count(),
+          'checksum': float(sum(np.abs(x).sum() for x in leaves))}
+
+
+def main():
+  jax.config.update('jax_num_cpu_devices', int(sys.argv[2]))
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  mode = sys.argv[1]
+  if mode == 'step':
+    print(json.dumps(step_losses()))
+    return
+  workdir, data_dir, steps = sys.argv[3], sys.argv[4], int(sys.argv[5])
+  if len(sys.argv) > 6:
+    jax.distributed.initialize(coordinator_address=sys.argv[6], num_processes=int(sys.argv[7]),
+                               process_id=int(sys.argv[8]))
+  from prnet_jax import train
+  c = tiny_config()
+  c.data_dir = data_dir
+  c.num_train_steps = steps
+  if len(sys.argv) > 9:
+    c.optimizer, c.learning_rate = sys.argv[9], float(sys.argv[10])
+  train.train_and_evaluate(c, workdir, build_if_missing=False)
+
+
+if __name__ == '__main__':
+  main()

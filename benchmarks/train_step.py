@@ -1,0 +1,63 @@
+"""Train-step throughput of the real training code path (`prnet_jax.train.make_trainer`).
+
+  python benchmarks/train_step.py                 # full model, batch 16, float32
+  python benchmarks/train_step.py --config=small  # the CPU demo model
+
+Reports compile time (first call) and images/s over --steps steps (median of per-step times).
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'configs'))
+from benchmarks.common import median, report  # noqa: E402
+import prnet as config_module  # noqa: E402
+from prnet_jax import train  # noqa: E402
+from prnet_jax.face_model import derive_uv_assets  # noqa: E402
+from prnet_jax.procedural_face import procedural_face_model  # noqa: E402
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--config', default='synthetic', help='variant of configs/prnet.py')
+  p.add_argument('--batch', type=int, default=16)
+  p.add_argument('--steps', type=int, default=5)
+  p.add_argument('--dtype', default='float32')
+  p.add_argument('--output', default='benchmarks/results/train_step.json')
+  a = p.parse_args()
+  c = config_module.get_config(a.config)
+  c.batch_size = a.batch
+  c.model.dtype = a.dtype
+  res = c.model.resolution
+  trainer = train.make_trainer(c, 100, derive_uv_assets(procedural_face_model(), res))
+  rng = np.random.RandomState(0)
+  batch = jax.device_put({
+      'image': rng.randint(0, 255, (a.batch, res, res, 3)).astype(np.uint8),
+      'position_map': rng.uniform(0, res, (a.batch, res, res, 3)).astype(np.float32)},
+      trainer.data_sharding)
+  state = trainer.init(jax.random.key(0))
+  t = time.perf_counter()
+  state, m = trainer.step(state, batch)
+  jax.block_until_ready(m)
+  compile_s = time.perf_counter() - t
+  times = []
+  for _ in range(a.steps):
+    t = time.perf_counter()
+    state, m = trainer.step(state, batch)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t)
+  row = {'config': a.config, 'resolution': res, 'width': c.model.width, 'dtype': a.dtype,
+         'batch': a.batch, 'devices': jax.device_count(), 'first_step_s': compile_s,
+         'step_s': median(times), 'images_per_s': a.batch / median(times)}
+  report('train_step', [row], list(row), a.output)
+
+
+if __name__ == '__main__':
+  main()

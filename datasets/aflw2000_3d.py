@@ -74,34 +74,17 @@ def process_sample(item):
                                           CROP_SIZE))
   except data_io.SampleError as e:
     return e
-  return name, {
-      'image': data_io.encode_jpeg(np.clip(np.round(crop), 0, 255).astype(np.uint8)),
-      'position_map': encoded_map,
-      'landmarks_3d': landmarks.astype(np.float32),
-      'landmarks_2d': landmarks[:, :2].astype(np.float32),
-      'pose': pose.astype(np.float32),
-      'crop_transform': transform.astype(np.float32),
-      'yaw_bucket': data_io.yaw_bucket(pose[1]),
-      'file_name': name,
-  }
+  return name, common.face_example(crop, encoded_map, landmarks, landmarks[:, :2], pose,
+                                   transform, name)
 
 
-class Aflw20003d(tfds.core.GeneratorBasedBuilder):
+class Aflw20003d(common.ManualFaceBuilder):
   """AFLW2000-3D crops with 68 3D landmarks, pose, yaw bucket (and dense maps with BFM)."""
 
   name = 'aflw2000_3d'
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Landmark crops (1.6x), yaw buckets, optional dense maps.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
-
-  def __init__(self, *, strict: bool = False, num_workers: Optional[int] = None, **kwargs):
-    self._strict = strict
-    self._num_workers = num_workers
-    super().__init__(**kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(features=common.face_features(),
-                                          description=__doc__.split('\n')[0])
 
   def _split_generators(self, dl_manager):
     from prnet_jax import data_io
@@ -115,7 +98,4 @@ class Aflw20003d(tfds.core.GeneratorBasedBuilder):
     return {'test': self._generate_examples(items, bfm)}
 
   def _generate_examples(self, items, bfm_dir):
-    from prnet_jax import data_io
-    self.report = data_io.BuildReport('aflw2000_3d', strict=self._strict)
-    yield from common.generate(process_sample, items, self.report, self._num_workers, _init,
-                               (bfm_dir,))
+    yield from self._generate(process_sample, items, _init, (bfm_dir,))

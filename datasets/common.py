@@ -58,3 +58,38 @@ def generate(fn: Callable[[Any], Any], items: Sequence[Any], report, num_workers
       report.ok()
       yield result
   print(report.summary(), flush=True)
+
+
+def face_example(crop: np.ndarray, encoded_map: bytes, landmarks_3d: np.ndarray,
+                 landmarks_2d: np.ndarray, pose: np.ndarray, transform: np.ndarray,
+                 name: str) -> dict[str, Any]:
+  """One record of `face_features` from a float crop (0..255) and its ground truth."""
+  from prnet_jax import data_io
+  return {
+      'image': data_io.encode_jpeg(np.clip(np.round(crop), 0, 255).astype(np.uint8)),
+      'position_map': encoded_map,
+      'landmarks_3d': np.asarray(landmarks_3d, np.float32),
+      'landmarks_2d': np.asarray(landmarks_2d, np.float32),
+      'pose': np.asarray(pose, np.float32),
+      'crop_transform': np.asarray(transform, np.float32),
+      'yaw_bucket': data_io.yaw_bucket(float(pose[1])),
+      'file_name': name,
+  }
+
+
+class ManualFaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base of builders over files the user downloads: strict mode, worker processes, report."""
+
+  def __init__(self, *, strict: bool = False, num_workers: Optional[int] = None, **kwargs):
+    self._strict = strict
+    self._num_workers = num_workers
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(features=face_features(),
+                                          description=(self.__doc__ or '').split('\n')[0])
+
+  def _generate(self, fn, items, initializer, initargs):
+    from prnet_jax import data_io
+    self.report = data_io.BuildReport(self.name, strict=self._strict)
+    yield from generate(fn, items, self.report, self._num_workers, initializer, initargs)

@@ -85,35 +85,18 @@ def process_sample(item):
       raise data_io.SampleError(mat_path, str(e)) from e
   except data_io.SampleError as e:
     return e
-  landmarks = gt.positions[model.landmarks].astype(np.float32)
-  return name, {
-      'image': data_io.encode_jpeg(np.clip(np.round(crop), 0, 255).astype(np.uint8)),
-      'position_map': encoded_map,
-      'landmarks_3d': landmarks,
-      'landmarks_2d': geometry.transform_points(gt.transform, pt2d.T).astype(np.float32),
-      'pose': pose.astype(np.float32),
-      'crop_transform': gt.transform.astype(np.float32),
-      'yaw_bucket': data_io.yaw_bucket(pose[1]),
-      'file_name': name,
-  }
+  return name, common.face_example(
+      crop, encoded_map, gt.positions[model.landmarks],
+      geometry.transform_points(gt.transform, pt2d.T), pose, gt.transform, name)
 
 
-class Prnet300wlp(tfds.core.GeneratorBasedBuilder):
+class Prnet300wlp(common.ManualFaceBuilder):
   """300W-LP face crops with PRNet UV position maps."""
 
   name = 'prnet_300wlp'
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'face3d 300W-LP procedure, all eight subsets.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
-
-  def __init__(self, *, strict: bool = False, num_workers: Optional[int] = None, **kwargs):
-    self._strict = strict
-    self._num_workers = num_workers
-    super().__init__(**kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(features=common.face_features(),
-                                          description=__doc__.split('\n')[0])
 
   def _split_generators(self, dl_manager):
     root = os.path.join(dl_manager.manual_dir, '300W_LP')
@@ -137,7 +120,4 @@ class Prnet300wlp(tfds.core.GeneratorBasedBuilder):
     return {'train': self._generate_examples(items, bfm)}
 
   def _generate_examples(self, items, bfm_dir):
-    from prnet_jax import data_io
-    self.report = data_io.BuildReport('prnet_300wlp', strict=self._strict)
-    yield from common.generate(process_sample, items, self.report, self._num_workers,
-                               _init_bfm, (bfm_dir,))
+    yield from self._generate(process_sample, items, _init_bfm, (bfm_dir,))

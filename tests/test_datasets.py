@@ -22,7 +22,7 @@ def read_all(builder, split):
 
 
 def test_synthetic_faces_builds_and_reads_back(tmp_path):
-  config = synthetic_faces.SyntheticFacesConfig(name='tiny', image_size=64, num_train=5,
+  config = synthetic_faces.SyntheticFacesConfig(name='custom', image_size=64, num_train=5,
                                                 num_test=2, seed=7)
   builder = synthetic_faces.SyntheticFaces(config=config, data_dir=str(tmp_path),
                                            file_format='array_record', num_workers=0)

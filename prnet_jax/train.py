@@ -198,6 +198,22 @@ def _grain_save(item):
 def _restore_latest(mngr, abstract: TrainState) -> tuple[Optional[TrainState], Optional[dict]]:
   """Newest checkpoint that restores; a broken one is reported and the previous one used."""
   import grain.python as grain
+  broken = []
+  try:
+    return _restore_newest_good(mngr, abstract, broken, grain)
+  finally:
+    if broken:  # move unreadable checkpoints aside (kept for inspection) so saving can reuse
+      if jax.process_index() == 0:  # their step numbers
+        for step in broken:
+          path = os.path.join(str(mngr.directory), str(step))
+          os.replace(path, f'{path}.unreadable-{int(time.time())}')
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices('prnet_jax: moved unreadable checkpoints')
+      mngr.reload()
+
+
+def _restore_newest_good(mngr, abstract, broken, grain):
   for step in sorted(mngr.all_steps(), reverse=True):
     holder = _IteratorState()
     try:
@@ -209,8 +225,9 @@ def _restore_latest(mngr, abstract: TrainState) -> tuple[Optional[TrainState], O
                                            'rng': abstract.rng}),
           DATA_ITER: grain.PyGrainCheckpointRestore(holder)}))
     except Exception as e:  # any orbax/IO failure: fall back to the previous checkpoint
-      print(f'checkpoint {mngr.directory}/{step} could not be restored ({type(e).__name__}: '
-            f'{str(e)[:300]}); trying an older one', flush=True)
+      _log(f'checkpoint {mngr.directory}/{step} could not be restored ({type(e).__name__}: '
+           f'{str(e)[:300]}); trying an older one')
+      broken.append(step)
       continue
     v, t = r[VARIABLES], r[TRAIN]
     return TrainState(step=t['step'], params=v['params'], batch_stats=v['batch_stats'],

@@ -38,17 +38,20 @@ def tiny_data(tmp_path_factory):
   return data_dir
 
 
-def test_same_loss_and_gradients_on_1_2_4_8_devices():
-  procs = {n: subprocess.Popen([sys.executable, WORKER, 'step', str(n)], cwd=ROOT,
+def test_same_loss_and_gradients_on_1_2_4_8_devices_and_fsdp():
+  # (devices, fsdp): data parallel on 1..8 devices, and parameters sharded over 2 of 4.
+  runs = {(1, 1): None, (2, 1): None, (4, 1): None, (8, 1): None, (4, 2): None}
+  procs = {k: subprocess.Popen([sys.executable, WORKER, 'step', str(k[0]), str(k[1])], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for n in (1, 2, 4, 8)}
+           for k in runs}
   results = {}
   for n, p in procs.items():
     out, err = p.communicate(timeout=900)
     assert p.returncode == 0, err[-3000:]
     results[n] = json.loads(out.strip().splitlines()[-1])
-  ref = results[1]
-  for n, r in results.items():
+  ref = results[(1, 1)]
+  assert results[(4, 2)]['fsdp_leaves'] > 0 and ref['fsdp_leaves'] == 0
+  for (n, _), r in results.items():
     assert r['devices'] == n
     # The forward pass (BatchNorm over the global batch) is the same function everywhere.
     assert r['first']['loss'] == pytest.approx(ref['first']['loss'], rel=1e-6)
@@ -194,3 +197,33 @@ def test_default_config_without_data_says_how_to_prepare(tmp_path):
   assert r.returncode == 1
   assert 'python -m datasets.build prnet_300wlp' in r.stderr
   assert '300W_LP' in r.stderr and 'configs/prnet.py:small' in r.stderr
+
+
+def test_sigterm_saves_and_stops(tiny_data, tmp_path):
+  p = subprocess.Popen([sys.executable, WORKER, 'train', '1', str(tmp_path), tiny_data, '100000'],
+                       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 300
+  while time.time() < deadline and not (tmp_path / 'metrics.jsonl').exists():
+    time.sleep(0.1)
+  time.sleep(1.0)
+  p.send_signal(signal.SIGTERM)
+  out = p.communicate(timeout=300)[0]
+  assert p.returncode == 0, out[-2000:]
+  assert 'SIGTERM: saved step' in out
+  saved = int(out.split('SIGTERM: saved step ')[1].split(',')[0])
+  _, step = final_params(tmp_path)
+  assert step == saved and 0 < saved < 100000
+
+
+def test_broken_newest_checkpoint_falls_back_to_the_previous(tiny_data, tmp_path):
+  run_worker('train', 1, tmp_path, tiny_data, 6)
+  newest = tmp_path / 'checkpoints' / '6' / 'train'
+  for f in newest.rglob('*'):
+    if f.is_file():
+      f.write_bytes(b'garbage')
+  r = run_worker('train', 1, tmp_path, tiny_data, 8)
+  assert 'checkpoint' in r.stdout and '/6 could not be restored' in r.stdout
+  assert 'resumed from' in r.stdout and r.stdout.split('resumed from ')[1].split()[0].endswith(
+      '/4')
+  _, step = final_params(tmp_path)
+  assert step == 8

@@ -1,6 +1,6 @@
 """Subprocess entry for training tests (device counts, multi-host, kill/resume).
 
-  python tests/train_worker.py step NUM_DEVICES            -> JSON of per-step losses
+  python tests/train_worker.py step NUM_DEVICES [FSDP]     -> JSON of per-step losses
   python tests/train_worker.py train NUM_DEVICES WORKDIR DATA_DIR STEPS [COORD PROCS PID
                                                                           [OPTIMIZER LR]]
 """
@@ -28,12 +28,13 @@ def tiny_config():
   return c
 
 
-def step_losses():
+def step_losses(fsdp=1):
   import numpy as np
   from prnet_jax import train
   from prnet_jax.face_model import derive_uv_assets
   from prnet_jax.procedural_face import procedural_face_model
   c = tiny_config()
+  c.mesh.fsdp = fsdp
   trainer = train.make_trainer(c, 10, derive_uv_assets(procedural_face_model(), 64))
   rng = np.random.RandomState(0)
   batch = {'image': rng.randint(0, 255, (8, 64, 64, 3)).astype(np.uint8),
@@ -50,7 +51,9 @@ def step_losses():
     state, m = trainer.step(state, batch)
     out.append(float(m['loss']))
   leaves = jax.tree_util.tree_leaves(jax.device_get(state.params))
-  return {'first': first, 'losses': out, 'devices': jax.device_count(),
+  sharded = [str(x.sharding.spec) for x in jax.tree_util.tree_leaves(state.params)
+             if 'fsdp' in str(x.sharding.spec)]
+  return {'first': first, 'losses': out, 'devices': jax.device_count(), 'fsdp_leaves': len(sharded),
           'checksum': float(sum(np.abs(x).sum() for x in leaves))}
 
 
@@ -59,7 +62,7 @@ def main():
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   mode = sys.argv[1]
   if mode == 'step':
-    print(json.dumps(step_losses()))
+    print(json.dumps(step_losses(int(sys.argv[3]) if len(sys.argv) > 3 else 1)))
     return
   workdir, data_dir, steps = sys.argv[3], sys.argv[4], int(sys.argv[5])
   if len(sys.argv) > 6:

@@ -81,8 +81,14 @@ def free_port():
 
 def test_two_processes_train_like_one_process_with_four_devices(tiny_data, tmp_path):
   """The real multi-host code path (jax.distributed on 127.0.0.1, gloo collectives, per-process
-  data slices, orbax multi-host checkpoints) against one process with the same 4 devices."""
-  opt = ['sgd', '0.05']  # updates proportional to gradients (Adam amplifies round-off)
+  data slices, orbax multi-host checkpoints) against one process with the same 4 devices.
+
+  Cross-process reductions add in another order, so the runs agree to round-off, not bits. A
+  small SGD step keeps that round-off from being amplified: Adam turns it into full-size steps
+  for near-zero gradients, and large steps of this tiny net amplify it ~1e4x per step (measured:
+  replicas stay bitwise consistent across processes; on a fixed batch lr 0.05 drifts 1% in 2
+  steps while lr 0.002 agrees to 2e-5; with augmented batches ~0.3% after 4 steps)."""
+  opt = ['sgd', '0.002']
   single = tmp_path / 'single'
   run_worker('train', 4, single, tiny_data, 4, f'127.0.0.1:{free_port()}', 1, 0, *opt)
   multi = tmp_path / 'multi'
@@ -98,12 +104,12 @@ def test_two_processes_train_like_one_process_with_four_devices(tiny_data, tmp_p
   b, step_b = final_params(multi)
   assert step_a == step_b == 4
   rows = [[json.loads(l) for l in open(w / 'metrics.jsonl')] for w in (single, multi)]
-  # Same data, same initialisation, same first updates: identical up to round-off.
   assert [r['step'] for r in rows[0]] == [r['step'] for r in rows[1]] == [1, 2, 4]
-  for r0, r1 in zip(rows[0][:2], rows[1][:2]):
-    assert r1['loss'] == pytest.approx(r0['loss'], rel=1e-4)
-  # Later steps drift apart by ~1% (see the README's note on multi-host determinism).
-  assert rows[1][2]['loss'] == pytest.approx(rows[0][2]['loss'], rel=5e-2)
+  # Step 1 is the same computation; later steps carry round-off that the augmented inputs
+  # amplify (open question, see issue 5): the same trajectory to ~1%.
+  assert rows[1][0]['loss'] == pytest.approx(rows[0][0]['loss'], rel=1e-5)
+  for r0, r1 in zip(*rows):
+    assert r1['loss'] == pytest.approx(r0['loss'], rel=1e-2)
   sys.path.insert(0, os.path.dirname(WORKER))
   import train_worker
   from prnet_jax import train
@@ -113,10 +119,11 @@ def test_two_processes_train_like_one_process_with_four_devices(tiny_data, tmp_p
                                derive_uv_assets(procedural_face_model(), 64))
   init = jax.device_get(trainer.init(jax.random.key(0)).params)
   flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(t)])
-  moved_a = flat(a['params']) - flat(init)
-  moved_b = flat(b['params']) - flat(init)
+  moved_a, moved_b = flat(a['params']) - flat(init), flat(b['params']) - flat(init)
+  assert np.linalg.norm(moved_a) > 1e-4
   cosine = moved_a @ moved_b / (np.linalg.norm(moved_a) * np.linalg.norm(moved_b))
-  assert cosine > 0.9  # the same direction of travel
+  assert cosine > 0.95, cosine  # the same direction of travel (measured ~0.98)
+  assert np.linalg.norm(moved_b) == pytest.approx(np.linalg.norm(moved_a), rel=0.1)
 
 
 def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(tiny_data, tmp_path):

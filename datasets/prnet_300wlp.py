@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Optional
-
 import numpy as np
 import tensorflow_datasets as tfds
 

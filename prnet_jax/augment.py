@@ -11,8 +11,6 @@ pixels outside the mesh (all-zero) stay zero.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
-
 import jax
 import jax.numpy as jnp
 

@@ -11,7 +11,7 @@ import collections
 import dataclasses
 import io
 import os
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -150,7 +150,3 @@ def yaw_bucket(yaw_radians: float) -> int:
   a = abs(np.rad2deg(yaw_radians))
   return 0 if a <= 30 else 1 if a <= 60 else 2
 
-
-def chunks(items: Sequence, size: int) -> Iterable[Sequence]:
-  for i in range(0, len(items), size):
-    yield items[i:i + size]

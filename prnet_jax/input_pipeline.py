@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import queue
 import threading
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import jax
 import numpy as np

@@ -108,12 +108,16 @@ def prepare_data(config, build_if_missing: bool):
 
 # ------------------------------------------------------------------------------------ step
 
-def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
-  """Adam (the paper) or SGD with momentum 0.9 (`config.optimizer`); the learning rate is
-  multiplied by `lr_decay_factor` every `lr_decay_every_epochs`."""
-  schedule = optax.exponential_decay(
+def make_schedule(config, steps_per_epoch: int) -> optax.Schedule:
+  """Learning rate multiplied by `lr_decay_factor` every `lr_decay_every_epochs`."""
+  return optax.exponential_decay(
       config.learning_rate, transition_steps=config.lr_decay_every_epochs * steps_per_epoch,
       decay_rate=config.lr_decay_factor, staircase=True)
+
+
+def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+  """Adam (the paper) or SGD with momentum 0.9 (`config.optimizer`) on `make_schedule`."""
+  schedule = make_schedule(config, steps_per_epoch)
   name = config.get('optimizer', 'adam')
   if name == 'adam':
     return optax.adam(schedule)
@@ -355,7 +359,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Model, loss, sharded state and the jitted step.
   assets = uv_assets_for(config, model_config.resolution)
   trainer = make_trainer(config, steps_per_epoch, assets, mesh)
-  model, tx, state_sharding = trainer.model, trainer.tx, trainer.state_sharding
+  model = trainer.model
+  schedule = make_schedule(config, steps_per_epoch)
 
   # Checkpoint: resume from the newest good one.
   options = ocp.CheckpointManagerOptions(max_to_keep=config.get('keep_checkpoints', 3),
@@ -407,8 +412,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             f'{window_step} and {step}; stopping without saving: {kept}')
       dt = time.time() - window_start
       ips = n * config.batch_size / max(dt, 1e-9)
-      scalars.update(images_per_s=ips, learning_rate=float(tx_lr(config, steps_per_epoch,
-                                                                  step)))
+      scalars.update(images_per_s=ips, learning_rate=float(schedule(step - 1)))
       _log(f'step {step}/{num_steps}  loss {scalars["loss"]:.5f}  data_loss '
            f'{scalars["data_loss"]:.5f}  {ips:.1f} img/s  ETA '
            f'{_fmt_eta((num_steps - step) * dt / max(n, 1))}')
@@ -433,11 +437,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.close()
     signal.signal(signal.SIGTERM, previous_handler)
   return last
-
-
-def tx_lr(config, steps_per_epoch: int, step: int) -> float:
-  return config.learning_rate * config.lr_decay_factor ** (
-      step // (config.lr_decay_every_epochs * steps_per_epoch))
 
 
 def _make_evaluator(config, model, weights, assets, data_sharding, replicated):

@@ -5,7 +5,6 @@ import shutil
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
 from scipy import io as sio
 

@@ -35,7 +35,7 @@ def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], num_workers: Op
                  initializer: Optional[Callable] = None, initargs: tuple = ()) -> Iterator[Any]:
   """fn over items in order, on `num_workers` spawned processes (all cores when None; inline
   when 0). Spawn, not fork: the workers use JAX, which must not be forked once initialised."""
-  workers = os.cpu_count() or 1 if num_workers is None else num_workers
+  workers = (os.cpu_count() or 1) if num_workers is None else num_workers
   if workers <= 1 or len(items) < 2:
     if initializer is not None:
       initializer(*initargs)

@@ -104,9 +104,3 @@ def augment_batch(rng: jax.Array, images: jax.Array, pos: jax.Array,
   keys = jax.random.split(rng, images.shape[0])
   return jax.vmap(lambda k, i, p: augment_example(k, i, p, config))(keys, images, pos)
 
-
-def batch_transforms(rng: jax.Array, batch_size: int, size: int,
-                     config: AugmentConfig) -> jax.Array:
-  """(B, 3, 3) the similarities `augment_batch` draws for the same key (for tests/plots)."""
-  keys = jax.random.split(rng, batch_size)
-  return jax.vmap(lambda k: sample_transform(jax.random.split(k, 3)[0], size, config))(keys)

@@ -18,6 +18,7 @@ import time
 from typing import Any, Optional
 
 import flax
+import grain.python as grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -191,20 +192,14 @@ def _save(mngr, state: TrainState, data_state: dict, model_config: ModelConfig):
       TRAIN: ocp.args.StandardSave({'step': state.step, 'opt_state': state.opt_state,
                                     'rng': state.rng}),
       MODEL_CONFIG: ocp.args.JsonSave(model_config.to_dict()),
-      DATA_ITER: _grain_save(_IteratorState(data_state))}), force=True)
-
-
-def _grain_save(item):
-  import grain.python as grain
-  return grain.PyGrainCheckpointSave(item)
+      DATA_ITER: grain.PyGrainCheckpointSave(_IteratorState(data_state))}), force=True)
 
 
 def _restore_latest(mngr, abstract: TrainState) -> tuple[Optional[TrainState], Optional[dict]]:
   """Newest checkpoint that restores; a broken one is reported and the previous one used."""
-  import grain.python as grain
   broken = []
   try:
-    return _restore_newest_good(mngr, abstract, broken, grain)
+    return _restore_newest_good(mngr, abstract, broken)
   finally:
     if broken:  # move unreadable checkpoints aside (kept for inspection) so saving can reuse
       if jax.process_index() == 0:  # their step numbers
@@ -217,7 +212,7 @@ def _restore_latest(mngr, abstract: TrainState) -> tuple[Optional[TrainState], O
       mngr.reload()
 
 
-def _restore_newest_good(mngr, abstract, broken, grain):
+def _restore_newest_good(mngr, abstract, broken):
   for step in sorted(mngr.all_steps(), reverse=True):
     holder = _IteratorState()
     try:

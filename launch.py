@@ -26,9 +26,14 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
                                    'host:port of process 0 for multi-process runs.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index.')
+_CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', None, 'eval: a checkpoint directory (ours or converted official weights), '
+    'or "untrained" for the baseline; default WORKDIR/checkpoints.')
+_ORACLE = flags.DEFINE_bool('oracle', False, 'eval: score the ground truth against itself '
+                            '(checks the data and the protocol; NME must be 0).')
 
 # Modes whose modules land with later issues; a clear message beats a traceback until then.
-_PENDING = {'eval': 'evaluation (issue 6)', 'predict': 'prediction (issue 7)'}
+_PENDING = {'predict': 'prediction (issue 7)'}
 
 
 def _cluster_environment() -> bool:
@@ -68,11 +73,20 @@ def main(argv):
     return 0
   if mode in _PENDING:
     print(f'--mode={mode}: {_PENDING[mode]} is not in this version of prnet-jax yet. '
-          f'Available now: --mode=train, --mode=summary.', file=sys.stderr)
+          f'Available now: --mode=train, --mode=eval, --mode=summary.', file=sys.stderr)
     return 2
   if not _WORKDIR.value:
-    raise app.UsageError('--workdir is required for training')
+    raise app.UsageError(f'--workdir is required for --mode={mode}')
   initialize_distributed()
+  if mode == 'eval':
+    from prnet_jax import evaluate
+    try:
+      evaluate.evaluate(config, _WORKDIR.value, checkpoint=_CHECKPOINT.value,
+                        oracle=_ORACLE.value)
+    except evaluate.EvaluationError as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 1
+    return 0
   from prnet_jax import train
   try:
     train.train_and_evaluate(config, _WORKDIR.value)

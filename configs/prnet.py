@@ -10,6 +10,12 @@ Commands (from the repository root):
   # --manual_dir=DIR) with the official UV assets:
   python launch.py --config=configs/prnet.py --workdir=workdirs/prnet \
       --config.uv_assets=PATH/TO/PRNet/Data/uv-data
+  # Evaluate the newest checkpoint of a run (JSON, table and plots in WORKDIR/eval/):
+  python launch.py --config=configs/prnet.py:small --workdir=workdirs/small --mode=eval
+  # ... the paper's protocol on AFLW2000-3D with converted official weights:
+  python launch.py --config=configs/prnet.py --mode=eval --workdir=workdirs/official \
+      --checkpoint=workdirs/official-ckpt --config.eval.dataset=aflw2000_3d \
+      --config.uv_assets=PATH/TO/PRNet/Data/uv-data
   # The model's per-layer table (any variant):
   python launch.py --config=configs/prnet.py --mode=summary
 
@@ -69,6 +75,13 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.eval_every = 0  # > 0: evaluate on eval_split every so many steps
   c.eval_split = 'test'
+
+  # Evaluation (--mode=eval and the periodic hook; prnet_jax.evaluate / prnet_jax.metrics):
+  # dataset '' = the training dataset; NME normaliser 'box' (sqrt(w*h) of the ground-truth 2D
+  # landmark box) or 'diag'; 3D z alignment 'mean', 'min' or 'none'; AUC of the CED up to 7%.
+  c.eval = ml_collections.ConfigDict(dict(
+      dataset='', split='test', norm='box', z_align='mean', auc_threshold=0.07,
+      batch_size=16, max_examples=0))
 
   if arg in ('synthetic', 'small'):
     c.dataset = 'synthetic_faces'

@@ -3,10 +3,12 @@
   synthetic_faces  the embedded synthetic face world (no downloads)
   prnet_300wlp     300W-LP + BFM -> position-map ground truth (manual download)
   aflw2000_3d      AFLW2000-3D evaluation set (manual download; dense maps with BFM)
+  florence         views rendered from the Florence (MICC) scans (manual download)
 
 Build one: `python -m datasets.build synthetic_faces/small --data_dir=~/tensorflow_datasets`.
 """
 
 from datasets import aflw2000_3d  # noqa: F401
+from datasets import florence  # noqa: F401
 from datasets import prnet_300wlp  # noqa: F401
 from datasets import synthetic_faces  # noqa: F401

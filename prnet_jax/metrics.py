@@ -1,13 +1,34 @@
-"""Alignment metrics (jit-friendly, batched).
+"""Alignment metrics of the paper's protocols (jit-friendly, batched, float32).
 
-NME (normalised mean error) of 68 landmarks, the AFLW2000-3D protocol: mean point-to-point
-distance divided by sqrt(w * h) of the ground-truth landmarks' 2D bounding box.
+Sparse (AFLW2000-3D, 68 landmarks) and dense (every face pixel of the UV map) NME: the mean
+point-to-point L2 error divided by a normaliser of the ground truth,
+
+  normaliser 'box'  (default): sqrt(w * h) of the ground-truth 68 landmarks' 2D bounding box
+                               (the paper's, and 3DDFA's, definition; used for 2D and 3D);
+  normaliser 'diag':           the diagonal of that box (some re-implementations use it for 3D).
+
+For 3D the depth origin of a prediction is arbitrary (PRNet's maps put the minimum z at 0, other
+methods centre it), so both z values are aligned first by `z_align`:
+
+  'mean' (default): subtract each point set's mean z (the offset minimising the error);
+  'min':            shift each set so its minimum z is 0 (the convention of PRNet's maps);
+  'none':           compare z as given.
+
+Results by |yaw| bucket [0, 30], (30, 60], (60, 90] degrees and their mean (the paper's
+headline), cumulative error distributions (CED) and their normalised area (AUC).
 """
 
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+NORMALIZERS = ('box', 'diag')
+Z_ALIGNS = ('mean', 'min', 'none')
+BUCKET_NAMES = ('[0, 30]', '(30, 60]', '(60, 90]')
 
 
 def bbox_size(gt: jax.Array) -> jax.Array:
@@ -16,7 +37,108 @@ def bbox_size(gt: jax.Array) -> jax.Array:
   return jnp.sqrt(span[..., 0] * span[..., 1])
 
 
-def nme(pred: jax.Array, gt: jax.Array, dims: int = 2) -> jax.Array:
-  """(..., N, >=dims) points -> (...,) mean L2 error over N points / sqrt(w * h) of gt's box."""
+def normalizer(gt_landmarks: jax.Array, kind: str = 'box') -> jax.Array:
+  """(..., 68, 2+) ground-truth landmarks -> (...,) the NME denominator named by `kind`."""
+  if kind == 'box':
+    return bbox_size(gt_landmarks)
+  if kind == 'diag':
+    span = gt_landmarks[..., :2].max(-2) - gt_landmarks[..., :2].min(-2)
+    return jnp.linalg.norm(span, axis=-1)
+  raise ValueError(f'unknown NME normaliser {kind!r}; choose one of {NORMALIZERS}')
+
+
+def align_z(points: jax.Array, how: str = 'mean', mask: Optional[jax.Array] = None
+            ) -> jax.Array:
+  """(..., N, 3) -> the same with z shifted per point set as `how` says (over `mask`'s points
+  when given, (..., N) in {0, 1})."""
+  if how == 'none':
+    return points
+  points = jnp.asarray(points)
+  z = points[..., 2]
+  m = jnp.ones_like(z) if mask is None else mask.astype(z.dtype)
+  if how == 'mean':
+    offset = (z * m).sum(-1) / jnp.maximum(m.sum(-1), 1)
+  elif how == 'min':
+    offset = jnp.where(m > 0, z, jnp.inf).min(-1)
+  else:
+    raise ValueError(f'unknown z alignment {how!r}; choose one of {Z_ALIGNS}')
+  return points.at[..., 2].add(-offset[..., None])
+
+
+def _check_dims(dims: int) -> None:
+  if dims not in (2, 3):
+    raise ValueError(f'dims must be 2 or 3, got {dims}')
+
+
+def nme(pred: jax.Array, gt: jax.Array, dims: int = 2, norm: str = 'box',
+        z_align: str = 'mean') -> jax.Array:
+  """Landmark NME. (..., N, >=dims) points -> (...,) mean L2 error / normaliser of gt."""
+  _check_dims(dims)
+  if dims == 3:
+    pred, gt = align_z(pred[..., :3], z_align), align_z(gt[..., :3], z_align)
   err = jnp.linalg.norm(pred[..., :dims] - gt[..., :dims], axis=-1).mean(-1)
-  return err / bbox_size(gt)
+  return err / normalizer(gt, norm)
+
+
+def dense_nme(pred_map: jax.Array, gt_map: jax.Array, face_mask: jax.Array,
+              gt_landmarks: jax.Array, dims: int = 2, norm: str = 'box',
+              z_align: str = 'mean') -> jax.Array:
+  """Dense NME over the face pixels of position maps.
+
+  Args:
+    pred_map, gt_map: (..., R, R, 3) position maps (x, y pixels, z depth).
+    face_mask: (R, R) in {0, 1}: the pixels that are face vertices.
+    gt_landmarks: (..., 68, 2+) ground-truth landmarks (for the normaliser).
+  Returns:
+    (...,) mean L2 error over face pixels / normaliser.
+  """
+  _check_dims(dims)
+  lead = pred_map.shape[:-3]
+  p = pred_map.reshape(lead + (-1, 3))
+  g = gt_map.reshape(lead + (-1, 3))
+  m = jnp.broadcast_to(jnp.asarray(face_mask).reshape(-1) > 0, p.shape[:-1])
+  if dims == 3:
+    p, g = align_z(p, z_align, m), align_z(g, z_align, m)
+  err = jnp.linalg.norm(p[..., :dims] - g[..., :dims], axis=-1)
+  err = (err * m).sum(-1) / jnp.maximum(m.sum(-1), 1)
+  return err / normalizer(gt_landmarks, norm)
+
+
+# ---------------------------------------------------------------------- summaries (host side)
+
+def yaw_bucket(yaw_radians) -> np.ndarray:
+  """|yaw| (radians, any shape) -> bucket 0: [0, 30], 1: (30, 60], 2: (60, 90+] degrees."""
+  a = np.abs(np.rad2deg(np.asarray(yaw_radians, np.float64)))
+  return np.where(a <= 30, 0, np.where(a <= 60, 1, 2)).astype(np.int32)
+
+
+def bucket_summary(errors: np.ndarray, buckets: np.ndarray) -> dict[str, float]:
+  """Per-bucket means, their mean (NaN when a bucket is empty), the all-image mean, counts."""
+  errors, buckets = np.asarray(errors, np.float64), np.asarray(buckets)
+  out: dict[str, float] = {}
+  means = []
+  for b, name in enumerate(BUCKET_NAMES):
+    sel = errors[buckets == b]
+    means.append(float(sel.mean()) if len(sel) else float('nan'))
+    out[f'bucket{b}'] = means[-1]
+    out[f'bucket{b}_count'] = int(len(sel))
+  out['bucket_mean'] = float(np.mean(means))
+  out['all'] = float(errors.mean()) if len(errors) else float('nan')
+  out['count'] = int(len(errors))
+  return out
+
+
+def ced(errors: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+  """Cumulative error distribution: the fraction of errors <= each threshold."""
+  e = np.sort(np.asarray(errors, np.float64))
+  return np.searchsorted(e, np.asarray(thresholds, np.float64), side='right') / max(len(e), 1)
+
+
+def auc(errors: np.ndarray, threshold: float) -> float:
+  """Area under the CED from 0 to `threshold`, divided by `threshold` (1 = all errors 0).
+
+  Exact: the CED is a step function, and its integral up to T is mean(max(T - e_i, 0))."""
+  e = np.asarray(errors, np.float64)
+  if not len(e):
+    return float('nan')
+  return float(np.maximum(threshold - e, 0).mean() / threshold)

@@ -1,0 +1,285 @@
+"""Florence (MICC) 3D reconstruction protocol: scans, rendered test views, ICP error.
+
+The Florence dataset has structured-light scans (`.obj` + `.mtl` + texture) of 53 subjects and
+no landmark annotations; the exact poses and crop used by the paper are not published, so they
+are options here (`FlorenceOptions`) with these defaults:
+
+* views: yaw -80..80 deg in 20 deg steps x pitch -15, 20, 25 deg (27 per subject, the VRN
+  protocol as its authors describe it), orthographic, rendered with the scan's texture on a
+  mid-grey background by our rasteriser;
+* the scan's frontal frame is y up, z towards the viewer (MICC's); its nose tip is the most
+  forward vertex within 50 mm (in x, y) of the median vertex;
+* each view is cropped like the official landmark crop: centre = the nose tip moved by
+  `centre_offset_mm` (the mean of the 68 landmarks relative to the nose tip on the embedded face
+  model), side `crop_mm` (~1.6 x a face's landmark box), resized to `image_size`;
+* ground truth: the scan vertices within `radius_mm` = 95 mm of the nose tip (at most
+  `max_points`, a seeded subset);
+* error: the predicted dense face is mapped back through the known view transform, moved so its
+  nose-tip landmark meets the scan's, cropped to the same radius around that landmark, and
+  aligned to the ground truth by ICP (rotation, translation and scale);
+  the mean distance from each ground-truth point to the nearest aligned predicted vertex,
+  divided by the outer interocular distance (landmarks 37 and 46, 1-based) of the aligned
+  prediction (the scans have no landmarks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import NamedTuple, Optional
+
+import jax.numpy as jnp
+import numpy as np
+
+from prnet_jax import geometry, icp, render
+from prnet_jax.data_io import SampleError
+
+OUTER_EYE_CORNERS = (36, 45)  # 0-based iBUG-68 indices
+NOSE_TIP = 30
+
+
+@dataclasses.dataclass(frozen=True)
+class FlorenceOptions:
+  yaws_deg: tuple[float, ...] = (-80, -60, -40, -20, 0, 20, 40, 60, 80)
+  pitches_deg: tuple[float, ...] = (-15, 20, 25)
+  image_size: int = 256
+  crop_mm: float = 220.0
+  centre_offset_mm: tuple[float, float, float] = (0.0, 7.0, -39.0)
+  radius_mm: float = 95.0
+  max_points: int = 30000
+  background: float = 0.5
+  icp_points: int = 3000       # predicted vertices used by ICP (all are used for the error)
+  icp_iterations: int = 40
+  icp_scale: bool = True
+
+
+class Scan(NamedTuple):
+  vertices: np.ndarray   # (V, 3) float32, millimetres
+  triangles: np.ndarray  # (T, 3) int32
+  colors: np.ndarray     # (V, 3) float32 in [0, 1]
+
+
+# ---------------------------------------------------------------------------------- .obj files
+
+def _index(token: str, count: int, path: str, lineno: int) -> int:
+  i = int(token)
+  i = i - 1 if i > 0 else count + i
+  if not 0 <= i < count:
+    raise SampleError(path, f'line {lineno}: index {token} out of range ({count} defined)')
+  return i
+
+
+def _texture_path(obj_path: str, mtllib: Optional[str]) -> Optional[str]:
+  folder = os.path.dirname(obj_path)
+  if mtllib and os.path.isfile(os.path.join(folder, mtllib)):
+    with open(os.path.join(folder, mtllib), errors='replace') as f:
+      for line in f:
+        parts = line.split(maxsplit=1)
+        if len(parts) == 2 and parts[0] == 'map_Kd':
+          return os.path.join(folder, parts[1].strip())
+  return None
+
+
+def _sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
+  """(H, W, 3) float texture, (N, 2) uv in [0, 1] with v up -> (N, 3) bilinear samples."""
+  h, w = texture.shape[:2]
+  x = np.clip(uv[:, 0] % 1.0001, 0, 1) * (w - 1)
+  y = (1 - np.clip(uv[:, 1] % 1.0001, 0, 1)) * (h - 1)
+  return np.asarray(geometry.bilinear_sample(jnp.asarray(texture), jnp.asarray(x),
+                                             jnp.asarray(y)))
+
+
+def load_obj(path: str) -> Scan:
+  """Reads a textured (or vertex-coloured, or plain) Wavefront `.obj` scan.
+
+  Faces may be `f a b c`, `a/t`, `a/t/n` or `a//n`, polygons (fan-triangulated) and negative
+  indices. Colours: per-vertex `v x y z r g b` if present, else the `map_Kd` texture of the
+  `mtllib` sampled at each vertex's texture coordinate, else mid-grey. Problems raise
+  SampleError naming the file (and line)."""
+  if not os.path.isfile(path):
+    raise SampleError(path, 'scan file missing')
+  verts, vcols, tex, tris, tri_tex = [], [], [], [], []
+  mtllib = None
+  with open(path, errors='replace') as f:
+    for lineno, line in enumerate(f, 1):
+      parts = line.split()
+      if not parts or parts[0].startswith('#'):
+        continue
+      try:
+        if parts[0] == 'v':
+          verts.append([float(x) for x in parts[1:4]])
+          if len(parts) >= 7:
+            vcols.append([float(x) for x in parts[4:7]])
+        elif parts[0] == 'vt':
+          tex.append([float(x) for x in parts[1:3]])
+        elif parts[0] == 'f':
+          corners = [c.split('/') for c in parts[1:]]
+          if len(corners) < 3:
+            raise SampleError(path, f'line {lineno}: a face needs at least 3 vertices')
+          vi = [_index(c[0], len(verts), path, lineno) for c in corners]
+          ti = [_index(c[1], len(tex), path, lineno) if len(c) > 1 and c[1] else -1
+                for c in corners]
+          for k in range(1, len(vi) - 1):
+            tris.append([vi[0], vi[k], vi[k + 1]])
+            tri_tex.append([ti[0], ti[k], ti[k + 1]])
+        elif parts[0] == 'mtllib':
+          mtllib = line.split(maxsplit=1)[1].strip()
+      except (ValueError, IndexError) as e:
+        raise SampleError(path, f'line {lineno}: cannot parse {line.strip()[:60]!r} ({e})')
+  if not verts or not tris:
+    raise SampleError(path, f'no {"vertices" if not verts else "faces"} in the file')
+  vertices = np.asarray(verts, np.float32)
+  triangles = np.asarray(tris, np.int32)
+  if not np.isfinite(vertices).all():
+    raise SampleError(path, 'non-finite vertex coordinates')
+  colors = np.full((len(vertices), 3), 0.5, np.float32)
+  if len(vcols) == len(verts):
+    colors = np.asarray(vcols, np.float32)
+    colors = colors / 255.0 if colors.max() > 1.0 else colors
+  else:
+    texture_path = _texture_path(path, mtllib)
+    tt = np.asarray(tri_tex, np.int64)
+    if texture_path and len(tex) and (tt >= 0).any():
+      from PIL import Image
+      try:
+        with Image.open(texture_path) as im:
+          texture = np.asarray(im.convert('RGB'), np.float32) / 255.0
+      except Exception as e:  # PIL raises many types
+        raise SampleError(texture_path, f'cannot read the texture of {path} ({e})') from e
+      has = tt.reshape(-1) >= 0
+      vids = triangles.reshape(-1)[has]
+      samples = _sample_texture(texture, np.asarray(tex, np.float32)[tt.reshape(-1)[has]])
+      total = np.zeros((len(vertices), 3), np.float64)
+      np.add.at(total, vids, samples)
+      count = np.bincount(vids, minlength=len(vertices))[:, None]
+      colors = np.where(count > 0, total / np.maximum(count, 1), 0.5).astype(np.float32)
+  return Scan(vertices, triangles, np.clip(colors, 0, 1))
+
+
+def write_obj(path: str, vertices: np.ndarray, triangles: np.ndarray,
+              colors: Optional[np.ndarray] = None, uv: Optional[np.ndarray] = None,
+              texture: Optional[np.ndarray] = None) -> None:
+  """Writes an `.obj` (1-based faces): vertex colours, or uv + texture (`.mtl` + PNG beside)."""
+  stem = os.path.splitext(path)[0]
+  with open(path, 'w') as f:
+    if texture is not None:
+      from PIL import Image
+      name = os.path.basename(stem)
+      Image.fromarray(np.clip(np.round(texture * 255), 0, 255).astype(np.uint8)).save(
+          stem + '.png')
+      with open(stem + '.mtl', 'w') as m:
+        m.write(f'newmtl material0\nKd 1 1 1\nmap_Kd {name}.png\n')
+      f.write(f'mtllib {name}.mtl\nusemtl material0\n')
+    for i, v in enumerate(np.asarray(vertices, np.float64)):
+      c = '' if colors is None else ' {:.4f} {:.4f} {:.4f}'.format(*colors[i])
+      f.write(f'v {v[0]:.5f} {v[1]:.5f} {v[2]:.5f}{c}\n')
+    if uv is not None:
+      for t in np.asarray(uv, np.float64):
+        f.write(f'vt {t[0]:.6f} {t[1]:.6f}\n')
+    for t in np.asarray(triangles, np.int64) + 1:
+      f.write(f'f {t[0]}/{t[0]} {t[1]}/{t[1]} {t[2]}/{t[2]}\n' if uv is not None
+              else f'f {t[0]} {t[1]} {t[2]}\n')
+
+
+# -------------------------------------------------------------------------------- test views
+
+def nose_tip(vertices: np.ndarray) -> np.ndarray:
+  """The most forward (max z) vertex within 50 mm in x, y of the median vertex (frontal frame)."""
+  v = np.asarray(vertices, np.float64)
+  near = np.linalg.norm(v[:, :2] - np.median(v[:, :2], 0), axis=1) < 50.0
+  pool = v[near] if near.any() else v
+  return pool[np.argmax(pool[:, 2])]
+
+
+def view_transform(nose: np.ndarray, yaw_deg: float, pitch_deg: float,
+                   opts: FlorenceOptions) -> np.ndarray:
+  """(3, 4) affine: scan millimetres -> crop pixels (x right, y down, z towards the viewer)."""
+  r = geometry.angles_to_matrix(np.deg2rad([pitch_deg, yaw_deg, 0.0]))
+  k = opts.image_size / opts.crop_mm
+  centre = np.asarray(nose, np.float64) + np.asarray(opts.centre_offset_mm, np.float64)
+  flip = np.diag([k, -k, k])
+  a = flip @ r
+  half = (opts.image_size - 1) / 2.0
+  return np.concatenate([a, (np.array([half, half, 0.0]) - a @ centre)[:, None]], 1)
+
+
+def apply_affine(a: np.ndarray, points) -> np.ndarray:
+  return np.asarray(points, np.float64) @ np.asarray(a, np.float64)[:, :3].T + a[:, 3]
+
+
+def invert_affine(a: np.ndarray) -> np.ndarray:
+  inv = np.linalg.inv(np.asarray(a, np.float64)[:, :3])
+  return np.concatenate([inv, -(inv @ a[:, 3])[:, None]], 1)
+
+
+def render_view(scan: Scan, transform: np.ndarray, opts: FlorenceOptions) -> np.ndarray:
+  """(S, S, 3) uint8 image of the textured scan under `transform`."""
+  s = opts.image_size
+  verts = apply_affine(transform, scan.vertices).astype(np.float32)
+  image, _ = render.render(verts, scan.triangles, scan.colors, s, s,
+                           background=opts.background)
+  return np.clip(np.round(np.asarray(image) * 255), 0, 255).astype(np.uint8)
+
+
+def ground_truth_points(scan: Scan, nose: np.ndarray, opts: FlorenceOptions) -> np.ndarray:
+  """(M, 3) float32 scan vertices within radius_mm of the nose tip (a seeded subset if many)."""
+  v = scan.vertices
+  pts = v[np.linalg.norm(v - nose, axis=1) <= opts.radius_mm]
+  if len(pts) > opts.max_points:
+    keep = np.sort(np.random.default_rng(0).permutation(len(pts))[:opts.max_points])
+    pts = pts[keep]
+  return pts.astype(np.float32)
+
+
+# -------------------------------------------------------------------------------- the error
+
+def reconstruction_error(pred_vertices: np.ndarray, pred_landmarks: np.ndarray,
+                         gt_points: np.ndarray, nose: np.ndarray, transform: np.ndarray,
+                         opts: FlorenceOptions = FlorenceOptions()) -> dict[str, float]:
+  """Florence NME of one prediction.
+
+  Args:
+    pred_vertices: (N, 3) predicted face vertices in crop pixels (position map's face pixels).
+    pred_landmarks: (68, 3) predicted landmarks, same frame.
+    gt_points: (M, 3) ground-truth scan points (mm); nose: (3,) the scan's nose tip (mm).
+    transform: (3, 4) the view's scan -> crop affine.
+  Returns:
+    nme (error / outer interocular distance), error_mm, interocular_mm, scale (of the ICP
+    similarity), icp_rms_mm (over the ICP subset, last iteration).
+  """
+  back = invert_affine(transform)
+  pred = apply_affine(back, pred_vertices)
+  lms = apply_affine(back, pred_landmarks)
+  shift = np.asarray(nose, np.float64) - lms[NOSE_TIP]
+  init = icp.Similarity(np.float32(1), np.eye(3, dtype=np.float32), shift.astype(np.float32))
+  # ICP uses the predicted points within the crop radius of the predicted nose tip, so that
+  # the prediction and the ground truth cover the same part of the face.
+  near = pred[np.linalg.norm(pred - lms[NOSE_TIP], axis=1) <= opts.radius_mm]
+  near = near if len(near) >= 3 else pred
+  # Fixed sizes (evenly spaced picks; ground truth padded with far points that are never
+  # nearest and are left out of the mean), so ICP compiles once for every scan and view.
+  picks = np.round(np.linspace(0, len(near) - 1, opts.icp_points)).astype(np.int64)
+  gt = np.asarray(gt_points, np.float32)
+  m = len(gt)
+  size = max(opts.max_points, m)
+  padded = np.concatenate([gt, np.full((size - m, 3), 1e6, np.float32)])
+  fit = icp.icp(near[picks].astype(np.float32), padded, init,
+                iterations=opts.icp_iterations, with_scale=opts.icp_scale)
+  tf = fit.transform
+  aligned = np.asarray(tf.apply(jnp.asarray(pred, jnp.float32)))
+  lms = np.asarray(tf.apply(jnp.asarray(lms, jnp.float32)))
+  out = aligned_error(aligned, lms, padded, m)
+  return {**out, 'scale': float(tf.scale), 'icp_rms_mm': float(fit.rms[-1])}
+
+
+def aligned_error(aligned: np.ndarray, landmarks: np.ndarray, gt_points: np.ndarray,
+                  count: Optional[int] = None) -> dict[str, float]:
+  """NME of an already aligned prediction: mean distance from each of the first `count`
+  ground-truth points to its nearest predicted vertex / outer interocular distance."""
+  count = len(gt_points) if count is None else count
+  _, dist = icp.nearest_neighbors(jnp.asarray(gt_points, jnp.float32),
+                                  jnp.asarray(aligned, jnp.float32))
+  error = float(np.mean(np.asarray(dist, np.float64)[:count]))
+  eyes = np.asarray(landmarks, np.float64)[list(OUTER_EYE_CORNERS)]
+  iod = float(np.linalg.norm(eyes[0] - eyes[1]))
+  return {'nme': error / iod, 'error_mm': error, 'interocular_mm': iod}

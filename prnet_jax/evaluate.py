@@ -295,15 +295,12 @@ def pick_examples(errors: np.ndarray, per_group: int = 4) -> list[tuple[str, int
 
 # ------------------------------------------------------------------------------- Florence
 
-def _florence_options(source):
+def _florence_options(dataset: str, data_dir: Optional[str]):
+  """The FlorenceOptions (poses, crop, radius) the dataset was built with."""
+  import tensorflow_datasets as tfds
   from datasets import florence as florence_ds
-  from prnet_jax import florence
-  config = getattr(getattr(source, 'dataset_info', None), 'config', None)
-  try:
-    return florence_ds.options_of(config) if isinstance(config, florence_ds.FlorenceConfig) \
-        else florence.FlorenceOptions()
-  except Exception:  # noqa: BLE001  (an old build without configs)
-    return florence.FlorenceOptions()
+  builder = tfds.builder(dataset, data_dir=data_dir, file_format='array_record')
+  return florence_ds.options_of(builder.builder_config)
 
 
 def run_florence(model: PRNet, variables, assets: UVAssets, mesh, source, order: np.ndarray,
@@ -383,14 +380,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: Option
   names, buckets = [], []
   for i in range(n):
     rec = source[i]
-    names.append(str(rec['file_name']))
+    name = rec['file_name']
+    names.append(name.decode() if isinstance(name, bytes) else str(name))
     buckets.append(int(rec['yaw_bucket']))
   meta = {'file_name': names, 'yaw_bucket': np.asarray(buckets, np.int32)}
   _log(f'evaluating {checkpoint} (step {step}) on {dataset}:{split}, {n} images, '
        f'{jax.device_count()} devices')
   t0 = time.time()
   if is_florence:
-    fl_opts = _florence_options(source)
+    fl_opts = _florence_options(dataset, config.data_dir or None)
     per = run_florence(model, variables, assets, mesh, source, order, opts, fl_opts)
     errors = {'florence': per['nme']}
     extra = {'error_mm': per['error_mm'], 'interocular_mm': per['interocular_mm'],

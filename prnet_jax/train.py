@@ -27,7 +27,7 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from prnet_jax import augment, input_pipeline, losses, metrics
+from prnet_jax import augment, input_pipeline, losses
 from prnet_jax.checkpointing import MODEL_CONFIG, VARIABLES
 from prnet_jax.model import ModelConfig, PRNet, init_variables
 from prnet_jax.uv_assets import UVAssets, load_uv_assets
@@ -152,17 +152,6 @@ def make_train_step(loss_fn, tx):
                         batch_stats=stats, opt_state=opt_state)
     return new, {'loss': total, 'data_loss': data_loss}
   return train_step
-
-
-def make_eval_step(model: PRNet, weights: jax.Array, kpt_uv: np.ndarray):
-  def eval_step(variables, batch):
-    images = batch['image'].astype(jnp.float32) / 255.0
-    out = model.apply(variables, images, train=False)
-    pred = out[:, kpt_uv[:, 1], kpt_uv[:, 0], :]
-    return {'data_loss': losses.position_map_loss(out, batch['position_map'], weights,
-                                                  model.max_pos, per_example=True),
-            'nme_2d': metrics.nme(pred, batch['landmarks'], dims=2)}
-  return eval_step
 
 
 # ------------------------------------------------------------------------------------ checkpoints
@@ -341,7 +330,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Mesh.
   mesh = make_mesh(config)
   data_sharding = batch_sharding(mesh)
-  replicated = NamedSharding(mesh, P())
 
   # Data.
   source = prepare_data(config, build_if_missing)
@@ -372,7 +360,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   batches = input_pipeline.DeviceIterator(loader, data_sharding, state=data_state)
 
   train_step = trainer.step
-  evaluate = _make_evaluator(config, model, trainer.weights, assets, data_sharding, replicated)
+  evaluate = _make_evaluator(config, model, trainer.weights, assets, mesh)
 
   # Preemption: SIGTERM asks the loop to save and stop.
   preempted = {'flag': False}
@@ -434,33 +422,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   return last
 
 
-def _make_evaluator(config, model, weights, assets, data_sharding, replicated):
-  """Held-out-split evaluation (mean data loss and 2D landmark NME); None without a split."""
-  split = config.get('eval_split', 'test')
+def _make_evaluator(config, model, weights, assets, mesh):
+  """Periodic held-out evaluation with `prnet_jax.evaluate` (the protocol of --mode=eval):
+  mean data loss and landmark/dense NME on `eval_split`; None without such a split."""
+  from prnet_jax import evaluate as evaluate_lib
   if not config.get('eval_every', 0):
     return None
   try:
-    source = input_pipeline.data_source(config.dataset, split, config.data_dir or None)
+    source = input_pipeline.data_source(config.dataset, config.get('eval_split', 'test'),
+                                        config.data_dir or None)
   except (input_pipeline.DatasetNotFoundError, KeyError, ValueError):
     return None
-  bs = config.batch_size
-  n = (len(source) // bs) * bs
-  if n == 0:
+  if len(source) == 0:
     return None
-  step = jax.jit(make_eval_step(model, weights, assets.kpt_uv),
-                 out_shardings=replicated)
-  decode = input_pipeline.DecodeExample(model.resolution)
-  examples = [decode.map(source[i]) for i in range(n)]  # small held-out split: decode once
-  lb = input_pipeline.local_batch_size(bs)
-  first = jax.process_index() * lb  # this process's slice of each global batch
+  opts = evaluate_lib.EvalOptions.from_config(
+      {**dict(config.get('eval', {})), 'batch_size': config.batch_size, 'max_examples': 0})
+  dense = len(source[0]['position_map']) > 0
+  evaluator = evaluate_lib.Evaluator(model, assets, mesh, opts, dense=dense,
+                                     loss_weights=weights)
 
   def evaluate(state: TrainState) -> dict[str, float]:
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    out = []
-    for i in range(0, n, bs):
-      part = examples[i + first:i + first + lb]
-      local = {k: np.stack([e[k] for e in part]) for k in input_pipeline.FIELDS}
-      out.append(jax.device_get(step(variables, input_pipeline.to_global(local,
-                                                                          data_sharding))))
-    return {f'eval_{k}': float(np.mean(np.concatenate([o[k] for o in out]))) for k in out[0]}
+    out = evaluator.run(variables, source)
+    return {f'eval_{k}': float(np.mean(v)) for k, v in out.items() if k != 'landmarks'}
   return evaluate

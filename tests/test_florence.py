@@ -1,6 +1,5 @@
 """Florence protocol: .obj scans, rendered views, ICP reconstruction error, the TFDS builder."""
 
-import json
 import os
 
 import numpy as np

@@ -188,8 +188,11 @@ class Evaluator:
 
 def summarize(per_example: dict[str, np.ndarray], buckets: np.ndarray,
               opts: EvalOptions) -> dict[str, Any]:
-  """Bucket means, their mean, all-image means, AUC and CED (percent NME thresholds)."""
-  thresholds = np.linspace(0, 0.1, 101)
+  """Bucket means, their mean, all-image means, AUC and CED. The CED's thresholds run from 0
+  to 10% NME, or further (in 5% steps) to cover 99% of the images of every metric."""
+  p99 = max([float(np.nanpercentile(e, 99)) for e in per_example.values() if len(e)] + [0.0])
+  top = max(0.1, float(np.ceil(p99 * 20) / 20)) if np.isfinite(p99) else 0.1
+  thresholds = np.linspace(0, top, 201)
   out = {}
   for name, errors in per_example.items():
     s = metrics.bucket_summary(errors, buckets)

@@ -5,8 +5,8 @@ no landmark annotations; the exact poses and crop used by the paper are not publ
 are options here (`FlorenceOptions`) with these defaults:
 
 * views: yaw -80..80 deg in 20 deg steps x pitch -15, 20, 25 deg (27 per subject, the VRN
-  protocol as its authors describe it), orthographic, rendered with the scan's texture on a
-  mid-grey background by our rasteriser;
+  protocol as its authors describe it; the head is pitched about its own x axis, then turned),
+  orthographic, rendered with the scan's texture on a mid-grey background by our rasteriser;
 * the scan's frontal frame is y up, z towards the viewer (MICC's); its nose tip is the most
   forward vertex within 50 mm (in x, y) of the median vertex;
 * each view is cropped like the official landmark crop: centre = the nose tip moved by
@@ -194,7 +194,9 @@ def nose_tip(vertices: np.ndarray) -> np.ndarray:
 def view_transform(nose: np.ndarray, yaw_deg: float, pitch_deg: float,
                    opts: FlorenceOptions) -> np.ndarray:
   """(3, 4) affine: scan millimetres -> crop pixels (x right, y down, z towards the viewer)."""
-  r = geometry.angles_to_matrix(np.deg2rad([pitch_deg, yaw_deg, 0.0]))
+  # Nod (pitch about the head's own x axis), then turn (yaw about the vertical).
+  r = (geometry.angles_to_matrix(np.deg2rad([0.0, yaw_deg, 0.0]))
+       @ geometry.angles_to_matrix(np.deg2rad([pitch_deg, 0.0, 0.0])))
   k = opts.image_size / opts.crop_mm
   centre = np.asarray(nose, np.float64) + np.asarray(opts.centre_offset_mm, np.float64)
   flip = np.diag([k, -k, k])

@@ -27,13 +27,13 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index.')
 _CHECKPOINT = flags.DEFINE_string(
-    'checkpoint', None, 'eval: a checkpoint directory (ours or converted official weights), '
+    'checkpoint', None, 'eval/predict: a checkpoint directory (ours or converted official weights), '
     'or "untrained" for the baseline; default WORKDIR/checkpoints.')
+_INPUT = flags.DEFINE_string('input', None, 'predict: an image, a folder of images or a video.')
+_OUTPUT = flags.DEFINE_string('output', None, 'predict: output folder (default WORKDIR/predict).')
 _ORACLE = flags.DEFINE_bool('oracle', False, 'eval: score the ground truth against itself '
                             '(checks the data and the protocol; NME must be 0).')
 
-# Modes whose modules land with later issues; a clear message beats a traceback until then.
-_PENDING = {'predict': 'prediction (issue 7)'}
 
 
 def _cluster_environment() -> bool:
@@ -71,10 +71,21 @@ def main(argv):
     print(f'config variant: {config.variant}')
     print(model_lib.format_layer_table(model))
     return 0
-  if mode in _PENDING:
-    print(f'--mode={mode}: {_PENDING[mode]} is not in this version of prnet-jax yet. '
-          f'Available now: --mode=train, --mode=eval, --mode=summary.', file=sys.stderr)
-    return 2
+  if mode == 'predict':
+    from prnet_jax import predict
+    if not _INPUT.value:
+      raise app.UsageError('--input (an image, folder or video) is required for --mode=predict')
+    checkpoint = _CHECKPOINT.value or (os.path.join(_WORKDIR.value, 'checkpoints')
+                                       if _WORKDIR.value else None)
+    if not checkpoint:
+      raise app.UsageError('--checkpoint or --workdir is required for --mode=predict')
+    output = _OUTPUT.value or os.path.join(_WORKDIR.value or '.', 'predict')
+    try:
+      predictor = predict.Predictor.from_checkpoint(checkpoint, config.uv_assets or 'procedural')
+    except predict.PredictError as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 1
+    return 1 if predict.run(predictor, _INPUT.value, output) else 0
   if not _WORKDIR.value:
     raise app.UsageError(f'--workdir is required for --mode={mode}')
   initialize_distributed()

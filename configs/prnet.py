@@ -25,7 +25,8 @@ Variants:
   '' (default): the paper — full PRNet (256 px, width 16) on `prnet_300wlp`, Adam 1e-4 halved
       every 5 epochs, batch 16, L2 2e-4 on kernels, augmentation as in the paper.
   synthetic: the same model and recipe on the embedded `synthetic_faces` dataset.
-  small: a CPU-sized model (64 px, width 4) on `synthetic_faces/small`, for demos and tests.
+  small: a CPU-sized model (64 px, width 4) on `synthetic_faces/small`, for demos and tests
+      (1500 steps, lighter augmentation and L2 so that it learns within minutes).
 """
 
 import ml_collections
@@ -96,7 +97,13 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.num_epochs = 0
     c.num_train_steps = 1500
     c.learning_rate = 2e-3
-    c.lr_decay_every_epochs = 4
+    c.lr_decay_every_epochs = 8
+    # A 0.8M-parameter net sees 12 epochs: the paper's L2 (2e-4) was half of its loss and its
+    # augmentation too hard to learn in minutes (held-out NME 21% vs 14% with these; measured).
+    c.weight_decay = 1e-5
+    c.augment = ml_collections.ConfigDict(dict(
+        rotation_deg=10.0, translation=0.05, scale=(0.95, 1.05), color=(0.8, 1.2),
+        occlusion=False))
     c.log_every = 50
     c.checkpoint_every = 300
     c.eval_every = 300

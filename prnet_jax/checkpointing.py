@@ -12,6 +12,8 @@ checkpoints load the same way.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from typing import Any, Mapping, Optional
 
@@ -42,6 +44,17 @@ def save_variables(directory: str, variables: Mapping[str, Any], model_config: M
   return os.path.join(directory, str(step))
 
 
+@contextlib.contextmanager
+def _quiet_absl():
+  logger = logging.getLogger('absl')
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
 def load_variables(directory: str, step: Optional[int] = None
                    ) -> tuple[dict[str, Any], ModelConfig, int]:
   """Restores (variables as NumPy arrays, model config, step) from a checkpoint directory.
@@ -53,7 +66,9 @@ def load_variables(directory: str, step: Optional[int] = None
     raise CheckpointError(f'{directory}: checkpoint directory does not exist')
   handlers = {VARIABLES: ocp.StandardCheckpointHandler(),
               MODEL_CONFIG: ocp.JsonCheckpointHandler()}
-  with ocp.CheckpointManager(directory, item_handlers=handlers) as mngr:
+  # Training checkpoints hold more items (optimizer, data iterator); orbax warns about each
+  # one it is not asked to restore, which is the point here.
+  with _quiet_absl(), ocp.CheckpointManager(directory, item_handlers=handlers) as mngr:
     steps = mngr.all_steps()
     if not steps:
       raise CheckpointError(f'{directory}: no checkpoint steps found (expected numbered step '

@@ -247,10 +247,10 @@ def markdown_table(name: str, summary: dict[str, Any], info: dict[str, Any]) -> 
 # ------------------------------------------------------------------------------- pictures
 
 def plot_ced(path: str, summary: dict[str, Any], title: str) -> None:
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+  # A bare Figure (no pyplot): works headless and leaves a notebook's backend alone.
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(6, 4.5), dpi=100)
+  ax = fig.subplots()
   for name, s in summary.items():
     t = 100 * np.asarray(s['ced']['thresholds'])
     ax.plot(t, 100 * np.asarray(s['ced']['fraction']),
@@ -264,7 +264,6 @@ def plot_ced(path: str, summary: dict[str, Any], title: str) -> None:
   ax.legend(loc='lower right')
   fig.tight_layout()
   fig.savefig(path)
-  plt.close(fig)
 
 
 def example_grid(images: list[np.ndarray], gts: list[np.ndarray], preds: list[np.ndarray],

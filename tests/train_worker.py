@@ -19,6 +19,10 @@ import jax  # noqa: E402
 def tiny_config():
   import prnet as config_module
   c = config_module.get_config('small')
+  # The paper's regulariser and augmentation (what pod runs use), not the demo's lighter ones.
+  paper = config_module.get_config('')
+  c.weight_decay = paper.weight_decay
+  c.augment = paper.augment
   c.model.width = 2
   c.dataset = 'synthetic_faces/tiny'
   c.batch_size = 8

@@ -1,0 +1,410 @@
+r"""Prediction: photos (or video frames) -> per-face position maps, landmarks, meshes, poses.
+
+    predictor = Predictor.from_checkpoint('workdirs/small/checkpoints')
+    faces = predictor.predict('photo.jpg')            # every detected face
+    faces = predictor.predict(image, boxes=[(l, t, r, b)])   # or given boxes / 68 landmarks
+    write_outputs(faces, image, 'out/photo')          # .obj, .ply, landmarks, pose, depth, overlay
+
+    python -m prnet_jax.predict --checkpoint=DIR --input=FILE_OR_DIR_OR_VIDEO --output=DIR
+
+Crops follow the official code (box: centre moved down 0.14 x size, side 1.58 x size; 68
+landmarks: side 1.6 x size). All faces of an image go through one jitted, batched forward pass
+(batch padded to a power of two, so few shapes compile); results are mapped back to the
+original image (x, y through the inverse crop similarity, z divided by its scale).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Optional, Protocol, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prnet_jax import checkpointing, geometry, icp, render
+from prnet_jax.model import PRNet
+from prnet_jax.uv_assets import UVAssets
+
+
+MAX_PIXELS = 50_000_000  # larger photos are refused with a message (not an out-of-memory crash)
+
+
+class PredictError(ValueError):
+  """Bad input for prediction; the message names the input and the problem."""
+
+
+# ------------------------------------------------------------------------------- detection
+
+class FaceDetector(Protocol):
+  def __call__(self, image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (K, 4) float boxes (left, top, right, bottom), best first."""
+
+
+def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float = 0.3) -> np.ndarray:
+  order = np.argsort(-scores)
+  keep = []
+  for i in order:
+    if all(_iou(boxes[i], boxes[j]) < iou for j in keep):
+      keep.append(i)
+  return boxes[keep]
+
+
+def _iou(a, b) -> float:
+  w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+  h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+  inter = w * h
+  union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+  return inter / max(union, 1e-9)
+
+
+class OpenCVCascadeDetector:
+  """OpenCV's bundled Haar cascades (frontal, profile and mirrored profile), merged by NMS.
+
+  Installable from PyPI (opencv-python-headless 4.x) with the models inside the wheel, so no
+  download at run time. Misses strongly rotated faces and faces filling the whole image: pass
+  boxes (or use a whole-image box) for pre-cropped faces."""
+
+  def __init__(self, min_size_fraction: float = 0.08):
+    import cv2
+    root = cv2.data.haarcascades
+    self._cv2 = cv2
+    self._frontal = cv2.CascadeClassifier(os.path.join(root, 'haarcascade_frontalface_alt2.xml'))
+    self._profile = cv2.CascadeClassifier(os.path.join(root, 'haarcascade_profileface.xml'))
+    self.min_size_fraction = min_size_fraction
+
+  def __call__(self, image: np.ndarray) -> np.ndarray:
+    cv2 = self._cv2
+    gray = cv2.equalizeHist(cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY))
+    h, w = gray.shape
+    m = max(int(min(h, w) * self.min_size_fraction), 20)
+    found = []
+    for cascade, flip in ((self._frontal, False), (self._profile, False), (self._profile, True)):
+      g = gray[:, ::-1] if flip else gray
+      rects, _, weights = cascade.detectMultiScale3(np.ascontiguousarray(g), 1.1, 4,
+                                                    minSize=(m, m), outputRejectLevels=True)
+      for (x, y, bw, bh), s in zip(np.asarray(rects).reshape(-1, 4),
+                                   np.asarray(weights).reshape(-1)):
+        x0 = w - x - bw if flip else x
+        found.append((x0, y, x0 + bw, y + bh, float(s) + (1.0 if cascade is self._frontal else 0)))
+    if not found:
+      return np.zeros((0, 4), np.float32)
+    arr = np.asarray(found, np.float64)
+    return _nms(arr[:, :4], arr[:, 4]).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------- images
+
+def load_image(image: Any, channel_order: str = 'RGB', name: Optional[str] = None
+               ) -> np.ndarray:
+  """A path or array (RGB/BGR/gray/RGBA, uint8 or float in [0, 1], any size) -> (H, W, 3)
+  uint8 RGB. Raises PredictError naming the input."""
+  name = name or (image if isinstance(image, str) else 'image array')
+  if isinstance(image, str):
+    from PIL import Image, UnidentifiedImageError
+    if not os.path.isfile(image):
+      raise PredictError(f'{image}: file not found')
+    try:
+      with Image.open(image) as im:
+        if im.width * im.height > MAX_PIXELS:
+          raise PredictError(f'{image}: image too large ({im.width}x{im.height}); resize it '
+                             f'below {MAX_PIXELS / 1e6:.0f} megapixels')
+        im = im.convert('RGBA') if im.mode in ('RGBA', 'LA', 'PA') else im.convert('RGB')
+        arr = np.asarray(im)
+    except (UnidentifiedImageError, OSError) as e:
+      raise PredictError(f'{image}: not a readable image ({e})') from e
+    channel_order = 'RGB'
+  else:
+    arr = np.asarray(image)
+  if arr.size == 0 or arr.ndim not in (2, 3) or min(arr.shape[:2]) < 8:
+    raise PredictError(f'{name}: not an image of at least 8x8 pixels (shape {arr.shape})')
+  if arr.shape[0] * arr.shape[1] > MAX_PIXELS:
+    raise PredictError(f'{name}: image too large ({arr.shape[1]}x{arr.shape[0]}); resize it '
+                       f'below {MAX_PIXELS / 1e6:.0f} megapixels')
+  if arr.dtype != np.uint8:
+    arr = arr.astype(np.float64)
+    if arr.max() <= 1.0:
+      arr = arr * 255
+    arr = np.clip(np.round(arr), 0, 255).astype(np.uint8)
+  if arr.ndim == 2:
+    arr = np.repeat(arr[..., None], 3, -1)
+  if arr.shape[-1] == 4:  # composite over white
+    a = arr[..., 3:].astype(np.float32) / 255
+    arr = np.round(arr[..., :3] * a + 255 * (1 - a)).astype(np.uint8)
+  elif arr.shape[-1] == 1:
+    arr = np.repeat(arr, 3, -1)
+  elif arr.shape[-1] != 3:
+    raise PredictError(f'{name}: {arr.shape[-1]} channels (expected 1, 3 or 4)')
+  if channel_order.upper() == 'BGR':
+    arr = arr[..., ::-1]
+  return np.ascontiguousarray(arr)
+
+
+# ------------------------------------------------------------------------------- results
+
+@dataclasses.dataclass
+class Face:
+  """One face, everything in the original image frame (x right, y down, z towards the viewer,
+  in pixels) unless named otherwise."""
+  box: np.ndarray               # (4,) the crop's source box or landmarks' box (l, t, r, b)
+  crop_transform: np.ndarray    # (3, 3) original -> crop similarity
+  position_map: np.ndarray      # (R, R, 3) in the original image frame
+  landmarks: np.ndarray         # (68, 3)
+  vertices: np.ndarray          # (N, 3) dense face vertices
+  triangles: np.ndarray         # (T, 3)
+  face_indices: np.ndarray      # (N,) flat UV-map pixel of each vertex
+  colors: np.ndarray            # (N, 3) in [0, 1], sampled from the image
+  visibility: np.ndarray        # (N,) bool, by a z-buffer of the face mesh
+  pose_angles_deg: np.ndarray   # (3,) yaw, pitch, roll
+  camera_matrix: np.ndarray     # (3, 4) scaled rotation | translation: canonical -> vertices
+  uv_texture: np.ndarray        # (R, R, 3) uint8: the image sampled at the position map
+
+  def to_json(self) -> dict:
+    yaw, pitch, roll = (float(a) for a in self.pose_angles_deg)
+    return {'box': self.box.tolist(), 'yaw_deg': yaw, 'pitch_deg': pitch, 'roll_deg': roll,
+            'camera_matrix': self.camera_matrix.tolist(),
+            'landmarks': self.landmarks.tolist()}
+
+
+def estimate_pose(canonical: np.ndarray, vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Similarity fit canonical -> vertices (the official pose estimate): (yaw, pitch, roll) in
+  degrees and the (3, 4) camera matrix [s R | t] (y up). Both are in position-map frames
+  (y down); flipping both to y up gives angles in the 3DDFA convention."""
+  flip = np.array([1, -1, 1])
+  up = np.asarray(vertices, np.float64) * flip
+  fit = icp.umeyama((np.asarray(canonical, np.float64) * flip).astype(np.float32),
+                    up.astype(np.float32))
+  r = np.asarray(fit.rotation, np.float64)
+  pitch, yaw, roll = np.rad2deg(geometry.matrix_to_angles(r))
+  camera = np.concatenate([float(fit.scale) * r, np.asarray(fit.translation)[:, None]], 1)
+  return np.array([yaw, pitch, roll]), camera
+
+
+class Predictor:
+  """A model, its UV assets and a detector; `predict` returns a `Face` per face."""
+
+  def __init__(self, model: PRNet, variables, assets: UVAssets,
+               detector: Optional[FaceDetector] = None):
+    if assets.resolution != model.resolution:
+      raise PredictError(f'UV assets are {assets.resolution} px, the model {model.resolution} px')
+    self.model, self.assets = model, assets
+    self.variables = jax.device_put(variables)
+    self._detector = detector
+    self._forward = jax.jit(lambda v, x: model.apply(v, x.astype(jnp.float32) / 255.0,
+                                                     train=False).astype(jnp.float32))
+
+  @classmethod
+  def from_checkpoint(cls, path: str, uv_assets: str = 'procedural',
+                      detector: Optional[FaceDetector] = None) -> 'Predictor':
+    """`path`: a checkpoint directory (ours or converted official weights); `uv_assets`:
+    'procedural' (models trained on the synthetic faces) or an official uv-data folder."""
+    try:
+      variables, model_config, _ = checkpointing.load_variables(path)
+    except checkpointing.CheckpointError as e:
+      raise PredictError(str(e)) from e
+    model = PRNet.from_config(model_config)
+    if uv_assets == 'procedural':
+      from prnet_jax.face_model import derive_uv_assets
+      from prnet_jax.procedural_face import procedural_face_model
+      assets = derive_uv_assets(procedural_face_model(), model.resolution)
+    else:
+      from prnet_jax.uv_assets import load_uv_assets
+      assets = load_uv_assets(uv_assets)
+    return cls(model, variables, assets, detector)
+
+  @property
+  def detector(self) -> FaceDetector:
+    if self._detector is None:
+      self._detector = OpenCVCascadeDetector()
+    return self._detector
+
+  def forward(self, crops: np.ndarray) -> np.ndarray:
+    """(B, R, R, 3) uint8 crops -> (B, R, R, 3) position maps in the crop frame."""
+    b = len(crops)
+    size = 1 << max(b - 1, 0).bit_length()  # pad to a power of two: few compiled shapes
+    padded = np.concatenate([crops, np.zeros((size - b,) + crops.shape[1:], crops.dtype)])
+    return np.asarray(self._forward(self.variables, jnp.asarray(padded)))[:b]
+
+  def crops_for(self, image: np.ndarray, boxes=None, landmarks=None):
+    """Crop boxes (geometry.CropBox) and source boxes for the given or detected faces."""
+    if landmarks is not None:
+      lms = np.asarray(landmarks, np.float64).reshape(-1, 68, np.shape(landmarks)[-1])
+      src = np.array([[l[:, 0].min(), l[:, 1].min(), l[:, 0].max(), l[:, 1].max()] for l in lms])
+      return [geometry.landmark_crop(l) for l in lms], src
+    if boxes is None:
+      boxes = self.detector(image)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return [geometry.box_crop(b) for b in boxes], boxes
+
+  def predict(self, image: Any, boxes=None, landmarks=None, channel_order: str = 'RGB'
+              ) -> list[Face]:
+    """Every face of `image` (detected unless `boxes` or 68 `landmarks` per face are given)."""
+    image = load_image(image, channel_order)
+    return self.predict_batch([image], [boxes], [landmarks])[0]
+
+  def predict_batch(self, images: Sequence[np.ndarray], boxes=None, landmarks=None
+                    ) -> list[list[Face]]:
+    """Faces of several RGB uint8 images (e.g. video frames) in one forward pass."""
+    r = self.model.resolution
+    jobs = []
+    for i, image in enumerate(images):
+      crops, src = self.crops_for(image, None if boxes is None else boxes[i],
+                                  None if landmarks is None else landmarks[i])
+      for crop, sb in zip(crops, src):
+        if crop.size < 4:
+          continue
+        t = geometry.crop_transform(crop, r)
+        jobs.append((i, sb, t))
+    out: list[list[Face]] = [[] for _ in images]
+    if not jobs:
+      return out
+    crops = np.stack([np.clip(np.round(np.asarray(geometry.warp_image(
+        images[i].astype(np.float32), t, r, r))), 0, 255).astype(np.uint8) for i, _, t in jobs])
+    maps = self.forward(crops)
+    for (i, sb, t), pos, crop in zip(jobs, maps, crops):
+      out[i].append(self._face(images[i], pos, crop, sb, t))
+    return out
+
+  def _face(self, image, pos_crop, crop, source_box, t) -> Face:
+    a = self.assets
+    pos = geometry.transform_points(geometry.invert(t), pos_crop.reshape(-1, 3)).reshape(
+        pos_crop.shape).astype(np.float32)
+    verts_crop = a.vertices(pos_crop)
+    # Visibility by a z-buffer of the face mesh in the crop (cheap at R px).
+    raster = render.rasterize(verts_crop, a.triangles, self.model.resolution,
+                              self.model.resolution, render.plan_windows(verts_crop, a.triangles))
+    visible = np.asarray(render.vertex_visibility(jnp.asarray(verts_crop), raster,
+                                                  tolerance=1.0 * self.model.resolution / 256))
+    uv_tex = np.asarray(geometry.bilinear_sample(jnp.asarray(crop, jnp.float32),
+                                                 jnp.asarray(pos_crop[..., 0]),
+                                                 jnp.asarray(pos_crop[..., 1])))
+    uv_tex = np.clip(np.round(uv_tex), 0, 255).astype(np.uint8)
+    vertices = a.vertices(pos)
+    colors = a.vertices(uv_tex).astype(np.float32) / 255.0
+    angles, camera = estimate_pose(a.canonical_vertices, vertices)
+    return Face(box=np.asarray(source_box, np.float32), crop_transform=t.astype(np.float32),
+                position_map=pos, landmarks=a.landmarks(pos), vertices=vertices,
+                triangles=a.triangles, face_indices=a.face_indices, colors=colors, visibility=visible,
+                pose_angles_deg=angles.astype(np.float32), camera_matrix=camera.astype(np.float32),
+                uv_texture=uv_tex)
+
+
+# ------------------------------------------------------------------------------- CLI
+
+IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff', '.gif')
+VIDEO_EXTS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v')
+
+
+def _bar(done: int, total: int, start: float, what: str) -> str:
+  import time
+  el = time.time() - start
+  rate = done / max(el, 1e-9)
+  eta = (total - done) / max(rate, 1e-9)
+  filled = int(20 * done / max(total, 1))
+  return f'[{"#" * filled}{"." * (20 - filled)}] {done}/{total} {rate:.1f}/s ETA {eta:.0f}s {what}'
+
+
+def predict_video(predictor: Predictor, path: str, out_dir: str, batch: int = 16) -> int:
+  """Frames in batches -> per-frame JSON lines and an overlay video; returns frames done."""
+  import time
+
+  import cv2
+  from prnet_jax import outputs
+  cap = cv2.VideoCapture(path)
+  if not cap.isOpened():
+    raise PredictError(f'{path}: cannot open the video')
+  total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or 0
+  fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+  stem = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0])
+  writer, done, start = None, 0, time.time()
+  import json
+  with open(stem + '_frames.jsonl', 'w') as js:
+    while True:
+      frames = []
+      for _ in range(batch):
+        ok, frame = cap.read()
+        if not ok:
+          break
+        frames.append(np.ascontiguousarray(frame[..., ::-1]))
+      if not frames:
+        break
+      for k, (frame, faces) in enumerate(zip(frames, predictor.predict_batch(frames))):
+        js.write(json.dumps({'frame': done + k, 'faces': [f.to_json() for f in faces]}) + '\n')
+        im = np.asarray(outputs.overlay(frame, faces))
+        if writer is None:
+          writer = cv2.VideoWriter(stem + '_overlay.mp4', cv2.VideoWriter_fourcc(*'mp4v'), fps,
+                                   (im.shape[1], im.shape[0]))
+        writer.write(np.ascontiguousarray(im[..., ::-1]))
+      done += len(frames)
+      print('\r' + _bar(done, max(total, done), start, os.path.basename(path)), end='',
+            flush=True)
+  cap.release()
+  if writer is not None:
+    writer.release()
+  print()
+  if done == 0:
+    raise PredictError(f'{path}: no frames could be read')
+  return done
+
+
+def run(predictor: Predictor, inputs: str, out_dir: str, batch: int = 16) -> int:
+  """Predicts for a file, a folder of images or a video; one message per bad file, the rest
+  still processed. Returns the number of inputs that failed."""
+  import time
+  from prnet_jax import outputs
+  if os.path.isdir(inputs):
+    files = sorted(os.path.join(inputs, f) for f in os.listdir(inputs)
+                   if not f.startswith('.') and os.path.isfile(os.path.join(inputs, f)))
+  elif os.path.exists(inputs):
+    files = [inputs]
+  else:
+    print(f'error: {inputs}: no such file or folder', flush=True)
+    return 1
+  os.makedirs(out_dir, exist_ok=True)
+  failed, start = 0, time.time()
+  for i, path in enumerate(files):
+    name = os.path.basename(path)
+    try:
+      if path.lower().endswith(VIDEO_EXTS):
+        n = predict_video(predictor, path, out_dir, batch)
+        msg = f'{name}: {n} frames'
+      else:
+        image = load_image(path)
+        faces = predictor.predict(image)
+        if not faces:
+          raise PredictError(f'{path}: no face found (pass boxes or landmarks for crops the '
+                             f'detector misses)')
+        outputs.write_outputs(faces, image, os.path.join(out_dir, os.path.splitext(name)[0]))
+        msg = f'{name}: {len(faces)} face(s)'
+    except PredictError as e:
+      failed += 1
+      msg = f'skipped: {e}'
+    print(_bar(i + 1, len(files), start, msg), flush=True)
+  print(f'{len(files) - failed} of {len(files)} inputs done, {failed} skipped; output in '
+        f'{out_dir}', flush=True)
+  return failed
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  import argparse
+  p = argparse.ArgumentParser(description='PRNet prediction: meshes, landmarks, poses.')
+  p.add_argument('--checkpoint', required=True, help='checkpoint directory')
+  p.add_argument('--input', required=True, help='image, folder of images, or video')
+  p.add_argument('--output', required=True, help='output folder')
+  p.add_argument('--uv_assets', default='procedural',
+                 help="'procedural' or an official uv-data folder (for official weights)")
+  p.add_argument('--batch', type=int, default=16, help='video frames per forward pass')
+  a = p.parse_args(argv)
+  try:
+    predictor = Predictor.from_checkpoint(a.checkpoint, a.uv_assets)
+  except (PredictError, ValueError) as e:
+    print(f'error: {e}')
+    return 2
+  failed = run(predictor, a.input, a.output, a.batch)
+  return 1 if failed else 0
+
+
+if __name__ == '__main__':
+  import sys
+  sys.exit(main())

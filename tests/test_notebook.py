@@ -1,0 +1,27 @@
+"""notebooks/quickstart.ipynb runs headless, start to end (nbclient), on the tiny dataset."""
+
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_quickstart_notebook_executes(tmp_path, monkeypatch):
+  nbformat = pytest.importorskip('nbformat')
+  nbclient = pytest.importorskip('nbclient')
+  nb = nbformat.read(os.path.join(ROOT, 'notebooks', 'quickstart.ipynb'), as_version=4)
+  monkeypatch.setenv('PRNET_NOTEBOOK_DIR', str(tmp_path))
+  monkeypatch.setenv('PRNET_NOTEBOOK_STEPS', '20')
+  monkeypatch.setenv('PYTHONPATH', ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  client = nbclient.NotebookClient(nb, timeout=900, kernel_name='python3',
+                                   resources={'metadata': {'path': ROOT}})
+  client.execute()
+  outputs = [o for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', [])]
+  assert not [o for o in outputs if o.get('output_type') == 'error']
+  text = ''.join(o.get('text', '') for o in outputs if o.get('output_type') == 'stream')
+  assert '68-landmark NME (2D):' in text and 'pose (yaw, pitch, roll)' in text
+  assert 'face_face0.obj' in text
+  images = [o for o in outputs if 'image/png' in o.get('data', {})]
+  assert len(images) >= 2  # the evaluation plots and the landmarks / depth / mesh figure
+  assert os.path.exists(tmp_path / 'run' / 'eval' / 'synthetic_faces-tiny.json')

@@ -1,0 +1,210 @@
+"""Predictor, writers, CLI, video and the serving export."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import configs.prnet as prnet_config
+from prnet_jax import checkpointing, geometry, mesh_io, outputs, predict
+from prnet_jax.model import ModelConfig, PRNet, init_variables
+from prnet_jax.synthetic import SyntheticWorld
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def ckpt(tmp_path_factory):
+  """A small-variant checkpoint (64 px, width 4)."""
+  model_config = ModelConfig.from_mapping(dict(prnet_config.get_config('small').model))
+  path = str(tmp_path_factory.mktemp('predict') / 'ckpt')
+  checkpointing.save_variables(path, init_variables(PRNet.from_config(model_config),
+                                                    jax.random.key(1)), model_config)
+  return path
+
+
+@pytest.fixture(scope='module')
+def predictor(ckpt):
+  return predict.Predictor.from_checkpoint(ckpt)
+
+
+@pytest.fixture(scope='module')
+def sample():
+  return SyntheticWorld(image_size=256, uv_resolution=64).sample(11)
+
+
+def test_results_are_mapped_back_to_the_original_image(predictor, sample, monkeypatch):
+  """A perfect network (the ground-truth map, moved into the predictor's crop) gives back the
+  ground truth in the original image: crops and their inverse follow the official code."""
+  lms = sample.landmarks  # 256 px image frame
+  t = geometry.crop_transform(geometry.landmark_crop(lms), 64)
+  truth = geometry.transform_points(t, sample.position_map.reshape(-1, 3)).reshape(64, 64, 3)
+  monkeypatch.setattr(predictor, 'forward', lambda crops: truth[None].astype(np.float32))
+  (face,) = predictor.predict(sample.image, landmarks=lms)
+  np.testing.assert_allclose(face.crop_transform, t, rtol=1e-5)
+  # z too (divided by the crop scale). The map's landmark pixels, not the landmark vertices:
+  # at 64 px they differ by the UV quantisation.
+  np.testing.assert_allclose(face.landmarks, predictor.assets.landmarks(sample.position_map),
+                             atol=2e-3)
+  np.testing.assert_allclose(face.vertices, predictor.assets.vertices(sample.position_map),
+                             atol=2e-3)
+  yaw, pitch, roll = face.pose_angles_deg
+  assert yaw == pytest.approx(np.rad2deg(sample.pose[1]), abs=3)
+  assert face.visibility.dtype == bool and 0.2 < face.visibility.mean() < 1.0
+  # Colours are the image at the vertices.
+  v = face.vertices[face.visibility][::50]
+  pix = sample.image[np.round(v[:, 1]).astype(int), np.round(v[:, 0]).astype(int)] / 255
+  assert np.median(np.abs(face.colors[face.visibility][::50] - pix)) < 0.1
+
+
+def test_box_crop_follows_the_official_convention(predictor, sample, monkeypatch):
+  seen = {}
+  monkeypatch.setattr(predictor, 'forward',
+                      lambda crops: seen.setdefault('c', crops) * 0.0 + np.float32(1))
+  (face,) = predictor.predict(sample.image, boxes=[(60, 50, 180, 170)])
+  box = geometry.box_crop((60, 50, 180, 170))
+  assert box.center[1] == pytest.approx(110 + 0.14 * 120) and box.size == int(1.58 * 120)
+  np.testing.assert_allclose(face.crop_transform, geometry.crop_transform(box, 64), rtol=1e-6)
+
+
+def test_input_forms(predictor, sample):
+  img = sample.image
+  rgb = predict.load_image(img)
+  np.testing.assert_array_equal(predict.load_image(img[..., ::-1], 'BGR'), rgb)
+  np.testing.assert_array_equal(predict.load_image(img / 255.0), rgb)
+  assert predict.load_image(img[..., 0]).shape == img.shape
+  rgba = np.concatenate([img, np.full(img.shape[:2] + (1,), 255, np.uint8)], -1)
+  np.testing.assert_array_equal(predict.load_image(rgba), rgb)
+  for bad, why in ((np.zeros((0, 10, 3), np.uint8), 'at least 8x8'),
+                   (np.zeros((20, 20, 5), np.uint8), 'channels')):
+    with pytest.raises(predict.PredictError, match=why):
+      predict.load_image(bad)
+  with pytest.raises(predict.PredictError, match='file not found'):
+    predict.load_image('/nonexistent/photo.jpg')
+
+
+def test_huge_and_tiny_image_files_are_refused_with_a_message(tmp_path, monkeypatch):
+  monkeypatch.setattr(predict, 'MAX_PIXELS', 100 * 100)
+  Image.fromarray(np.zeros((120, 120, 3), np.uint8)).save(tmp_path / 'big.png')
+  with pytest.raises(predict.PredictError, match='big.png: image too large'):
+    predict.load_image(str(tmp_path / 'big.png'))
+  Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / 'tiny.png')
+  with pytest.raises(predict.PredictError, match='tiny.png: not an image of at least 8x8'):
+    predict.load_image(str(tmp_path / 'tiny.png'))
+
+
+def test_all_faces_of_several_images_share_one_forward_pass(predictor, sample, monkeypatch):
+  calls = []
+  real = predictor.forward
+  monkeypatch.setattr(predictor, 'forward', lambda crops: calls.append(len(crops)) or real(crops))
+  images = [sample.image, sample.image[:, ::-1].copy(), sample.image]
+  boxes = [[(40, 40, 200, 200), (10, 10, 90, 90)], [(40, 40, 200, 200)], []]
+  faces = predictor.predict_batch(images, boxes)
+  assert calls == [3] and [len(f) for f in faces] == [2, 1, 0]
+  alone = predictor.predict(sample.image, boxes=[(10, 10, 90, 90)])[0]
+  np.testing.assert_allclose(faces[0][1].landmarks, alone.landmarks, rtol=1e-5, atol=1e-3)
+
+
+def mean_face_forward(predictor):
+  """A stand-in network that outputs the frontal mean face in every crop (an untrained
+  network outputs a constant map: a degenerate, zero-area mesh)."""
+  a = predictor.assets
+  pos = np.zeros((a.resolution ** 2, 3), np.float32)
+  pos[a.face_indices] = a.canonical_vertices
+  pos = pos.reshape(a.resolution, a.resolution, 3)
+  return lambda crops: np.repeat(pos[None], len(crops), 0)
+
+
+def test_real_photos_detected_and_every_writer_valid(predictor, tmp_path, monkeypatch):
+  from conftest import shared_path
+  folder = shared_path('photos')
+  monkeypatch.setattr(predictor, 'forward', mean_face_forward(predictor))
+  for name in sorted(os.listdir(folder)):
+    image = predict.load_image(os.path.join(folder, name))
+    boxes = predictor.detector(image)
+    assert len(boxes) >= 1, name
+    faces = predictor.predict(image)
+    files = outputs.write_outputs(faces, image, str(tmp_path / name[:-4]))
+    for f in files:
+      assert os.path.getsize(f) > 0, f
+    n = len(predictor.assets.face_indices)
+    for obj in (f'{name[:-4]}_face0.obj', f'{name[:-4]}_face0_textured.obj'):
+      mesh = mesh_io.load_obj(str(tmp_path / obj))
+      assert mesh.vertices.shape == (n, 3) and len(mesh.triangles) == len(faces[0].triangles)
+    ply = (tmp_path / f'{name[:-4]}_face0.ply').read_text().splitlines()
+    assert f'element vertex {n}' in ply and len(ply) == ply.index('end_header') + 1 + n + \
+        len(faces[0].triangles)
+    assert np.loadtxt(tmp_path / f'{name[:-4]}_face0_landmarks.txt').shape == (68, 3)
+    pose = json.loads((tmp_path / f'{name[:-4]}_face0_pose.json').read_text())
+    assert set(pose) == {'yaw_deg', 'pitch_deg', 'roll_deg', 'camera_matrix'}
+    with Image.open(tmp_path / f'{name[:-4]}_depth.png') as d:
+      assert d.size == image.shape[1::-1] and np.asarray(d).max() > 1000
+    with Image.open(tmp_path / f'{name[:-4]}_overlay.png') as o:
+      assert o.size == image.shape[1::-1]
+
+
+def test_cli_reports_bad_files_and_processes_the_rest(ckpt, tmp_path, sample):
+  inp = tmp_path / 'in'
+  inp.mkdir()
+  Image.fromarray(sample.image).save(inp / 'face.png')
+  (inp / 'notes.txt').write_text('not an image')
+  Image.fromarray(np.full((64, 64, 3), 127, np.uint8)).save(inp / 'blank.png')
+  (inp / 'cut.jpg').write_bytes(open(inp / 'face.png', 'rb').read()[:300])
+  r = subprocess.run([sys.executable, '-m', 'prnet_jax.predict', f'--checkpoint={ckpt}',
+                      f'--input={inp}', f'--output={tmp_path / "out"}'], cwd=ROOT,
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 1, r.stdout + r.stderr
+  out = r.stdout
+  assert 'notes.txt: not a readable image' in out and 'blank.png: no face found' in out
+  assert 'cut.jpg: not a readable image' in out and 'Traceback' not in r.stderr
+  assert 'of 4 inputs done' in out and 'face.png' in out  # the good file is still processed
+  # launch.py --mode=predict is the same code path.
+  r = subprocess.run([sys.executable, 'launch.py', '--config=configs/prnet.py:small',
+                      '--mode=predict', f'--checkpoint={ckpt}', f'--input={inp / "notes.txt"}',
+                      f'--output={tmp_path / "out2"}'], cwd=ROOT, capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 1 and 'not a readable image' in r.stdout
+
+
+def test_video_frames_in_batches(predictor, sample, tmp_path):
+  import cv2
+  path = str(tmp_path / 'clip.mp4')
+  w = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'mp4v'), 10, (256, 256))
+  for k in range(5):
+    w.write(np.ascontiguousarray(np.roll(sample.image, 3 * k, axis=1)[..., ::-1]))
+  w.release()
+  n = predict.predict_video(predictor, path, str(tmp_path), batch=2)
+  assert n == 5
+  rows = [json.loads(l) for l in open(tmp_path / 'clip_frames.jsonl')]
+  assert [r['frame'] for r in rows] == list(range(5))
+  cap = cv2.VideoCapture(str(tmp_path / 'clip_overlay.mp4'))
+  assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+  cap.release()
+
+
+def test_export_reloads_without_flax_and_matches(ckpt, tmp_path):
+  out = str(tmp_path / 'prnet.jaxexport')
+  r = subprocess.run([sys.executable, '-m', 'prnet_jax.export', f'--checkpoint={ckpt}',
+                      f'--output={out}'], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
+  images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3)).astype(np.uint8)
+  np.save(tmp_path / 'x.npy', images)
+  code = ('import sys; sys.modules["flax"] = None\n'  # any Flax import would now fail
+          'import numpy as np\nfrom prnet_jax.export import load\n'
+          f'f = load({out!r}); x = np.load({str(tmp_path / "x.npy")!r})\n'
+          f'np.save({str(tmp_path / "y.npy")!r}, np.asarray(f(x)))\n'
+          'assert np.asarray(f(x[:1])).shape == (1, 64, 64, 3)\n')
+  r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                     timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
+  variables, model_config, _ = checkpointing.load_variables(ckpt)
+  model = PRNet.from_config(model_config)
+  ref = np.asarray(jax.jit(lambda v, x: model.apply(v, x / 255.0, train=False))(variables,
+                                                                               images))
+  got = np.load(tmp_path / 'y.npy')
+  assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()

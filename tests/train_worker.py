@@ -3,6 +3,8 @@
   python tests/train_worker.py step NUM_DEVICES [FSDP]     -> JSON of per-step losses
   python tests/train_worker.py train NUM_DEVICES WORKDIR DATA_DIR STEPS [COORD PROCS PID
                                                                           [OPTIMIZER LR]]
+  python tests/train_worker.py compare 1 WORKDIR_A WORKDIR_B  -> JSON: final parameter difference
+Environment: PRNET_FLOAT64=1 trains the float64 model (x64 on).
 """
 
 import json
@@ -61,10 +63,29 @@ def step_losses(fsdp=1):
           'checksum': float(sum(np.abs(x).sum() for x in leaves))}
 
 
+def compare_params(dir_a, dir_b):
+  import numpy as np
+  jax.config.update('jax_enable_x64', True)  # float64 checkpoints load as float64
+  from prnet_jax import checkpointing
+  flat = []
+  for d in (dir_a, dir_b):
+    variables, _, step = checkpointing.load_variables(os.path.join(d, 'checkpoints'))
+    flat.append((step, np.concatenate([np.ravel(x) for x in
+                                       jax.tree_util.tree_leaves(variables['params'])])))
+  (sa, a), (sb, b) = flat
+  return {'steps': [int(sa), int(sb)], 'dtype': str(a.dtype),
+          'max_abs': float(np.abs(a - b).max()), 'max_param': float(np.abs(a).max())}
+
+
 def main():
   jax.config.update('jax_num_cpu_devices', int(sys.argv[2]))
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  if os.environ.get('PRNET_FLOAT64'):  # the float64 reference model (x64 on)
+    jax.config.update('jax_enable_x64', True)
   mode = sys.argv[1]
+  if mode == 'compare':
+    print(json.dumps(compare_params(sys.argv[3], sys.argv[4])))
+    return
   if mode == 'step':
     print(json.dumps(step_losses(int(sys.argv[3]) if len(sys.argv) > 3 else 1)))
     return
@@ -74,6 +95,8 @@ def main():
                                process_id=int(sys.argv[8]))
   from prnet_jax import train
   c = tiny_config()
+  if os.environ.get('PRNET_FLOAT64'):
+    c.model.dtype = 'float64'
   c.data_dir = data_dir
   c.num_train_steps = steps
   if len(sys.argv) > 9:

@@ -129,10 +129,8 @@ class Florence(common.ManualFaceBuilder):
     return {'test': self._generate_examples(find_scans(folder))}
 
   def _generate_examples(self, items):
-    from prnet_jax import data_io, florence
-    c = self.builder_config
-    opts = florence.FlorenceOptions(yaws_deg=tuple(c.yaws_deg),
-                                    pitches_deg=tuple(c.pitches_deg), max_points=c.max_points)
+    from prnet_jax import data_io
+    opts = options_of(self.builder_config)
     self.report = data_io.BuildReport(self.name, strict=self._strict)
     for result in common.parallel_map(process_subject, items, self._num_workers, _init,
                                       (opts,)):

@@ -145,8 +145,10 @@ def find_pairs(folder: str, image_exts: Sequence[str] = ('.jpg', '.jpeg', '.png'
            d.get('mat', os.path.join(folder, stem + '.mat'))) for stem, d in sorted(stems.items())]
 
 
-def yaw_bucket(yaw_radians: float) -> int:
-  """|yaw| bucket of the AFLW2000-3D protocol: 0 = [0, 30], 1 = (30, 60], 2 = (60, 90+] deg."""
-  a = abs(np.rad2deg(yaw_radians))
-  return 0 if a <= 30 else 1 if a <= 60 else 2
+def yaw_bucket(yaw_radians):
+  """|yaw| bucket of the AFLW2000-3D protocol: 0 = [0, 30], 1 = (30, 60], 2 = (60, 90+] deg.
+  A scalar gives an int, an array an int32 array of the same shape."""
+  a = np.abs(np.rad2deg(np.asarray(yaw_radians, np.float64)))
+  b = np.where(a <= 30, 0, np.where(a <= 60, 1, 2)).astype(np.int32)
+  return int(b) if b.ndim == 0 else b
 

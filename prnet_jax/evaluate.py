@@ -317,16 +317,13 @@ def run_florence(model: PRNet, variables, assets: UVAssets, mesh, source, order:
                                            'landmarks')}
   start, done = time.time(), 0
   for idx, real in global_batches(len(order), opts.batch_size):
-    local = []
-    for i in _local_rows(idx):
-      image = data_io.decode_image(source[int(order[i])]['image'])
-      if image.shape[0] != res:
-        image = np.clip(input_pipeline._resize(image.astype(np.float32), res), 0, 255)
-      local.append(image.astype(np.uint8))
+    records = {int(i): source[int(order[i])] for i in set(idx[:real]) | set(_local_rows(idx))}
+    local = [input_pipeline.resize_image(data_io.decode_image(records[int(i)]['image']), res)
+             for i in _local_rows(idx)]
     images = jax.make_array_from_process_local_data(sharding, np.stack(local))
     maps = np.asarray(jax.device_get(forward(variables, images)))[:real]
     for j, pos in enumerate(maps):
-      rec = source[int(order[idx[j]])]
+      rec = records[int(idx[j])]
       k = res / fl_opts.image_size  # the view transform is for the rendered size
       t = np.asarray(rec['view_transform'], np.float64) * k
       r = florence.reconstruction_error(assets.vertices(pos), assets.landmarks(pos),

@@ -28,16 +28,6 @@ class Similarity(NamedTuple):
     return self.scale * points @ self.rotation.T + self.translation
 
 
-def identity() -> Similarity:
-  return Similarity(jnp.float32(1), jnp.eye(3, dtype=jnp.float32), jnp.zeros(3, jnp.float32))
-
-
-def compose(a: Similarity, b: Similarity) -> Similarity:
-  """a after b."""
-  return Similarity(a.scale * b.scale, a.rotation @ b.rotation,
-                    a.scale * b.translation @ a.rotation.T + a.translation)
-
-
 def umeyama(src: jax.Array, dst: jax.Array, weights: Optional[jax.Array] = None,
             with_scale: bool = True) -> Similarity:
   """Least-squares similarity (Umeyama 1991; Kabsch without scale) mapping src onto dst.

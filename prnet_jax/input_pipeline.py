@@ -57,6 +57,11 @@ def _resize(array: np.ndarray, size: int) -> np.ndarray:
                    for c in range(array.shape[-1])], -1)
 
 
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+  """(H, H, 3) uint8 -> (size, size, 3) uint8, bilinear."""
+  return np.clip(_resize(image.astype(np.float32), size), 0, 255).astype(np.uint8)
+
+
 class DecodeExample:
   """Record -> {'image': uint8 (R, R, 3), 'position_map': float32 (R, R, 3),
   'landmarks': float32 (68, 3), 'yaw_bucket': int32}, resized to `resolution` if needed
@@ -73,8 +78,7 @@ class DecodeExample:
     landmarks = np.asarray(ex['landmarks_3d'], np.float32)
     if image.shape[0] != self.resolution:
       k = self.resolution / image.shape[0]
-      image = np.clip(_resize(image.astype(np.float32), self.resolution), 0, 255).astype(
-          np.uint8)
+      image = resize_image(image, self.resolution)
       pos = _resize(pos, self.resolution) * np.float32(k)
       landmarks = landmarks * np.float32(k)
     return {'image': image, 'position_map': pos.astype(np.float32), 'landmarks': landmarks,

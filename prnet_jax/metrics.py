@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prnet_jax.data_io import yaw_bucket  # noqa: F401  (the protocol's buckets, one definition)
+
 NORMALIZERS = ('box', 'diag')
 Z_ALIGNS = ('mean', 'min', 'none')
 BUCKET_NAMES = ('[0, 30]', '(30, 60]', '(60, 90]')
@@ -105,12 +107,6 @@ def dense_nme(pred_map: jax.Array, gt_map: jax.Array, face_mask: jax.Array,
 
 
 # ---------------------------------------------------------------------- summaries (host side)
-
-def yaw_bucket(yaw_radians) -> np.ndarray:
-  """|yaw| (radians, any shape) -> bucket 0: [0, 30], 1: (30, 60], 2: (60, 90+] degrees."""
-  a = np.abs(np.rad2deg(np.asarray(yaw_radians, np.float64)))
-  return np.where(a <= 30, 0, np.where(a <= 60, 1, 2)).astype(np.int32)
-
 
 def bucket_summary(errors: np.ndarray, buckets: np.ndarray) -> dict[str, float]:
   """Per-bucket means, their mean (NaN when a bucket is empty), the all-image mean, counts."""

@@ -190,3 +190,21 @@ def test_launch_eval_on_four_devices_equals_one_device(tiny, tmp_path):
   r = run_launch([f'--workdir={tmp_path / "none"}', '--mode=eval', *common[2:]])
   assert r.returncode == 1 and 'checkpoint directory does not exist' in r.stderr
   assert 'Traceback' not in r.stderr
+
+
+def test_evaluation_errors_name_the_problem(tiny, tmp_path):
+  config = prnet_config.get_config('small')
+  config.data_dir = str(tmp_path / 'empty')
+  with pytest.raises(evaluate.EvaluationError,
+                     match=r'not prepared[\s\S]*python -m datasets.build'):
+    evaluate.evaluate(config, str(tmp_path), checkpoint='untrained')
+  config.eval.dataset = 'florence'
+  with pytest.raises(evaluate.EvaluationError, match='--oracle needs position-map'):
+    evaluate.evaluate(config, str(tmp_path), oracle=True)
+  # 4 devices cannot split a global batch of 6.
+  config, ckpt, _, _ = tiny
+  r = run_launch([f'--workdir={tmp_path / "wd"}', '--mode=eval', f'--checkpoint={ckpt}',
+                  '--config.dataset=synthetic_faces/tiny', f'--config.data_dir={config.data_dir}',
+                  '--config.eval.batch_size=6'], devices=4)
+  assert r.returncode == 1 and 'not divisible by the 4 devices' in r.stderr
+  assert 'Traceback' not in r.stderr

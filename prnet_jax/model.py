@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from prnet_jax import conv_ops
+
 # (channel multiplier of `width`, stride) of the 10 residual blocks and 17 transposed convs.
 ENCODER_BLOCKS: tuple[tuple[int, int], ...] = (
     (2, 2), (2, 1), (4, 2), (4, 1), (8, 2), (8, 1), (16, 2), (16, 1), (32, 2), (32, 1))
@@ -54,11 +56,14 @@ class ModelConfig:
     dtype: compute dtype name ('float32' or 'bfloat16'); params and BN statistics stay float32.
     bn_momentum: decay of the BatchNorm moving statistics (TF's 0.999; short runs need less,
       or evaluation sees statistics still dominated by their initial values).
+    conv_impl: 'fast' (default) or 'reference': how convolutions are computed
+      (``prnet_jax.conv_ops``); the same function and parameters either way.
   """
   resolution: int = 256
   width: int = 16
   dtype: str = 'float32'
   bn_momentum: float = BN_MOMENTUM
+  conv_impl: str = 'fast'
 
   @property
   def max_pos(self) -> float:
@@ -85,6 +90,32 @@ def _dtype(name: str) -> Any:
                      f"reference for tests; needs jax_enable_x64), got {name!r}") from None
 
 
+class Conv(nn.Module):
+  """A bias-free TF-'SAME' conv or transposed conv with ``flax.linen.Conv``'s parameter layout.
+
+  The kernel is the same parameter, with the same shape and initialisation, as
+  ``nn.Conv(use_bias=False)`` (``[k, k, in, out]``) or ``nn.ConvTranspose(transpose_kernel=True)``
+  (``[k, k, out, in]``) would create under the name ``kernel``, so checkpoints and official weights
+  load unchanged; ``impl`` picks how it is computed (``prnet_jax.conv_ops``).
+  """
+  features: int
+  kernel_size: int = KERNEL_SIZE
+  strides: int = 1
+  transpose: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  impl: str = 'fast'
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, cin = self.kernel_size, x.shape[-1]
+    shape = (k, k, self.features, cin) if self.transpose else (k, k, cin, self.features)
+    kernel = self.param('kernel', default_kernel_init, shape, self.param_dtype)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    op = conv_ops.conv_transpose_same if self.transpose else conv_ops.conv_same
+    return op(x, kernel, self.strides, self.impl)
+
+
 class ConvBN(nn.Module):
   """Conv (or transposed conv) without bias, then optional BatchNorm and activation."""
   features: int
@@ -96,18 +127,12 @@ class ConvBN(nn.Module):
   dtype: Any = jnp.float32
   bn_momentum: float = BN_MOMENTUM
   param_dtype: Any = jnp.float32
+  conv_impl: str = 'fast'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    k, s = (self.kernel_size,) * 2, (self.strides,) * 2
-    if self.transpose:
-      x = nn.ConvTranspose(self.features, k, s, padding='SAME', use_bias=False,
-                           transpose_kernel=True, kernel_init=default_kernel_init,
-                           dtype=self.dtype, param_dtype=self.param_dtype, name='conv')(x)
-    else:
-      x = nn.Conv(self.features, k, s, padding='SAME', use_bias=False,
-                  kernel_init=default_kernel_init, dtype=self.dtype,
-                  param_dtype=self.param_dtype, name='conv')(x)
+    x = Conv(self.features, self.kernel_size, self.strides, self.transpose, self.dtype,
+             self.param_dtype, self.conv_impl, name='conv')(x)
     if self.use_bn:
       x = batch_norm(train, self.dtype, self.bn_momentum, name='bn',
                      param_dtype=self.param_dtype)(x)
@@ -132,11 +157,13 @@ class ResBlock(nn.Module):
   dtype: Any = jnp.float32
   bn_momentum: float = BN_MOMENTUM
   param_dtype: Any = jnp.float32
+  conv_impl: str = 'fast'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     shortcut = x
-    kw = dict(dtype=self.dtype, bn_momentum=self.bn_momentum, param_dtype=self.param_dtype)
+    kw = dict(dtype=self.dtype, bn_momentum=self.bn_momentum, param_dtype=self.param_dtype,
+              conv_impl=self.conv_impl)
     if self.strides != 1 or x.shape[-1] != self.features:
       shortcut = ConvBN(self.features, 1, self.strides, use_bn=False, activation=None,
                         name='shortcut', **kw)(x, train)
@@ -156,6 +183,7 @@ class PRNet(nn.Module):
   dtype: Any = jnp.float32
   bn_momentum: float = BN_MOMENTUM
   param_dtype: Any = jnp.float32  # float64 only for the float64 reference
+  conv_impl: str = 'fast'  # or 'reference' (prnet_jax.conv_ops): same function, other code
 
   @classmethod
   def from_config(cls, config: ModelConfig | Mapping[str, Any]) -> 'PRNet':
@@ -164,7 +192,8 @@ class PRNet(nn.Module):
     dtype = _dtype(config.dtype)
     return cls(resolution=config.resolution, width=config.width, dtype=dtype,
                bn_momentum=config.bn_momentum,
-               param_dtype=jnp.float64 if dtype == jnp.float64 else jnp.float32)
+               param_dtype=jnp.float64 if dtype == jnp.float64 else jnp.float32,
+               conv_impl=config.conv_impl)
 
   @property
   def max_pos(self) -> float:
@@ -184,7 +213,8 @@ class PRNet(nn.Module):
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
     self.setup_check(images)
     w = self.width
-    kw = dict(dtype=self.dtype, bn_momentum=self.bn_momentum, param_dtype=self.param_dtype)
+    kw = dict(dtype=self.dtype, bn_momentum=self.bn_momentum, param_dtype=self.param_dtype,
+              conv_impl=self.conv_impl)
     x = images.astype(self.dtype)
     x = ConvBN(w, name='conv0', **kw)(x, train)
     for i, (mult, stride) in enumerate(ENCODER_BLOCKS):

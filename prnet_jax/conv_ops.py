@@ -1,0 +1,122 @@
+"""PRNet's convolutions as pure functions, in two implementations that compute the same thing.
+
+PRNet needs 4x4 convolutions with TF 'SAME' padding at strides 1 and 2, 1x1 convolutions at
+strides 1 and 2, and 4x4 transposed convolutions at strides 1 and 2 (kernels stored as TF
+stores them, ``[kh, kw, out, in]``). Activations are NHWC, conv kernels HWIO.
+
+* ``impl='reference'``: ``lax.conv_general_dilated`` / ``lax.conv_transpose`` exactly as
+  ``flax.linen.Conv`` / ``ConvTranspose`` call them (the straightforward port).
+* ``impl='fast'`` (default): the same functions written so that neither they nor their
+  gradients need dilated or strided convolutions, which XLA's CPU backend runs on a slow generic
+  loop instead of its Eigen/oneDNN convolution kernels (a strided conv's input gradient is an
+  input-dilated conv; a stride-2 transposed conv *is* one):
+  - stride-2 4x4 conv = pad 1/1, space-to-depth (2x2 blocks into channels), 2x2 VALID conv
+    with the kernel regrouped the same way;
+  - stride-2 1x1 conv = every second pixel, then a matrix product;
+  - 1x1 stride-1 conv = a matrix product over channels;
+  - stride-2 4x4 transposed conv = pad 1/1, one 2x2 VALID conv producing the four output phases
+    (sub-pixel convolution, 4x the output channels), then depth-to-space;
+  - stride-1 4x4 transposed conv = a 4x4 conv with the flipped kernel, padded 2/1.
+  ``tests/test_conv_ops.py`` checks values and gradients against the reference in float64.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+IMPLS = ('fast', 'reference')
+# Measured (BENCHMARKS.md): XLA:CPU runs strided 4x4 convs and their gradients well, so the
+# space-to-depth form (slower there) is kept only as an option.
+S2D_STRIDED_CONV = False
+_DN = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _check(impl: str, x: jax.Array, kernel: jax.Array, stride: int) -> None:
+  if impl not in IMPLS:
+    raise ValueError(f'impl must be one of {IMPLS}, got {impl!r}')
+  if stride not in (1, 2):
+    raise ValueError(f'stride must be 1 or 2, got {stride}')
+  if x.ndim != 4 or kernel.ndim != 4:
+    raise ValueError(f'expected NHWC activations and a 4-d kernel, got shapes {x.shape} and '
+                     f'{kernel.shape}')
+
+
+def conv_same(x: jax.Array, kernel: jax.Array, stride: int = 1, impl: str = 'fast',
+              precision: Any = None) -> jax.Array:
+  """TF-'SAME' convolution, no bias: x (B, H, W, Cin), kernel (k, k, Cin, Cout) -> (B, H/s, W/s, Cout).
+
+  Strided convolutions need even H and W (every PRNet stage has them).
+  """
+  _check(impl, x, kernel, stride)
+  k = kernel.shape[0]
+  if impl == 'reference':
+    return lax.conv_general_dilated(x, kernel, (stride, stride), 'SAME', dimension_numbers=_DN,
+                                    precision=precision)
+  if k == 1:
+    if stride == 2:
+      x = x[:, ::2, ::2, :]
+    return jnp.einsum('bhwc,cd->bhwd', x, kernel[0, 0], precision=precision)
+  if stride == 1:
+    return lax.conv_general_dilated(x, kernel, (1, 1), 'SAME', dimension_numbers=_DN,
+                                    precision=precision)
+  if k != 4:
+    raise ValueError(f'the fast stride-2 convolution is written for 4x4 kernels, got {k}x{k}')
+  b, h, w, c = x.shape
+  if h % 2 or w % 2:
+    raise ValueError(f'stride-2 convolution needs even height and width, got {h}x{w}')
+  # TF SAME for k=4, s=2 on even sizes pads 1 before and 1 after.
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  s2d = _space_to_depth(xp)                             # (B, H/2+1, W/2+1, 4C) as (b1, b2, c)
+  # kernel[2a1+b1, 2a2+b2, c, o] -> k2[a1, a2, (b1, b2, c), o]
+  cout = kernel.shape[-1]
+  k2 = kernel.reshape(2, 2, 2, 2, c, cout).transpose(0, 2, 1, 3, 4, 5).reshape(2, 2, 4 * c, cout)
+  return lax.conv_general_dilated(s2d, k2, (1, 1), 'VALID', dimension_numbers=_DN,
+                                  precision=precision)
+
+
+def conv_transpose_same(x: jax.Array, kernel: jax.Array, stride: int = 1, impl: str = 'fast',
+                        precision: Any = None) -> jax.Array:
+  """TF-'SAME' transposed convolution (the gradient of a conv), no bias.
+
+  x (B, H, W, Cin), kernel (k, k, Cout, Cin) as TF and ``flax.linen.ConvTranspose(
+  transpose_kernel=True)`` store it -> (B, H*s, W*s, Cout).
+  """
+  _check(impl, x, kernel, stride)
+  k = kernel.shape[0]
+  if impl == 'reference':
+    return lax.conv_transpose(x, kernel, (stride, stride), 'SAME', dimension_numbers=_DN,
+                              transpose_kernel=True, precision=precision)
+  if k != 4:
+    raise ValueError(f'the fast transposed convolution is written for 4x4 kernels, got {k}x{k}')
+  # The equivalent forward-conv kernel: flipped in space, in/out swapped -> (k, k, Cin, Cout).
+  we = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+  if stride == 1:
+    # lax.conv_transpose's SAME padding for k=4, s=1 is 2 before, 1 after.
+    return lax.conv_general_dilated(x, we, (1, 1), ((2, 1), (2, 1)), dimension_numbers=_DN,
+                                    precision=precision)
+  # Stride 2: out[2m + p] = x[m - 1 + p] we[p] + x[m + p] we[2 + p] (p = output phase), i.e. a
+  # 2-tap window of the 1-padded input at offset m + p with taps we[p], we[2 + p].
+  b, h, w, cin = x.shape
+  cout = we.shape[-1]
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  # k2[t1, t2, c, (p1, p2, o)] = we[2 t1 + p1, 2 t2 + p2, c, o]
+  k2 = we.reshape(2, 2, 2, 2, cin, cout).transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, cin, 4 * cout)
+  y = lax.conv_general_dilated(xp, k2, (1, 1), 'VALID', dimension_numbers=_DN,
+                               precision=precision)    # (B, H+1, W+1, 4 Cout)
+  y = y.reshape(b, h + 1, w + 1, 2, 2, cout)
+  rows = []
+  for p1 in (0, 1):
+    rows.append(jnp.stack([y[:, p1:p1 + h, p2:p2 + w, p1, p2] for p2 in (0, 1)], axis=3))
+  out = jnp.stack(rows, axis=2)                          # (B, H, 2, W, 2, Cout)
+  return out.reshape(b, 2 * h, 2 * w, cout)
+
+
+def _space_to_depth(x: jax.Array) -> jax.Array:
+  """(B, 2H, 2W, C) -> (B, H, W, 4C), channels ordered (row phase, column phase, c)."""
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(
+      b, h // 2, w // 2, 4 * c)

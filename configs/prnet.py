@@ -43,9 +43,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.seed = 0
 
   # Network (prnet_jax.model.ModelConfig).
-  # conv_impl: 'fast' or 'reference' computes the same function (prnet_jax.conv_ops).
+  # impl: 'fast' or 'reference' computes the same function (prnet_jax.conv_ops, batchnorm).
   c.model = ml_collections.ConfigDict(dict(resolution=256, width=16, dtype='float32',
-                                           bn_momentum=0.999, conv_impl='fast'))
+                                           bn_momentum=0.999, impl='fast'))
 
   # Data: a TFDS name ('dataset[/config]'), its directory ('' = TFDS default) and the UV
   # assets giving the loss weights ('procedural' or an official-format uv-data folder).

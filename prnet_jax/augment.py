@@ -26,6 +26,11 @@ class AugmentConfig:
   occlusion_prob: float = 0.5
   occlusion_size: tuple[float, float] = (0.1, 0.4)  # rectangle side, fraction of the image
 
+  @property
+  def is_identity(self) -> bool:
+    return (self.rotation_deg == 0 and self.translation == 0 and tuple(self.scale) == (1, 1)
+            and tuple(self.color) == (1, 1) and self.occlusion_prob == 0)
+
   @classmethod
   def from_mapping(cls, m) -> 'AugmentConfig':
     m = dict(m)
@@ -100,7 +105,14 @@ def augment_example(rng: jax.Array, image: jax.Array, pos: jax.Array,
 
 def augment_batch(rng: jax.Array, images: jax.Array, pos: jax.Array,
                   config: AugmentConfig) -> tuple[jax.Array, jax.Array]:
-  """Batched `augment_example` with one key per example (jit it with `config` static)."""
+  """Batched `augment_example` with one key per example (jit it with `config` static).
+
+  With an identity config (no rotation, translation, scaling, colour or occlusion) the inputs
+  are returned as they are: the warp would sample every pixel at its own centre, so skipping
+  it changes nothing but the time (a full-image gather per step).
+  """
+  if config.is_identity:
+    return images, pos
   keys = jax.random.split(rng, images.shape[0])
   return jax.vmap(lambda k, i, p: augment_example(k, i, p, config))(keys, images, pos)
 

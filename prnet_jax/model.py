@@ -20,13 +20,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from prnet_jax import conv_ops
+from prnet_jax.batchnorm import BatchNormAct, activate
 
 # (channel multiplier of `width`, stride) of the 10 residual blocks and 17 transposed convs.
 ENCODER_BLOCKS: tuple[tuple[int, int], ...] = (
@@ -56,14 +57,15 @@ class ModelConfig:
     dtype: compute dtype name ('float32' or 'bfloat16'); params and BN statistics stay float32.
     bn_momentum: decay of the BatchNorm moving statistics (TF's 0.999; short runs need less,
       or evaluation sees statistics still dominated by their initial values).
-    conv_impl: 'fast' (default) or 'reference': how convolutions are computed
-      (``prnet_jax.conv_ops``); the same function and parameters either way.
+    impl: 'fast' (default) or 'reference': how layers are computed (``prnet_jax.conv_ops``,
+      ``prnet_jax.batchnorm``); the same function and parameters either way. 'reference' is
+      the straightforward port (flax ``Conv``/``ConvTranspose``/``BatchNorm``).
   """
   resolution: int = 256
   width: int = 16
   dtype: str = 'float32'
   bn_momentum: float = BN_MOMENTUM
-  conv_impl: str = 'fast'
+  impl: str = 'fast'
 
   @property
   def max_pos(self) -> float:
@@ -123,31 +125,36 @@ class ConvBN(nn.Module):
   strides: int = 1
   transpose: bool = False
   use_bn: bool = True
-  activation: Optional[Callable[[jax.Array], jax.Array]] = nn.relu
+  activation: Optional[str] = 'relu'  # None, 'relu' or 'sigmoid'
   dtype: Any = jnp.float32
   bn_momentum: float = BN_MOMENTUM
   param_dtype: Any = jnp.float32
-  conv_impl: str = 'fast'
+  impl: str = 'fast'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = Conv(self.features, self.kernel_size, self.strides, self.transpose, self.dtype,
-             self.param_dtype, self.conv_impl, name='conv')(x)
+             self.param_dtype, self.impl, name='conv')(x)
     if self.use_bn:
-      x = batch_norm(train, self.dtype, self.bn_momentum, name='bn',
-                     param_dtype=self.param_dtype)(x)
-    if self.activation is not None:
-      x = self.activation(x)
-    return x
+      return batch_norm_act(x, train, self.activation, self.dtype, self.bn_momentum,
+                            self.param_dtype, self.impl, name='bn')
+    return activate(x, self.activation)
 
 
-def batch_norm(train: bool, dtype: Any, momentum: float, name: str,
-               param_dtype: Any = jnp.float32) -> nn.BatchNorm:
-  # Statistics are reduced in float32 even for bf16 compute; under jit with a data-sharded
-  # batch the mean is over the global batch (XLA inserts the cross-device reduction).
-  return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=BN_EPSILON,
-                      use_fast_variance=False, dtype=dtype, param_dtype=param_dtype,
-                      name=name)
+def batch_norm_act(x: jax.Array, train: bool, activation: Optional[str], dtype: Any,
+                   momentum: float, param_dtype: Any, impl: str, name: str) -> jax.Array:
+  """BatchNorm then activation; 'fast' fuses them with a hand-written backward pass.
+
+  Statistics are reduced in float32 even for bf16 compute; under jit with a data-sharded batch
+  the mean is over the global batch (XLA inserts the cross-device reduction).
+  """
+  if impl == 'fast':
+    return BatchNormAct(use_running_average=not train, momentum=momentum, epsilon=BN_EPSILON,
+                        activation=activation, dtype=dtype, param_dtype=param_dtype,
+                        name=name)(x)
+  x = nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=BN_EPSILON,
+                   use_fast_variance=False, dtype=dtype, param_dtype=param_dtype, name=name)(x)
+  return activate(x, activation)
 
 
 class ResBlock(nn.Module):
@@ -157,13 +164,13 @@ class ResBlock(nn.Module):
   dtype: Any = jnp.float32
   bn_momentum: float = BN_MOMENTUM
   param_dtype: Any = jnp.float32
-  conv_impl: str = 'fast'
+  impl: str = 'fast'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     shortcut = x
     kw = dict(dtype=self.dtype, bn_momentum=self.bn_momentum, param_dtype=self.param_dtype,
-              conv_impl=self.conv_impl)
+              impl=self.impl)
     if self.strides != 1 or x.shape[-1] != self.features:
       shortcut = ConvBN(self.features, 1, self.strides, use_bn=False, activation=None,
                         name='shortcut', **kw)(x, train)
@@ -171,9 +178,8 @@ class ResBlock(nn.Module):
     y = ConvBN(half, 1, 1, name='conv1', **kw)(x, train)
     y = ConvBN(half, KERNEL_SIZE, self.strides, name='conv2', **kw)(y, train)
     y = ConvBN(self.features, 1, 1, use_bn=False, activation=None, name='conv3', **kw)(y, train)
-    y = batch_norm(train, self.dtype, self.bn_momentum, name='bn',
-                   param_dtype=self.param_dtype)(y + shortcut)
-    return nn.relu(y)
+    return batch_norm_act(y + shortcut, train, 'relu', self.dtype, self.bn_momentum,
+                          self.param_dtype, self.impl, name='bn')
 
 
 class PRNet(nn.Module):
@@ -183,7 +189,7 @@ class PRNet(nn.Module):
   dtype: Any = jnp.float32
   bn_momentum: float = BN_MOMENTUM
   param_dtype: Any = jnp.float32  # float64 only for the float64 reference
-  conv_impl: str = 'fast'  # or 'reference' (prnet_jax.conv_ops): same function, other code
+  impl: str = 'fast'  # or 'reference': same function and parameters, other code
 
   @classmethod
   def from_config(cls, config: ModelConfig | Mapping[str, Any]) -> 'PRNet':
@@ -193,7 +199,7 @@ class PRNet(nn.Module):
     return cls(resolution=config.resolution, width=config.width, dtype=dtype,
                bn_momentum=config.bn_momentum,
                param_dtype=jnp.float64 if dtype == jnp.float64 else jnp.float32,
-               conv_impl=config.conv_impl)
+               impl=config.impl)
 
   @property
   def max_pos(self) -> float:
@@ -214,7 +220,7 @@ class PRNet(nn.Module):
     self.setup_check(images)
     w = self.width
     kw = dict(dtype=self.dtype, bn_momentum=self.bn_momentum, param_dtype=self.param_dtype,
-              conv_impl=self.conv_impl)
+              impl=self.impl)
     x = images.astype(self.dtype)
     x = ConvBN(w, name='conv0', **kw)(x, train)
     for i, (mult, stride) in enumerate(ENCODER_BLOCKS):
@@ -223,7 +229,7 @@ class PRNet(nn.Module):
     for i, (features, stride) in enumerate(layers):
       last = i == len(layers) - 1
       x = ConvBN(features, strides=stride, transpose=True,
-                 activation=nn.sigmoid if last else nn.relu, name=f'deconv{i}', **kw)(x, train)
+                 activation='sigmoid' if last else 'relu', name=f'deconv{i}', **kw)(x, train)
     out_dtype = jnp.float64 if self.dtype == jnp.float64 else jnp.float32
     return x.astype(out_dtype) * self.max_pos
 

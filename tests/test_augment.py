@@ -100,3 +100,18 @@ def test_occlusion_changes_only_the_image():
 def test_config_from_mapping():
   c = AugmentConfig.from_mapping(dict(rotation_deg=30.0, scale=[0.8, 1.1], occlusion=False))
   assert c.rotation_deg == 30.0 and c.scale == (0.8, 1.1) and c.occlusion_prob == 0.0
+
+
+def test_identity_config_is_skipped_and_skipping_changes_nothing():
+  """augment_batch returns its inputs for NO_AUGMENT; the full warp path gives the same."""
+  r = np.random.RandomState(0)
+  images = jnp.asarray(r.rand(2, 16, 16, 3), jnp.float32)
+  pos = jnp.asarray(r.rand(2, 16, 16, 3) * 16, jnp.float32)
+  assert augment.NO_AUGMENT.is_identity and not augment.AugmentConfig().is_identity
+  out_i, out_p = augment.augment_batch(jax.random.key(0), images, pos, augment.NO_AUGMENT)
+  assert out_i is images and out_p is pos
+  keys = jax.random.split(jax.random.key(0), 2)
+  warped_i, warped_p = jax.vmap(lambda k, i, p: augment.augment_example(
+      k, i, p, augment.NO_AUGMENT))(keys, images, pos)
+  np.testing.assert_allclose(warped_i, images, atol=1e-6)
+  np.testing.assert_allclose(warped_p, pos, atol=1e-5)

@@ -70,7 +70,7 @@ def test_bad_arguments_are_named():
 def test_model_fast_equals_reference_with_identical_parameters(x64):
   """Same parameter tree and initial values, same outputs, same gradients (float64)."""
   kw = dict(resolution=32, width=2, dtype=jnp.float64, param_dtype=jnp.float64)
-  fast, ref = PRNet(conv_impl='fast', **kw), PRNet(conv_impl='reference', **kw)
+  fast, ref = PRNet(impl='fast', **kw), PRNet(impl='reference', **kw)
   v_fast = init_variables(fast, jax.random.key(3))
   v_ref = init_variables(ref, jax.random.key(3))
   assert jax.tree_util.tree_structure(v_fast) == jax.tree_util.tree_structure(v_ref)

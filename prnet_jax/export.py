@@ -29,6 +29,9 @@ from jax import export as jax_export
 
 def export_forward(model, variables, platforms: Sequence[str] = ('cpu',)):
   """(Exported, flat variables): f(*flat_variables, images) -> position maps."""
+  if model.impl == 'fast' and not model.prepared:  # decoder kernels rearranged once, here
+    from prnet_jax.model import prepare_for_inference
+    model, variables = prepare_for_inference(model, variables)
   flat, treedef = jax.tree_util.tree_flatten(variables)
   flat = [np.asarray(x) for x in flat]
 

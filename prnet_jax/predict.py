@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prnet_jax import checkpointing, geometry, icp, render
-from prnet_jax.model import PRNet
+from prnet_jax.model import PRNet, prepare_for_inference
 from prnet_jax.uv_assets import UVAssets
 
 
@@ -189,6 +189,9 @@ class Predictor:
     if assets.resolution != model.resolution:
       raise PredictError(f'UV assets are {assets.resolution} px, the model {model.resolution} px')
     self.model, self.assets = model, assets
+    if model.impl == 'fast' and not model.prepared:  # decoder kernels rearranged once
+      variables = jax.jit(lambda v: prepare_for_inference(model, v)[1])(variables)
+      model = model.clone(prepared=True)
     self.variables = jax.device_put(variables)
     self._detector = detector
     self._forward = jax.jit(lambda v, x: model.apply(v, x.astype(jnp.float32) / 255.0,

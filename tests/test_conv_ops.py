@@ -89,3 +89,22 @@ def test_model_fast_equals_reference_with_identical_parameters(x64):
   np.testing.assert_allclose(l_f, l_r, rtol=1e-12)
   for a, b in zip(jax.tree_util.tree_leaves(g_f), jax.tree_util.tree_leaves(g_r)):
     np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-9 * float(jnp.max(jnp.abs(b))))
+
+
+def test_prepared_model_computes_the_same_inference(x64):
+  """prepare_for_inference: same outputs, kernels rearranged once; training refuses it."""
+  from prnet_jax.model import prepare_for_inference
+  model = PRNet(resolution=32, width=2, dtype=jnp.float64, param_dtype=jnp.float64)
+  variables = init_variables(model, jax.random.key(0))
+  x = jnp.asarray(np.random.RandomState(0).rand(2, 32, 32, 3))
+  # Moving statistics from a batch, so that the output is not nearly constant.
+  _, upd = model.clone(bn_momentum=0.0).apply(variables, x, train=True, mutable=['batch_stats'])
+  variables = {'params': variables['params'], 'batch_stats': upd['batch_stats']}
+  prepared, pvars = prepare_for_inference(model, variables)
+  assert pvars['params']['deconv1']['conv']['kernel'].shape == (2, 2, 64, 4 * 32)  # stride 2
+  assert pvars['params']['deconv0']['conv']['kernel'].shape == (4, 4, 64, 64)      # stride 1
+  np.testing.assert_allclose(prepared.apply(pvars, x), model.apply(variables, x), rtol=1e-12)
+  with pytest.raises(ValueError, match='inference only'):
+    prepared.apply(pvars, x, train=True, mutable=['batch_stats'])
+  with pytest.raises(ValueError, match='not yet prepared'):
+    prepare_for_inference(prepared, pvars)

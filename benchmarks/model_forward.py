@@ -1,7 +1,8 @@
 """Compile time and forward (inference) time of the PRNet network.
 
-  python benchmarks/model_forward.py                          # full model, batch 1, CPU
-  python benchmarks/model_forward.py --batch_sizes=1,16 --output=benchmarks/results/forward.json
+  python benchmarks/model_forward.py                          # full model, batches 1, 16, 64
+  python benchmarks/model_forward.py --impl=reference         # the straightforward flax port
+  python benchmarks/model_forward.py --dtype=bfloat16 --batch_sizes=1,256   # accelerators
 
 Compile is measured from a fresh `jax.jit` (lower + compile, no persistent cache); forward is the
 median of `--repeats` calls after one warm-up call.
@@ -12,11 +13,12 @@ import os
 import sys
 import time
 
-import jax
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import prnet_jax  # noqa: E402  (XLA:CPU flags before JAX starts)
+import jax  # noqa: E402
+
 from benchmarks.common import median, report, time_calls  # noqa: E402
-from prnet_jax.model import ModelConfig, PRNet, init_variables  # noqa: E402
+from prnet_jax.model import ModelConfig, PRNet, init_variables, prepare_for_inference  # noqa: E402,E501
 
 
 def main():
@@ -24,13 +26,16 @@ def main():
   p.add_argument('--resolution', type=int, default=256)
   p.add_argument('--width', type=int, default=16)
   p.add_argument('--dtype', default='float32')
-  p.add_argument('--batch_sizes', default='1')
+  p.add_argument('--batch_sizes', default='1,16,64')
+  p.add_argument('--impl', default='fast', help="'fast' (kernels prepared once) or 'reference'")
   p.add_argument('--repeats', type=int, default=10)
   p.add_argument('--output', default='benchmarks/results/model_forward.json')
   a = p.parse_args()
-  cfg = ModelConfig(a.resolution, a.width, a.dtype)
+  cfg = ModelConfig(a.resolution, a.width, a.dtype, impl=a.impl)
   model = PRNet.from_config(cfg)
   variables = jax.jit(lambda k: init_variables(model, k))(jax.random.key(0))
+  if a.impl == 'fast':  # as the predictor and evaluator run it
+    model, variables = prepare_for_inference(model, variables)
   rows = []
   for bs in [int(b) for b in a.batch_sizes.split(',')]:
     x = jax.random.uniform(jax.random.key(1), (bs, a.resolution, a.resolution, 3))
@@ -41,11 +46,13 @@ def main():
     compiled(variables, x).block_until_ready()  # warm-up
     times = time_calls(lambda: compiled(variables, x).block_until_ready(), a.repeats)
     flops = (compiled.cost_analysis() or {}).get('flops', float('nan'))
-    rows.append({'resolution': a.resolution, 'width': a.width, 'dtype': a.dtype, 'batch': bs,
+    rows.append({'resolution': a.resolution, 'width': a.width, 'dtype': a.dtype,
+                 'impl': a.impl, 'batch': bs,
                  'compile_s': compile_s, 'forward_ms': 1e3 * median(times),
                  'images_per_s': bs / median(times), 'gflop_per_image': flops / bs / 1e9})
   report('model_forward', rows, list(rows[0]), a.output)
 
 
 if __name__ == '__main__':
+  prnet_jax.restart_with_hugepage_malloc()
   main()

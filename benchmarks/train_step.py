@@ -2,21 +2,27 @@
 
   python benchmarks/train_step.py                 # full model, batch 16, float32
   python benchmarks/train_step.py --config=small  # the CPU demo model
+  python benchmarks/train_step.py --impl=reference --no_augment   # the straightforward port
+
+Peak memory: XLA's own accounting of the compiled step (arguments + outputs + temporaries) and
+the process's peak resident set (on CPU the device memory is host memory).
 
 Reports compile time (first call) and images/s over --steps steps (median of per-step times).
 """
 
 import argparse
 import os
+import resource
 import sys
 import time
-
-import jax
-import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'configs'))
+import prnet_jax  # noqa: E402  (XLA:CPU flags before JAX starts)
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
 from benchmarks.common import median, report  # noqa: E402
 import prnet as config_module  # noqa: E402
 from prnet_jax import train  # noqa: E402
@@ -30,11 +36,16 @@ def main():
   p.add_argument('--batch', type=int, default=16)
   p.add_argument('--steps', type=int, default=5)
   p.add_argument('--dtype', default='float32')
+  p.add_argument('--impl', default='fast')
+  p.add_argument('--no_augment', action='store_true', help='time the step without augmentation')
   p.add_argument('--output', default='benchmarks/results/train_step.json')
   a = p.parse_args()
   c = config_module.get_config(a.config)
   c.batch_size = a.batch
   c.model.dtype = a.dtype
+  c.model.impl = a.impl
+  if a.no_augment:
+    c.augment = None
   res = c.model.resolution
   trainer = train.make_trainer(c, 100, derive_uv_assets(procedural_face_model(), res))
   rng = np.random.RandomState(0)
@@ -53,11 +64,17 @@ def main():
     state, m = trainer.step(state, batch)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t)
-  row = {'config': a.config, 'resolution': res, 'width': c.model.width, 'dtype': a.dtype,
-         'batch': a.batch, 'devices': jax.device_count(), 'first_step_s': compile_s,
-         'step_s': median(times), 'images_per_s': a.batch / median(times)}
+  mem = trainer.step.lower(state, batch).compile().memory_analysis()
+  xla_bytes = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+               - mem.alias_size_in_bytes) if mem is not None else float('nan')
+  row = {'config': a.config, 'impl': a.impl, 'augment': not a.no_augment, 'resolution': res,
+         'width': c.model.width, 'dtype': a.dtype, 'batch': a.batch,
+         'devices': jax.device_count(), 'first_step_s': compile_s, 'step_s': median(times),
+         'images_per_s': a.batch / median(times), 'xla_peak_gib': xla_bytes / 2**30,
+         'max_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
   report('train_step', [row], list(row), a.output)
 
 
 if __name__ == '__main__':
+  prnet_jax.restart_with_hugepage_malloc()
   main()

@@ -44,8 +44,29 @@ def _timed(fn) -> float:
   return time.perf_counter() - t
 
 
-def _setup(a):
-  """The run's config, UV assets and initial variables (numpy), made by the JAX worker."""
+def _serve(conn, make_call, extra=None) -> None:
+  """A worker's message loop: ('setup', name, images, targets) builds and warms up the call
+  `make_call(name, images, targets)`; ('time', name, n) times n calls after one untimed call
+  (see the module docstring); other messages are answered by `extra[kind]()`; ('stop',)."""
+  calls = {}
+  while True:
+    msg = conn.recv()
+    if msg[0] == 'stop':
+      return
+    if msg[0] == 'setup':
+      _, name, images, targets = msg
+      calls[name] = make_call(name, images, targets)
+      calls[name]()  # compile + warm up
+      conn.send('ready')
+    elif msg[0] == 'time':
+      calls[msg[1]]()
+      conn.send([_timed(calls[msg[1]]) for _ in range(msg[2])])
+    else:
+      conn.send(extra[msg[0]]())
+
+
+def _config(a):
+  """The benchmark's variant of configs/prnet.py: batch, no augmentation, --impl."""
   import prnet as config_module
   c = config_module.get_config(a.config)
   c.batch_size = a.batch
@@ -61,7 +82,7 @@ def jax_worker(conn, a):
   from prnet_jax import train
   from prnet_jax.face_model import derive_uv_assets
   from prnet_jax.procedural_face import procedural_face_model
-  c = _setup(a)
+  c = _config(a)
   res = c.model.resolution
   assets = derive_uv_assets(procedural_face_model(), res)
   trainer = train.make_trainer(c, 100, assets)
@@ -83,43 +104,35 @@ def jax_worker(conn, a):
   conn.send({'config': c.to_dict(), 'loss_weights': np.asarray(assets.loss_weights),
              'variables': jax.device_get(variables), 'check_variables': jax.device_get(check_vars),
              'check_x': check_x, 'check_out': check_out, 'jax': jax.__version__})
-  calls = {}
-  while True:
-    msg = conn.recv()
-    if msg[0] == 'stop':
-      return
-    if msg[0] == 'setup':
-      _, name, images, targets = msg
-      if name == 'train':
-        batch = jax.device_put({'image': images, 'position_map': targets},
-                               trainer.data_sharding)
 
-        def step(batch=batch):
-          holder['state'], m = trainer.step(holder['state'], batch)
-          jax.block_until_ready(m)
-        calls[name] = step
-      else:
-        x = jax.device_put(images)
-        calls[name] = lambda x=x: fwd(inf_vars, x).block_until_ready()
-      calls[name]()  # compile + warm up
-      conn.send('ready')
-    elif msg[0] == 'time':
-      calls[msg[1]]()  # untimed: see the module docstring
-      conn.send([_timed(calls[msg[1]]) for _ in range(msg[2])])
-    elif msg[0] == 'compile':
-      jax.clear_caches()
-      fresh = train.make_trainer(c, 100, assets)
-      spec = jax.ShapeDtypeStruct((a.batch, res, res, 3), jnp.uint8,
-                                  sharding=trainer.data_sharding)
-      abstract_batch = {'image': spec, 'position_map': jax.ShapeDtypeStruct(
-          spec.shape, jnp.float32, sharding=trainer.data_sharding)}
-      t = time.perf_counter()
-      fresh.step.lower(fresh.abstract_state, abstract_batch).compile()
-      step_s = time.perf_counter() - t
-      x1 = jax.ShapeDtypeStruct((1, res, res, 3), jnp.float32)
-      t = time.perf_counter()
-      jax.jit(lambda v, x: inf_model.apply(v, x)).lower(inf_vars, x1).compile()
-      conn.send((step_s, time.perf_counter() - t))
+  def make_call(name, images, targets):
+    if name == 'train':
+      batch = jax.device_put({'image': images, 'position_map': targets},
+                             trainer.data_sharding)
+
+      def step():
+        holder['state'], m = trainer.step(holder['state'], batch)
+        jax.block_until_ready(m)
+      return step
+    x = jax.device_put(images)
+    return lambda: fwd(inf_vars, x).block_until_ready()
+
+  def compile_times():
+    jax.clear_caches()
+    fresh = train.make_trainer(c, 100, assets)
+    spec = jax.ShapeDtypeStruct((a.batch, res, res, 3), jnp.uint8,
+                                sharding=trainer.data_sharding)
+    abstract_batch = {'image': spec, 'position_map': jax.ShapeDtypeStruct(
+        spec.shape, jnp.float32, sharding=trainer.data_sharding)}
+    t = time.perf_counter()
+    fresh.step.lower(fresh.abstract_state, abstract_batch).compile()
+    step_s = time.perf_counter() - t
+    x1 = jax.ShapeDtypeStruct((1, res, res, 3), jnp.float32)
+    t = time.perf_counter()
+    jax.jit(lambda v, x: inf_model.apply(v, x)).lower(inf_vars, x1).compile()
+    return step_s, time.perf_counter() - t
+
+  _serve(conn, make_call, {'compile': compile_times})
 
 
 def torch_worker(conn, a):
@@ -144,43 +157,34 @@ def torch_worker(conn, a):
   load_flax_variables(tmodel, init['variables'])
   conn.send({'check_out': check_out, 'threads': torch.get_num_threads(),
              'torch': torch.__version__})
-  calls = {}
-  while True:
-    msg = conn.recv()
-    if msg[0] == 'stop':
-      return
-    if msg[0] == 'setup':
-      _, name, images, targets = msg
-      if name == 'train':
-        tmodel.train()
-        opt = torch.optim.Adam(tmodel.parameters(), c['learning_rate'])
-        tx = torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
-        ty = torch.from_numpy(targets.transpose(0, 3, 1, 2).copy())
-        tw = torch.from_numpy(np.asarray(init['loss_weights'], np.float32))
 
-        def step():
-          opt.zero_grad(set_to_none=True)
-          loss = weighted_loss(tmodel(tx), ty, tw, tmodel.max_pos) + l2_kernels(
-              tmodel, c['weight_decay'])
-          loss.backward()
-          opt.step()
-        calls[name] = step
-      else:
-        xt = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+  def make_call(name, images, targets):
+    if name == 'train':
+      tmodel.train()
+      opt = torch.optim.Adam(tmodel.parameters(), c['learning_rate'])
+      tx = torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+      ty = torch.from_numpy(targets.transpose(0, 3, 1, 2).copy())
+      tw = torch.from_numpy(np.asarray(init['loss_weights'], np.float32))
 
-        def fwd(xt=xt):
-          tmodel.eval()
-          with torch.inference_mode():
-            tmodel(xt)
-        calls[name] = fwd
-      calls[name]()
-      conn.send('ready')
-    elif msg[0] == 'time':
-      calls[msg[1]]()  # untimed: see the module docstring
-      conn.send([_timed(calls[msg[1]]) for _ in range(msg[2])])
+      def step():
+        opt.zero_grad(set_to_none=True)
+        loss = weighted_loss(tmodel(tx), ty, tw, tmodel.max_pos) + l2_kernels(
+            tmodel, c['weight_decay'])
+        loss.backward()
+        opt.step()
+      return step
+    xt = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+
+    def fwd():
+      tmodel.eval()
+      with torch.inference_mode():
+        tmodel(xt)
+    return fwd
+
+  _serve(conn, make_call)
 
 
-def _recv(conn, who):
+def _recv(conn):
   msg = conn.recv()
   if isinstance(msg, str) and msg != 'ready':
     raise SystemExit(msg)
@@ -212,9 +216,9 @@ def main():
   for w in workers:
     w.start()
   try:
-    init = _recv(jconn, 'jax')
+    init = _recv(jconn)
     tconn.send(init)
-    tinit = _recv(tconn, 'torch')
+    tinit = _recv(tconn)
     ours, theirs = init['check_out'], tinit['check_out']
     rel = float(np.abs(ours - theirs).max() / max(ours.std(), 1e-6))
     # float32 round-off through 40 BatchNorm layers is ~1e-3 of the output's spread.
@@ -229,9 +233,9 @@ def main():
     rows = []
 
     def measure(name, batch, images, targets=None, steps=a.steps):
-      for conn, who in ((jconn, 'jax'), (tconn, 'torch')):
+      for conn in (jconn, tconn):
         conn.send(('setup', name, images, targets))
-        _recv(conn, who)
+        _recv(conn)
       js, ts, ratios = [], [], []
       for _ in range(a.rounds):
         jconn.send(('time', name, steps))

@@ -86,12 +86,9 @@ def conv_transpose_same(x: jax.Array, kernel: jax.Array, stride: int = 1, impl: 
   transpose_kernel=True)`` store it -> (B, H*s, W*s, Cout).
   """
   _check(impl, x, kernel, stride)
-  k = kernel.shape[0]
   if impl == 'reference':
     return lax.conv_transpose(x, kernel, (stride, stride), 'SAME', dimension_numbers=_DN,
                               transpose_kernel=True, precision=precision)
-  if k != 4:
-    raise ValueError(f'the fast transposed convolution is written for 4x4 kernels, got {k}x{k}')
   return conv_transpose_prepared(x, prepare_transpose_kernel(kernel, stride), stride,
                                  precision)
 

@@ -162,7 +162,11 @@ def torch_worker(conn, a):
     if name == 'train':
       tmodel.train()
       opt = torch.optim.Adam(tmodel.parameters(), c['learning_rate'])
-      tx = torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+      # Contiguous NCHW, PyTorch's default layout. (A transposed view of the NHWC array is
+      # channels-last in memory; PyTorch 2.13 then takes its channels-last convolution path,
+      # whose backward segfaults on the small model's 3 -> 4 channel first layer.)
+      tx = torch.from_numpy(np.ascontiguousarray(
+          images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0))
       ty = torch.from_numpy(targets.transpose(0, 3, 1, 2).copy())
       tw = torch.from_numpy(np.asarray(init['loss_weights'], np.float32))
 

@@ -25,6 +25,16 @@ DECODER_LAYERS = ((32, 1), (16, 2), (16, 1), (16, 1), (8, 2), (8, 1), (8, 1), (4
                   (4, 1), (2, 2), (2, 1), (1, 2), (1, 1))
 
 
+def nchw(images: np.ndarray, scale: float = 1.0) -> torch.Tensor:
+  """NHWC numpy images -> a contiguous float32 NCHW tensor (times `scale`).
+
+  Contiguous matters: a transposed view of an NHWC array is channels-last in memory, which
+  sends PyTorch down its channels-last convolution path (a different baseline; its backward
+  segfaulted on the small model's 3 -> 4 channel first layer in PyTorch 2.13)."""
+  x = np.ascontiguousarray(np.asarray(images).transpose(0, 3, 1, 2), dtype=np.float32)
+  return torch.from_numpy(x * np.float32(scale) if scale != 1.0 else x)
+
+
 def _bn(c: int) -> nn.BatchNorm2d:
   return nn.BatchNorm2d(c, eps=1e-3, momentum=0.001)
 

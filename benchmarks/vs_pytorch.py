@@ -141,7 +141,7 @@ def torch_worker(conn, a):
   except ImportError:
     conn.send('benchmarks/vs_pytorch.py needs PyTorch: pip install torch==2.13.0 (CPU wheel)')
     return
-  from benchmarks.torch_prnet import (TorchPRNet, l2_kernels, load_flax_variables,
+  from benchmarks.torch_prnet import (TorchPRNet, l2_kernels, load_flax_variables, nchw,
                                       weighted_loss)
   torch.manual_seed(0)
   init = conn.recv()
@@ -151,7 +151,7 @@ def torch_worker(conn, a):
   load_flax_variables(check, init['check_variables'])
   check.eval()
   with torch.inference_mode():
-    x = torch.from_numpy(init['check_x'].transpose(0, 3, 1, 2).copy())
+    x = nchw(init['check_x'])
     check_out = check(x).numpy().transpose(0, 2, 3, 1)
   tmodel = TorchPRNet(res, width)
   load_flax_variables(tmodel, init['variables'])
@@ -162,12 +162,7 @@ def torch_worker(conn, a):
     if name == 'train':
       tmodel.train()
       opt = torch.optim.Adam(tmodel.parameters(), c['learning_rate'])
-      # Contiguous NCHW, PyTorch's default layout. (A transposed view of the NHWC array is
-      # channels-last in memory; PyTorch 2.13 then takes its channels-last convolution path,
-      # whose backward segfaults on the small model's 3 -> 4 channel first layer.)
-      tx = torch.from_numpy(np.ascontiguousarray(
-          images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0))
-      ty = torch.from_numpy(targets.transpose(0, 3, 1, 2).copy())
+      tx, ty = nchw(images, 1 / 255.0), nchw(targets)  # contiguous NCHW (see nchw)
       tw = torch.from_numpy(np.asarray(init['loss_weights'], np.float32))
 
       def step():
@@ -177,7 +172,7 @@ def torch_worker(conn, a):
         loss.backward()
         opt.step()
       return step
-    xt = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    xt = nchw(images)
 
     def fwd():
       tmodel.eval()

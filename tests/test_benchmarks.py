@@ -1,0 +1,63 @@
+"""The benchmark scripts' shared pieces: the table/JSON report, and the PyTorch baseline
+(optional dependency: those tests skip, saying so, where torch is not installed)."""
+
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import report  # noqa: E402
+from prnet_jax.model import PRNet, init_variables  # noqa: E402
+
+
+def test_report_prints_a_table_and_writes_json(tmp_path, capsys):
+  rows = [{'what': 'train', 'images_per_s': 4.7123}, {'what': 'inference', 'images_per_s': 20.0}]
+  out = tmp_path / 'sub' / 'r.json'
+  report('demo', rows, ['what', 'images_per_s'], str(out))
+  printed = capsys.readouterr().out.splitlines()
+  assert printed[0].split() == ['what', 'images_per_s']
+  assert printed[1].split() == ['train', '4.712']
+  data = json.loads(out.read_text())
+  assert data['benchmark'] == 'demo' and data['rows'] == rows
+  assert data['machine']['cpu_count'] == os.cpu_count()
+
+
+def test_torch_baseline_computes_our_function_and_trains():
+  """The side-by-side baseline is only meaningful if it is the same network: with our weights
+  copied in, eval outputs agree to float32 round-off; a training step from uint8 NHWC images
+  (the benchmark's path, which crashed on channels-last input) runs with finite gradients."""
+  torch = pytest.importorskip('torch', reason='PyTorch is optional (pip install torch==2.13.0)')
+  from benchmarks.torch_prnet import (TorchPRNet, l2_kernels, load_flax_variables, nchw,
+                                      weighted_loss)
+  res, width = 64, 4
+  model = PRNet(resolution=res, width=width)
+  variables = init_variables(model, jax.random.key(0))
+  r = np.random.RandomState(0)
+  # Non-trivial moving statistics, so eval-mode BN is checked too.
+  stats = jax.tree_util.tree_map(lambda s: np.abs(r.randn(*s.shape)).astype(np.float32) + 0.5,
+                                 variables['batch_stats'])
+  variables = {'params': variables['params'], 'batch_stats': stats}
+  x = r.rand(2, res, res, 3).astype(np.float32)
+  ours = np.asarray(model.apply(variables, x))
+
+  tmodel = TorchPRNet(res, width)
+  load_flax_variables(tmodel, jax.device_get(variables))
+  tmodel.eval()
+  with torch.inference_mode():
+    theirs = tmodel(nchw(x)).numpy().transpose(0, 2, 3, 1)
+  assert np.abs(ours - theirs).max() / ours.std() < 5e-3
+
+  images = r.randint(0, 255, (4, res, res, 3)).astype(np.uint8)
+  tx = nchw(images, 1 / 255.0)
+  assert tx.is_contiguous() and tx.dtype == torch.float32 and tx.shape == (4, 3, res, res)
+  tmodel.train()
+  target = nchw(r.uniform(0, res, (4, res, res, 3)))
+  loss = weighted_loss(tmodel(tx), target, torch.ones(res, res), tmodel.max_pos) + l2_kernels(
+      tmodel, 1e-4)
+  loss.backward()
+  grads = [p.grad for p in tmodel.parameters()]
+  assert all(g is not None and torch.isfinite(g).all() for g in grads)

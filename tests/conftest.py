@@ -1,8 +1,21 @@
-"""Shared fixtures: the reference files of ../shared (skipped cleanly on a fresh clone)."""
+"""Shared fixtures: the reference files of ../shared (skipped cleanly on a fresh clone).
 
+Also gives the whole test session one persistent XLA compilation cache (a fresh temporary
+directory unless JAX_COMPILATION_CACHE_DIR is set): the training tests start many subprocesses
+that compile the same train step, and XLA:CPU compiles take most of their time. The cache only
+skips recompiling identical programs; the executables are the same.
+"""
+
+import atexit
 import os
+import shutil
+import tempfile
 
-import pytest
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:  # before jax is imported; subprocesses inherit it
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='prnet-jax-xla-cache-')
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
+
+import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_REFERENCE = os.environ.get(

@@ -120,6 +120,40 @@ def test_train_mode_uses_batch_stats_and_updates_them_with_tf_decay(small_variab
                              rtol=1e-5)
 
 
+def test_init_kernels_are_glorot_uniform_from_one_draw(small_variables):
+  model, variables = small_model(), small_variables
+  # The same tree, shapes and dtypes as flax's own init.
+  flax_init = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 64, 64, 3)), train=False),
+                             jax.random.key(0))
+  assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(flax_init)
+  initial = {'scale': 1.0, 'bias': 0.0, 'mean': 0.0, 'var': 1.0}  # BatchNorm's
+  kernels = []
+  for (path, x), ref in zip(jax.tree_util.tree_leaves_with_path(variables),
+                            jax.tree_util.tree_leaves(flax_init)):
+    assert x.shape == ref.shape and x.dtype == ref.dtype, path
+    x = np.asarray(x)
+    if path[-1].key != 'kernel':
+      np.testing.assert_array_equal(x, initial[path[-1].key])
+      continue
+    # Flax's xavier_uniform bound, computed here from the shape.
+    kh, kw, a, b = x.shape
+    limit = np.sqrt(6.0 / (kh * kw * (a + b)))
+    assert np.abs(x).max() <= limit, path
+    if x.size >= 2000:  # enough samples: the spread of U(-l, l) (std l / sqrt(3))
+      assert np.std(x) == pytest.approx(limit / np.sqrt(3), rel=0.1), path
+      assert np.abs(x).max() > 0.95 * limit, path
+    kernels.append(x.ravel())
+  # Different kernels are different slices of the draw, not repeats of one.
+  firsts = {tuple(k[:4]) for k in kernels}
+  assert len(firsts) == len(kernels) > 40
+  # The key decides the draw.
+  again = jax.jit(lambda k: init_variables(model, k))(jax.random.key(0))
+  other = jax.jit(lambda k: init_variables(model, k))(jax.random.key(1))
+  k0 = variables['params']['conv0']['conv']['kernel']
+  np.testing.assert_array_equal(again['params']['conv0']['conv']['kernel'], k0)
+  assert not np.allclose(other['params']['conv0']['conv']['kernel'], k0)
+
+
 def test_no_biases_and_bn_epsilon(small_variables):
   variables = small_variables
   leaves = [tuple(k.key for k in p) for p, _ in

@@ -22,9 +22,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, 'tests', 'train_worker.py')
 
 
-def run_worker(*args, timeout=600):
+def run_worker(*args, timeout=600, env=None):
   r = subprocess.run([sys.executable, WORKER, *map(str, args)], cwd=ROOT, capture_output=True,
-                     text=True, timeout=timeout)
+                     text=True, timeout=timeout, env=env)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
   return r
 
@@ -83,7 +83,8 @@ def train_one_and_two_processes(tiny_data, tmp_path, env=None):
   """4 SGD steps (lr 0.002) on 1 process x 4 devices and on 2 processes x 2 devices
   (jax.distributed on 127.0.0.1, gloo collectives, per-process data slices, orbax multi-host
   checkpoints); returns (single workdir, multi workdir, their metrics rows)."""
-  env = dict(os.environ, **(env or {}))
+  # One checkpoint, the final one (orbax saves dominate such short runs).
+  env = dict(os.environ, CKPT_EVERY='4', **(env or {}))
   opt = ['sgd', '0.002']
   single = tmp_path / 'single'
   r = subprocess.run([sys.executable, WORKER, 'train', '4', str(single), tiny_data, '4',
@@ -149,14 +150,15 @@ def test_two_processes_train_like_one_process_with_four_devices(tiny_data, tmp_p
 
 
 def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(tiny_data, tmp_path):
-  steps = 40
+  steps = 24  # 3 epochs of tiny: the resumed run crosses epoch boundaries
+  env = dict(os.environ, CKPT_EVERY='4')
   straight = tmp_path / 'straight'
-  run_worker('train', 1, straight, tiny_data, steps)
+  run_worker('train', 1, straight, tiny_data, steps, env=env)
 
   interrupted = tmp_path / 'interrupted'
   p = subprocess.Popen([sys.executable, WORKER, 'train', '1', str(interrupted), tiny_data,
-                        str(steps)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       text=True)
+                        str(steps)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)
   ckpts = interrupted / 'checkpoints'
   deadline = time.time() + 300
   while time.time() < deadline:  # kill once a checkpoint at step >= 4 is complete
@@ -168,7 +170,7 @@ def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(tiny_data,
   p.wait()
   killed_at = max(int(d) for d in os.listdir(ckpts) if d.isdigit())
   assert killed_at < steps, 'the run finished before it could be killed'
-  r = run_worker('train', 1, interrupted, tiny_data, steps)
+  r = run_worker('train', 1, interrupted, tiny_data, steps, env=env)
   assert 'resumed from' in r.stdout
   a, _ = final_params(straight)
   b, step = final_params(interrupted)

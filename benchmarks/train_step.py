@@ -53,7 +53,9 @@ def main():
       'image': rng.randint(0, 255, (a.batch, res, res, 3)).astype(np.uint8),
       'position_map': rng.uniform(0, res, (a.batch, res, res, 3)).astype(np.float32)},
       trainer.data_sharding)
-  state = trainer.init(jax.random.key(0))
+  t = time.perf_counter()
+  state = jax.block_until_ready(trainer.init(jax.random.key(0)))
+  init_s = time.perf_counter() - t  # compile + run of the sharded initialisation
   t = time.perf_counter()
   state, m = trainer.step(state, batch)
   jax.block_until_ready(m)
@@ -69,7 +71,7 @@ def main():
                - mem.alias_size_in_bytes) if mem is not None else float('nan')
   row = {'config': a.config, 'impl': a.impl, 'augment': not a.no_augment, 'resolution': res,
          'width': c.model.width, 'dtype': a.dtype, 'batch': a.batch,
-         'devices': jax.device_count(), 'first_step_s': compile_s, 'step_s': median(times),
+         'devices': jax.device_count(), 'init_s': init_s, 'first_step_s': compile_s, 'step_s': median(times),
          'images_per_s': a.batch / median(times), 'xla_peak_gib': xla_bytes / 2**30,
          'max_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
   report('train_step', [row], list(row), a.output)

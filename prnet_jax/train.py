@@ -174,6 +174,23 @@ class _IteratorState:
     pass
 
 
+REPLICA_PARALLEL_MIN_BYTES = 1 << 20
+
+
+def write_small_arrays_from_one_replica(min_bytes: int = REPLICA_PARALLEL_MIN_BYTES) -> None:
+  """Sets orbax's (process-wide) jax.Array handler to write arrays whose per-replica slice
+  would be under `min_bytes` from one replica instead of cooperatively from all of them.
+
+  Orbax's default "replica-parallel" save slices every replicated array on device into one part
+  per replica before writing: an eager op per array, ~1,000 arrays for PRNet's state. On 8 CPU
+  devices that blocked the training loop for 10.3 s at the first save and 1.3 s at later ones;
+  with this, 0.9 s and 0.3 s (`benchmarks/checkpoint_save.py`). Large arrays (pods' big
+  layers) stay replica-parallel. Checkpoints written either way restore the same way.
+  """
+  handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=min_bytes)
+  ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+
+
 def _save(mngr, state: TrainState, data_state: dict, model_config: ModelConfig):
   mngr.save(int(state.step), args=ocp.args.Composite(**{
       VARIABLES: ocp.args.StandardSave({'params': state.params,
@@ -346,6 +363,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   schedule = make_schedule(config, steps_per_epoch)
 
   # Checkpoint: resume from the newest good one.
+  write_small_arrays_from_one_replica()
   options = ocp.CheckpointManagerOptions(max_to_keep=config.get('keep_checkpoints', 3),
                                          enable_async_checkpointing=True, create=True)
   mngr = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), options=options)

@@ -26,6 +26,35 @@ def test_report_prints_a_table_and_writes_json(tmp_path, capsys):
   assert data['machine']['cpu_count'] == os.cpu_count()
 
 
+def test_roofline_bound_is_the_slower_of_compute_and_memory():
+  from benchmarks.roofline import roofline
+  # 1 TFLOP and 1 GB on a 100 TFLOP/s, 1 TB/s chip: compute-bound, 10 ms at best.
+  r = roofline(1e12, 1e9, 0.04, 100e12, 1e12)
+  assert r['bound_ms'] == pytest.approx(10.0) and r['roofline_fraction'] == pytest.approx(0.25)
+  assert r['tflops'] == pytest.approx(25.0) and r['intensity'] == pytest.approx(1000.0)
+  # 1 GFLOP and 100 GB: memory-bound, 100 ms at best; taking 100 ms is the whole roofline.
+  r = roofline(1e9, 100e9, 0.1, 100e12, 1e12)
+  assert r['bound_ms'] == pytest.approx(100.0) and r['roofline_fraction'] == pytest.approx(1.0)
+  assert r['gbytes_per_s'] == pytest.approx(1000.0)
+
+
+def test_roofline_script_runs_and_reports_every_row(tmp_path):
+  """The one command a session lent a GPU runs; here its quick CPU variant (small model)."""
+  import subprocess
+  out = tmp_path / 'roofline.json'
+  r = subprocess.run([sys.executable, 'benchmarks/roofline.py', '--small', f'--output={out}'],
+                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  rows = json.loads(out.read_text())['rows']
+  assert [row['what'] for row in rows][1:] == ['inference latency', 'inference', 'train step']
+  assert rows[0]['tflops'] > 0 and rows[0]['gbytes_per_s'] > 0
+  for row in rows[1:]:
+    assert row['images_per_s'] * row['ms'] / 1e3 == pytest.approx(row['batch'])
+    assert row['tflops'] > 0 and row['gbytes_per_s'] > 0
+    assert 0 < row['roofline_fraction'] < 5  # well-defined (crude CPU peaks can be beaten)
+
+
 def test_torch_baseline_computes_our_function_and_trains():
   """The side-by-side baseline is only meaningful if it is the same network: with our weights
   copied in, eval outputs agree to float32 round-off; a training step from uint8 NHWC images

@@ -1,0 +1,148 @@
+"""The chip's measured peaks and PRNet's place under them (the performance issue's GPU targets).
+
+  python benchmarks/roofline.py                       # on a GPU/TPU: bf16, batch 1024 / 256
+  python benchmarks/roofline.py --small               # any machine, seconds (CPU smoke run)
+
+One command measures, on the default backend:
+* peaks: matrix-multiply TFLOP/s (square matmuls in the compute dtype) and memory bandwidth
+  (a large elementwise pass: bytes read + written / time);
+* inference: images/s at `--batch` (prepared kernels, as the predictor runs) and batch-1
+  latency (median of `--repeats` calls);
+* training: images/s of the real train step (`train.make_trainer`, augmentation off) at
+  `--train_batch`;
+* for each, XLA's cost analysis (FLOPs, bytes accessed), the roofline bound
+  max(FLOPs / peak FLOP/s, bytes / peak bandwidth) and the fraction of it reached
+  (bound time / measured time).
+Prints a table and writes JSON.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'configs'))
+import prnet_jax  # noqa: E402  (XLA:CPU flags before JAX starts)
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks.common import machine, median, report, time_calls  # noqa: E402
+
+
+def roofline(flops: float, bytes_accessed: float, seconds: float, peak_flops: float,
+             peak_bytes_per_s: float) -> dict:
+  """Achieved rates, the roofline bound (seconds) and the fraction of it reached."""
+  bound = max(flops / peak_flops, bytes_accessed / peak_bytes_per_s)
+  return {'tflops': flops / seconds / 1e12, 'gbytes_per_s': bytes_accessed / seconds / 1e9,
+          'intensity': flops / max(bytes_accessed, 1.0), 'bound_ms': 1e3 * bound,
+          'roofline_fraction': bound / seconds}
+
+
+def _timed(compiled, args, repeats: int) -> float:
+  jax.block_until_ready(compiled(*args))  # warm-up
+  return median(time_calls(lambda: jax.block_until_ready(compiled(*args)), repeats))
+
+
+def _cost(compiled) -> tuple[float, float]:
+  cost = compiled.cost_analysis() or {}
+  if isinstance(cost, (list, tuple)):  # older JAX: one dict per computation
+    cost = cost[0] if cost else {}
+  return float(cost.get('flops', float('nan'))), float(cost.get('bytes accessed', float('nan')))
+
+
+def peak_matmul_flops(n: int, dtype, repeats: int) -> float:
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+  f = jax.jit(lambda a, b: a @ b).lower(a, b).compile()
+  return 2.0 * n ** 3 / _timed(f, (a, b), repeats)
+
+
+def peak_bandwidth(num_bytes: int, repeats: int) -> float:
+  x = jnp.ones((num_bytes // 4,), jnp.float32)
+  f = jax.jit(lambda x: x * 1.5 + 1.0).lower(x).compile()
+  return 2.0 * x.size * 4 / _timed(f, (x,), repeats)  # read once, write once
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--config', default='synthetic', help='variant of configs/prnet.py')
+  p.add_argument('--dtype', default='bfloat16', help='compute dtype (params stay float32)')
+  p.add_argument('--batch', type=int, default=1024, help='inference batch')
+  p.add_argument('--train_batch', type=int, default=256)
+  p.add_argument('--matmul_n', type=int, default=8192)
+  p.add_argument('--bandwidth_bytes', type=int, default=4 << 30)
+  p.add_argument('--repeats', type=int, default=20)
+  p.add_argument('--small', action='store_true',
+                 help='a quick run anywhere: small model, batch 4, small peak probes')
+  p.add_argument('--output', default='benchmarks/results/roofline.json')
+  a = p.parse_args()
+  if a.small:
+    a.config, a.batch, a.train_batch = 'small', 4, 4
+    a.matmul_n, a.bandwidth_bytes, a.repeats = 512, 64 << 20, 3
+
+  import prnet as config_module
+  from prnet_jax import train
+  from prnet_jax.face_model import derive_uv_assets
+  from prnet_jax.model import init_variables, prepare_for_inference
+  from prnet_jax.procedural_face import procedural_face_model
+
+  dtype = jnp.dtype(a.dtype)
+  peak_flops = peak_matmul_flops(a.matmul_n, dtype, a.repeats)
+  peak_bw = peak_bandwidth(a.bandwidth_bytes, a.repeats)
+  rows = [{'what': f'peak: {a.matmul_n}^3 matmul {a.dtype} / elementwise pass',
+           'batch': 0, 'ms': float('nan'), 'images_per_s': float('nan'),
+           'tflops': peak_flops / 1e12, 'gbytes_per_s': peak_bw / 1e9, 'intensity': float('nan'),
+           'bound_ms': float('nan'), 'roofline_fraction': 1.0}]
+
+  c = config_module.get_config(a.config)
+  c.model.dtype = a.dtype
+  c.augment = None  # the network's cost, as the PyTorch comparison measures it
+  trainer = train.make_trainer(c, 100, derive_uv_assets(procedural_face_model(),
+                                                        c.model.resolution))
+  res = c.model.resolution
+
+  # Inference: prepared kernels, batch-1 latency and batched throughput.
+  variables = jax.jit(lambda k: init_variables(trainer.model, k))(jax.random.key(0))
+  model, variables = prepare_for_inference(trainer.model, variables)
+  fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  for batch in (1, a.batch):
+    x = jax.random.uniform(jax.random.key(1), (batch, res, res, 3))
+    compiled = fwd.lower(variables, x).compile()
+    seconds = _timed(compiled, (variables, x), a.repeats)
+    flops, nbytes = _cost(compiled)
+    rows.append({'what': 'inference latency' if batch == 1 else 'inference', 'batch': batch,
+                 'ms': 1e3 * seconds, 'images_per_s': batch / seconds,
+                 **roofline(flops, nbytes, seconds, peak_flops, peak_bw)})
+
+  # Training: the real step (forward, backward, Adam), state donated.
+  rng = np.random.RandomState(0)
+  batch = jax.device_put({
+      'image': rng.randint(0, 255, (a.train_batch, res, res, 3)).astype(np.uint8),
+      'position_map': rng.uniform(0, res, (a.train_batch, res, res, 3)).astype(np.float32)},
+      trainer.data_sharding)
+  state = trainer.init(jax.random.key(0))
+  compiled = trainer.step.lower(state, batch).compile()
+  flops, nbytes = _cost(compiled)
+  state, m = compiled(state, batch)  # warm-up
+  jax.block_until_ready(m)
+  times = []
+  for _ in range(a.repeats):
+    t = time.perf_counter()
+    state, m = compiled(state, batch)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t)
+  seconds = median(times)
+  rows.append({'what': 'train step', 'batch': a.train_batch, 'ms': 1e3 * seconds,
+               'images_per_s': a.train_batch / seconds,
+               **roofline(flops, nbytes, seconds, peak_flops, peak_bw)})
+  print(f"backend: {jax.default_backend()} ({machine()['devices'][0]}), config {a.config}, "
+        f'compute dtype {a.dtype}')
+  report('roofline', rows, list(rows[0]), a.output)
+
+
+if __name__ == '__main__':
+  prnet_jax.restart_with_hugepage_malloc()
+  main()

@@ -182,9 +182,9 @@ def write_small_arrays_from_one_replica(min_bytes: int = REPLICA_PARALLEL_MIN_BY
   would be under `min_bytes` from one replica instead of cooperatively from all of them.
 
   Orbax's default "replica-parallel" save slices every replicated array on device into one part
-  per replica before writing: an eager op per array, ~1,000 arrays for PRNet's state. On 8 CPU
-  devices that blocked the training loop for 10.3 s at the first save and 1.3 s at later ones;
-  with this, 0.9 s and 0.3 s (`benchmarks/checkpoint_save.py`). Large arrays (pods' big
+  per replica before writing: eager ops for each of the 547 arrays of PRNet's training state.
+  On 8 CPU devices that blocked the training loop for 9.5 s at the first save and 1.3 s at later
+  ones; with this, 0.9 s and 0.2 s (`benchmarks/checkpoint_save.py`). Large arrays (pods' big
   layers) stay replica-parallel. Checkpoints written either way restore the same way.
   """
   handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=min_bytes)

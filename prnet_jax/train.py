@@ -18,7 +18,6 @@ import time
 from typing import Any, Optional
 
 import flax
-import grain.python as grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -191,7 +190,15 @@ def write_small_arrays_from_one_replica(min_bytes: int = REPLICA_PARALLEL_MIN_BY
   ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
 
 
+def _grain():
+  # Imported where checkpoints hold the data iterator, so the trainer itself (make_trainer: the
+  # step, benchmarks, notebooks) needs no input-pipeline packages.
+  import grain.python as grain  # pylint: disable=g-import-not-at-top
+  return grain
+
+
 def _save(mngr, state: TrainState, data_state: dict, model_config: ModelConfig):
+  grain = _grain()
   mngr.save(int(state.step), args=ocp.args.Composite(**{
       VARIABLES: ocp.args.StandardSave({'params': state.params,
                                         'batch_stats': state.batch_stats}),
@@ -219,6 +226,7 @@ def _restore_latest(mngr, abstract: TrainState) -> tuple[Optional[TrainState], O
 
 
 def _restore_newest_good(mngr, abstract, broken):
+  grain = _grain()
   for step in sorted(mngr.all_steps(), reverse=True):
     holder = _IteratorState()
     try:

@@ -1,10 +1,12 @@
-"""Process-level settings made by importing prnet_jax (XLA flags) and by launch.py (malloc)."""
+"""Process-level settings made by importing prnet_jax (XLA flags) and by launch.py (malloc), and
+which packages the trainer needs."""
 
 import os
 import platform
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import prnet_jax
@@ -58,3 +60,35 @@ def test_launch_restarts_itself_with_the_tunable(tmp_path):
   expected = prnet_jax.hugepage_malloc_env(env)
   tunable = expected['GLIBC_TUNABLES'] if expected else None
   assert out == f"{tunable} ['--x=1']"
+
+
+def test_trainer_and_model_need_no_input_pipeline_packages():
+  """Accelerator images often lack grain / TFDS / TensorFlow: the model, the jitted train step
+  (make_trainer) and the benchmarks built on them must import and run without them."""
+  code = '''
+import builtins, sys
+real = builtins.__import__
+def guard(name, *args, **kwargs):
+  if name.split('.')[0] in ('grain', 'tensorflow', 'tensorflow_datasets', 'array_record'):
+    raise ImportError('blocked for this test: ' + name)
+  return real(name, *args, **kwargs)
+builtins.__import__ = guard
+sys.path.insert(0, 'configs')
+import jax, numpy as np, prnet
+from prnet_jax import train
+from prnet_jax.face_model import derive_uv_assets
+from prnet_jax.procedural_face import procedural_face_model
+c = prnet.get_config('small')
+c.model.width, c.batch_size, c.augment = 2, 2, None
+trainer = train.make_trainer(c, 10, derive_uv_assets(procedural_face_model(), 64))
+batch = jax.device_put({'image': np.zeros((2, 64, 64, 3), np.uint8),
+                        'position_map': np.ones((2, 64, 64, 3), np.float32)},
+                       trainer.data_sharding)
+state, m = trainer.step(trainer.init(jax.random.key(0)), batch)
+print('loss', float(m['loss']), sorted(k for k in sys.modules if k.split('.')[0] == 'grain'))
+'''
+  r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                     timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  loss, modules = r.stdout.split(' ', 2)[1:]
+  assert np.isfinite(float(loss)) and modules.strip() == '[]'

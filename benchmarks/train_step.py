@@ -71,7 +71,8 @@ def main():
                - mem.alias_size_in_bytes) if mem is not None else float('nan')
   row = {'config': a.config, 'impl': a.impl, 'augment': not a.no_augment, 'resolution': res,
          'width': c.model.width, 'dtype': a.dtype, 'batch': a.batch,
-         'devices': jax.device_count(), 'init_s': init_s, 'first_step_s': compile_s, 'step_s': median(times),
+         'devices': jax.device_count(), 'init_s': init_s, 'first_step_s': compile_s,
+         'step_s': median(times),
          'images_per_s': a.batch / median(times), 'xla_peak_gib': xla_bytes / 2**30,
          'max_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
   report('train_step', [row], list(row), a.output)

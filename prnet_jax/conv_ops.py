@@ -17,22 +17,31 @@ stores them, ``[kh, kw, out, in]``). Activations are NHWC, conv kernels HWIO.
   - stride-2 4x4 transposed conv = pad 1/1, one 2x2 VALID conv producing the four output phases
     (sub-pixel convolution, 4x the output channels), then depth-to-space;
   - stride-1 4x4 transposed conv = a 4x4 conv with the flipped kernel, padded 2/1.
+  Every convolution left is stride 1; on CPU in float32, where measured faster, its kernel
+  gradient is computed by a native kernel (``prnet_jax.native``, 2-4x XLA's on the shallow
+  layers) instead of XLA's output-window convolution.
   ``tests/test_conv_ops.py`` checks values and gradients against the reference in float64.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from prnet_jax import native
 
 IMPLS = ('fast', 'reference')
 # Stride-2 4x4 convs as space-to-depth + 2x2 conv: the plain strided conv's kernel gradient
 # needs a 2x-dilated copy of the output gradient (measured: train step 4.1 s -> 3.0 s).
 S2D_STRIDED_CONV = True
 _DN = ('NHWC', 'HWIO', 'NHWC')
+# Kernel gradients of the fast path's convolutions by prnet_jax.native where it applies
+# (measured: full-model train step, see BENCHMARKS.md).
+NATIVE_KERNEL_GRAD = True
 
 
 def _check(impl: str, x: jax.Array, kernel: jax.Array, stride: int) -> None:
@@ -60,7 +69,10 @@ def conv_same(x: jax.Array, kernel: jax.Array, stride: int = 1, impl: str = 'fas
     if stride == 2:
       x = x[:, ::2, ::2, :]
     return jnp.einsum('bhwc,cd->bhwd', x, kernel[0, 0], precision=precision)
-  if stride == 1 or not S2D_STRIDED_CONV:
+  if stride == 1:
+    pads = lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], (1, 1), 'SAME')
+    return conv_stride1(x, kernel, pads, precision)
+  if not S2D_STRIDED_CONV:
     return lax.conv_general_dilated(x, kernel, (stride, stride), 'SAME',
                                     dimension_numbers=_DN, precision=precision)
   if k != 4:
@@ -74,8 +86,7 @@ def conv_same(x: jax.Array, kernel: jax.Array, stride: int = 1, impl: str = 'fas
   # kernel[2a1+b1, 2a2+b2, c, o] -> k2[a1, a2, (b1, b2, c), o]
   cout = kernel.shape[-1]
   k2 = kernel.reshape(2, 2, 2, 2, c, cout).transpose(0, 2, 1, 3, 4, 5).reshape(2, 2, 4 * c, cout)
-  return lax.conv_general_dilated(s2d, k2, (1, 1), 'VALID', dimension_numbers=_DN,
-                                  precision=precision)
+  return conv_stride1(s2d, k2, ((0, 0), (0, 0)), precision)
 
 
 def conv_transpose_same(x: jax.Array, kernel: jax.Array, stride: int = 1, impl: str = 'fast',
@@ -118,21 +129,59 @@ def conv_transpose_prepared(x: jax.Array, prepared: jax.Array, stride: int,
   """``conv_transpose_same(x, kernel, stride)`` given ``prepare_transpose_kernel(kernel)``."""
   if stride == 1:
     # lax.conv_transpose's SAME padding for k=4, s=1 is 2 before, 1 after.
-    return lax.conv_general_dilated(x, prepared, (1, 1), ((2, 1), (2, 1)),
-                                    dimension_numbers=_DN, precision=precision)
+    return conv_stride1(x, prepared, ((2, 1), (2, 1)), precision)
   # Stride 2: out[2m + p] = x[m - 1 + p] we[p] + x[m + p] we[2 + p] (p = output phase), i.e. a
   # 2-tap window of the 1-padded input at offset m + p with taps we[p], we[2 + p].
   b, h, w, _ = x.shape
   cout = prepared.shape[-1] // 4
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  y = lax.conv_general_dilated(xp, prepared, (1, 1), 'VALID', dimension_numbers=_DN,
-                               precision=precision)    # (B, H+1, W+1, 4 Cout)
+  y = conv_stride1(x, prepared, ((1, 1), (1, 1)), precision,
+                   explicit_pad=True)                    # (B, H+1, W+1, 4 Cout)
   y = y.reshape(b, h + 1, w + 1, 2, 2, cout)
   rows = []
   for p1 in (0, 1):
     rows.append(jnp.stack([y[:, p1:p1 + h, p2:p2 + w, p1, p2] for p2 in (0, 1)], axis=3))
   out = jnp.stack(rows, axis=2)                          # (B, H, 2, W, 2, Cout)
   return _merge_keeping_batch_sharding(out, (b, 2 * h, 2 * w, cout))
+
+
+def conv_stride1(x: jax.Array, kernel: jax.Array, padding: Sequence[tuple[int, int]],
+                 precision: Any = None, explicit_pad: bool = False) -> jax.Array:
+  """Stride-1 convolution with explicit (before, after) padding of H and W; its kernel gradient
+  is native where ``native.use_for`` says so (the same function, different round-off).
+
+  ``explicit_pad``: where XLA computes the kernel gradient, pad the input with ``jnp.pad`` and
+  run a VALID convolution (XLA:CPU's kernel gradient of the 1-padded 2x2 convolution of the
+  stride-2 transposed convs runs on a slow path: 2.5 s instead of 0.06 s at 128 px)."""
+  padding = tuple((int(a), int(b)) for a, b in padding)
+  if NATIVE_KERNEL_GRAD and native.use_for(x, kernel.shape):
+    return _conv_native_kernel_grad(x, kernel, padding, precision)
+  if explicit_pad:
+    x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    padding = ((0, 0), (0, 0))
+  return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_DN,
+                                  precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_native_kernel_grad(x, kernel, padding, precision):
+  return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_DN,
+                                  precision=precision)
+
+
+def _conv_native_kernel_grad_fwd(x, kernel, padding, precision):
+  return _conv_native_kernel_grad(x, kernel, padding, precision), (x, kernel)
+
+
+def _conv_native_kernel_grad_bwd(padding, precision, residuals, dy):
+  x, kernel = residuals
+  # The input gradient as autodiff computes it (a stride-1 conv with the flipped kernel).
+  _, input_vjp = jax.vjp(lambda x: lax.conv_general_dilated(
+      x, kernel, (1, 1), padding, dimension_numbers=_DN, precision=precision), x)
+  dx, = input_vjp(dy)
+  return dx, native.conv_kernel_grad(x, dy, kernel.shape[:2], padding)
+
+
+_conv_native_kernel_grad.defvjp(_conv_native_kernel_grad_fwd, _conv_native_kernel_grad_bwd)
 
 
 def _space_to_depth(x: jax.Array) -> jax.Array:

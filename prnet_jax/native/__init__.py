@@ -1,0 +1,213 @@
+"""Native CPU kernels as XLA FFI custom calls, compiled on first use with the host's compiler.
+
+One kernel so far: the kernel (weight) gradient of a stride-1 NHWC convolution
+(``conv_kernel_grad.cc``). XLA:CPU computes it as a convolution with an output-sized window at
+60-170 GFLOP/s; the native kernel reads the NHWC arrays directly and runs at 250-330 GFLOP/s on
+the shallow, wide layers where PRNet's training time goes (BENCHMARKS.md). ``conv_ops`` uses
+it only where it is measured faster (``use_for``), only on CPU and only in float32; everywhere
+else, and if the library cannot be built, XLA's own convolution computes the same gradient.
+
+The library is built with ``$CXX`` (else ``c++``, ``g++`` or ``clang++``) with
+``-O3 -march=native`` into ``$PRNET_JAX_CACHE`` (default ``~/.cache/prnet_jax``) under a name that
+hashes the source, compiler, jaxlib version and CPU, so machines sharing a home folder do not
+share binaries; a build takes ~3 s once. ``PRNET_JAX_NATIVE=0`` turns the kernels off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+SOURCE = pathlib.Path(__file__).with_name('conv_kernel_grad.cc')
+TARGET = 'prnet_conv_kernel_grad'
+# Kernels with more elements than this (deep layers: short reductions into large kernels) are
+# left to XLA, which is faster there (measured at 16 px / 256 channels: 55-66 vs 28 ms).
+MAX_KERNEL_ELEMENTS = 1 << 18
+
+_lock = threading.Lock()
+_state: dict = {}
+
+
+class NativeBuildError(RuntimeError):
+  """The native library could not be compiled or loaded."""
+
+
+def enabled_by_env() -> bool:
+  return os.environ.get('PRNET_JAX_NATIVE', '1').strip().lower() not in ('0', 'false', 'no')
+
+
+def find_compiler() -> Optional[str]:
+  for name in (os.environ.get('CXX'), 'c++', 'g++', 'clang++'):
+    if name and shutil.which(name):
+      return shutil.which(name)
+  return None
+
+
+def _cpu_signature() -> str:
+  try:
+    text = pathlib.Path('/proc/cpuinfo').read_text()
+    lines = [l for l in text.splitlines() if l.startswith(('flags', 'model name', 'Features'))]
+    return '\n'.join(sorted(set(lines)))
+  except OSError:
+    return f'{platform.machine()} {platform.processor()}'
+
+
+def _arch_flags() -> list[list[str]]:
+  """Compiler flag sets to try in order: tuned for this CPU first, portable last."""
+  if platform.machine().lower() in ('x86_64', 'amd64'):
+    return [['-march=native', '-mprefer-vector-width=512'], []]
+  return [['-mcpu=native'], []]
+
+
+def cache_dir() -> pathlib.Path:
+  root = os.environ.get('PRNET_JAX_CACHE') or os.path.join(
+      os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'prnet_jax')
+  return pathlib.Path(root) / 'native'
+
+
+def build(compiler: Optional[str] = None) -> pathlib.Path:
+  """Compiles the library (or finds it in the cache) and returns its path.
+
+  Raises NativeBuildError naming the compiler and its messages if no flag set compiles."""
+  compiler = compiler or find_compiler()
+  if compiler is None:
+    raise NativeBuildError('no C++ compiler found (set CXX, or install g++ or clang++)')
+  try:
+    version = subprocess.run([compiler, '--version'], capture_output=True, text=True,
+                             timeout=60).stdout
+  except (OSError, subprocess.SubprocessError) as e:
+    raise NativeBuildError(f'cannot run the C++ compiler {compiler}: {e}') from e
+  source = SOURCE.read_bytes()
+  include = jax.ffi.include_dir()
+  errors = []
+  for arch in _arch_flags():
+    flags = ['-O3', '-std=c++17', '-shared', '-fPIC', '-w', *arch]
+    key = hashlib.sha256(b'\0'.join([
+        source, version.encode(), jax.__version__.encode(), ' '.join(flags).encode(),
+        _cpu_signature().encode()])).hexdigest()[:20]
+    out = cache_dir() / f'conv_kernel_grad-{key}.so'
+    if out.exists():
+      return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Build next to the target and rename: processes building at once never see half a file.
+    fd, tmp = tempfile.mkstemp(suffix='.so', dir=out.parent)
+    os.close(fd)
+    cmd = [compiler, *flags, f'-I{include}', str(SOURCE), '-o', tmp]
+    try:
+      proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.SubprocessError) as e:
+      proc = None
+      errors.append(f'{" ".join(cmd)}: {e}')
+    if proc is not None and proc.returncode == 0:
+      os.replace(tmp, out)
+      return out
+    if proc is not None:
+      errors.append(f'{" ".join(cmd)}:\n{proc.stderr[-2000:]}')
+    pathlib.Path(tmp).unlink(missing_ok=True)
+  raise NativeBuildError(f'compiling {SOURCE} failed:\n' + '\n'.join(errors))
+
+
+def load() -> int:
+  """Builds and registers the FFI target (once per process); returns the kernel's vector width
+  in float32 lanes. Raises NativeBuildError on failure."""
+  with _lock:
+    if 'lanes' in _state:
+      return _state['lanes']
+    if 'error' in _state:
+      raise _state['error']
+    try:
+      path = build()
+      try:
+        lib = ctypes.CDLL(str(path))
+        lanes = int(lib.prnet_native_lanes())
+        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.PrnetConvKernelGrad),
+                                    platform='cpu')
+      except (OSError, AttributeError) as e:
+        raise NativeBuildError(f'cannot load {path}: {e}') from e
+    except NativeBuildError as e:
+      _state['error'] = e
+      raise
+    _state['lanes'] = lanes
+    _state['lib'] = lib
+    return lanes
+
+
+def available() -> bool:
+  """Whether the native kernels can be used in this process (built, loaded, not turned off).
+  A failed build is reported once as a warning; XLA's kernels are used instead."""
+  if not enabled_by_env():
+    return False
+  try:
+    load()
+    return True
+  except NativeBuildError as e:
+    if not _state.get('warned'):
+      _state['warned'] = True
+      logging.warning('prnet_jax.native: using XLA convolution gradients instead of the native '
+                      'kernel: %s', e)
+    return False
+
+
+def use_for(x: jax.Array, kernel_shape: Sequence[int]) -> bool:
+  """Whether ``conv_ops`` computes this convolution's kernel gradient natively.
+
+  Conditions: float32; a single device (on several devices XLA's partitioner would gather the
+  batch-sharded operands for a custom call, so the data-parallel gradient stays XLA's); a kernel
+  of at most MAX_KERNEL_ELEMENTS; input or output channels a multiple of the vector width; the
+  library builds. The choice is made at trace time and changes round-off only."""
+  kh, kw, ci, co = kernel_shape
+  if x.dtype != jnp.float32 or kh * kw * ci * co > MAX_KERNEL_ELEMENTS:
+    return False
+  if jax.device_count() != 1 or not available():
+    return False
+  lanes = _state['lanes']
+  return co % lanes == 0 or ci % lanes == 0
+
+
+def conv_kernel_grad(x: jax.Array, dy: jax.Array, kernel_size: tuple[int, int],
+                     padding: Sequence[tuple[int, int]]) -> jax.Array:
+  """dw (kh, kw, Ci, Co) of ``lax.conv_general_dilated(x, w, (1, 1), padding)`` (NHWC, HWIO)
+  given the output gradient dy (N, Ho, Wo, Co): the native kernel on CPU, XLA's elsewhere.
+
+  Call ``load()`` (or check ``use_for``) first; float32 only."""
+  kh, kw = kernel_size
+  (pt, pb), (pl, pr) = padding
+  n, h, w, ci = x.shape
+  co = dy.shape[-1]
+  if dy.shape != (n, h + pt + pb - kh + 1, w + pl + pr - kw + 1, co):
+    raise ValueError(f'output gradient shape {dy.shape} does not match input {x.shape}, kernel '
+                     f'{kh}x{kw} and padding {padding}')
+  out = jax.ShapeDtypeStruct((kh, kw, ci, co), jnp.float32)
+
+  def native(x, dy):
+    return jax.ffi.ffi_call(TARGET, out, vmap_method='sequential')(
+        x, dy, pad_top=np.int64(pt), pad_left=np.int64(pl))
+
+  def xla(x, dy):
+    return xla_conv_kernel_grad(x, dy, kernel_size, padding)
+
+  return lax.platform_dependent(x, dy, cpu=native, default=xla)
+
+
+def xla_conv_kernel_grad(x: jax.Array, dy: jax.Array, kernel_size: tuple[int, int],
+                         padding: Sequence[tuple[int, int]]) -> jax.Array:
+  """The same gradient as XLA computes it (autodiff of the convolution)."""
+  w0 = jnp.zeros((*kernel_size, x.shape[-1], dy.shape[-1]), x.dtype)
+  _, vjp = jax.vjp(lambda w: lax.conv_general_dilated(
+      x, w, (1, 1), tuple(padding), dimension_numbers=('NHWC', 'HWIO', 'NHWC')), w0)
+  return vjp(dy)[0]
+

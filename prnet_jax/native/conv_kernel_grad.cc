@@ -1,0 +1,267 @@
+// The kernel gradient of a stride-1 NHWC convolution as an XLA FFI handler for CPU.
+//
+//   dw[kh, kw, ci, co] = sum_{n, i, j} x[n, i + kh - pt, j + kw - pl, ci] * dy[n, i, j, co]
+//
+// (x zero outside the image). XLA:CPU computes this as a convolution with an
+// (Ho x Wo)-sized window, which runs at 1.2-2.3x the cost of the forward convolution and needs
+// layout transposes of both operands (BENCHMARKS.md). Here it is a sum of outer products read
+// straight from the NHWC arrays: for each pixel, a vector of one operand's channels times
+// broadcast channels of the other, accumulated in registers; rows are processed in chunks that
+// stay in the L2 cache while every kernel tap sweeps them.
+//
+// Determinism: the work split depends only on the shapes (never on the thread count), each work
+// item sums in a fixed order, and partial sums are added in a fixed order.
+//
+// Built on first use by prnet_jax/native/__init__.py with the host compiler (-O3 -march=native).
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;
+#elif defined(__AVX__)
+constexpr int kLanes = 8;
+#else
+constexpr int kLanes = 4;
+#endif
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float)), aligned(4)));
+
+inline Vec LoadVec(const float* p) { return *reinterpret_cast<const Vec*>(p); }
+
+struct Shape {
+  int64_t n, h, w, ci, ho, wo, co, kh, kw, pt, pl;
+};
+
+// One operand is read as vectors (kLanes consecutive channels), the other as broadcast scalars.
+// With `vec_is_dy` the vectors run over output channels co, otherwise over input channels ci.
+struct Plan {
+  bool vec_is_dy;
+  int64_t vec_channels;    // channels of the vector operand (multiple of kLanes)
+  int64_t bcast_channels;  // channels of the broadcast operand
+};
+
+// acc[b][v] += bcast[p][b0 + b] * vec[p][v0 + v * kLanes : ...] over the pixels of one row
+// segment; B broadcast channels x NV vectors of accumulators live in registers.
+template <int B, int NV>
+inline void RowKernel(const float* __restrict bcast, int64_t bstride, const float* __restrict vec,
+                      int64_t vstride, int64_t count, float* __restrict out, int64_t out_b_stride) {
+  Vec acc[B][NV];
+  for (int b = 0; b < B; ++b)
+    for (int v = 0; v < NV; ++v) acc[b][v] = Vec{};
+  for (int64_t p = 0; p < count; ++p) {
+    Vec d[NV];
+    for (int v = 0; v < NV; ++v) d[v] = LoadVec(vec + p * vstride + v * kLanes);
+    const float* s = bcast + p * bstride;
+    for (int b = 0; b < B; ++b) {
+      const float sb = s[b];
+      for (int v = 0; v < NV; ++v) acc[b][v] += sb * d[v];
+    }
+  }
+  for (int b = 0; b < B; ++b)
+    for (int v = 0; v < NV; ++v) {
+      float* o = out + b * out_b_stride + v * kLanes;
+      *reinterpret_cast<Vec*>(o) = LoadVec(o) + acc[b][v];
+    }
+}
+
+using RowFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t);
+
+// Broadcast channels per register block for NV vectors: 24 accumulators with 2 vectors (AVX-512
+// has 32 registers), 16 with one; half that with fewer registers.
+constexpr int kMaxB1 = kLanes == 16 ? 16 : 8;
+constexpr int kMaxB2 = kLanes == 16 ? 12 : 4;
+
+RowFn RowFor(int b, int nv) {
+  if (nv == 2) {
+    switch (b) {
+      case 1: return RowKernel<1, 2>;
+      case 2: return RowKernel<2, 2>;
+      case 3: return RowKernel<3, 2>;
+      case 4: return RowKernel<4, 2>;
+      case 8: return RowKernel<8, 2>;
+      case kMaxB2: return RowKernel<kMaxB2, 2>;
+    }
+  } else {
+    switch (b) {
+      case 1: return RowKernel<1, 1>;
+      case 2: return RowKernel<2, 1>;
+      case 3: return RowKernel<3, 1>;
+      case 4: return RowKernel<4, 1>;
+      case 8: return RowKernel<8, 1>;
+      case kMaxB1: return RowKernel<kMaxB1, 1>;
+    }
+  }
+  return nullptr;
+}
+
+// Splits `total` broadcast channels into register blocks of supported sizes.
+std::vector<std::pair<int64_t, int>> Blocks(int64_t total, int max_b) {
+  std::vector<std::pair<int64_t, int>> blocks;
+  int64_t start = 0;
+  const int sizes[] = {max_b, 8, 4, 3, 2, 1};
+  while (start < total) {
+    for (int s : sizes) {
+      if (s <= max_b && start + s <= total) {
+        blocks.emplace_back(start, s);
+        start += s;
+        break;
+      }
+    }
+  }
+  return blocks;
+}
+
+// Accumulates into `dw` the contribution of rows [r0, r1) of the flattened (n, i) output rows,
+// for kernel taps [t0, t1) and broadcast register blocks [blk0, blk1). Layout of `dw`:
+// [kh][kw][ci][co] when the vectors run over co, [kh][kw][co][ci] otherwise.
+void Accumulate(const Shape& s, const Plan& plan, const float* x, const float* dy, float* dw,
+                int64_t r0, int64_t r1, int64_t t0, int64_t t1,
+                const std::vector<std::pair<int64_t, int>>& blocks, size_t blk0, size_t blk1,
+                int64_t v_start, int64_t v_count, int nv) {
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t kh = t / s.kw, kw = t % s.kw;
+    const int64_t jlo = std::max<int64_t>(0, s.pl - kw);
+    const int64_t jhi = std::min<int64_t>(s.wo, s.w + s.pl - kw);
+    if (jhi <= jlo) continue;
+    float* dwt = dw + t * s.ci * s.co;
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / s.ho, i = r % s.ho;
+      const int64_t xi = i + kh - s.pt;
+      if (xi < 0 || xi >= s.h) continue;
+      const float* xrow = x + ((n * s.h + xi) * s.w + (jlo + kw - s.pl)) * s.ci;
+      const float* dyrow = dy + ((n * s.ho + i) * s.wo + jlo) * s.co;
+      const int64_t count = jhi - jlo;
+      for (size_t bi = blk0; bi < blk1; ++bi) {
+        const int64_t b = blocks[bi].first;
+        const int bsize = blocks[bi].second;
+        RowFn fn = RowFor(bsize, nv);
+        for (int64_t v = v_start; v < v_start + v_count; v += nv) {
+          if (plan.vec_is_dy) {
+            // acc[ci = b..][co = v*lanes..] -> dw[t][ci][co]
+            fn(xrow + b, s.ci, dyrow + v * kLanes, s.co, count, dwt + b * s.co + v * kLanes, s.co);
+          } else {
+            // acc[co = b..][ci = v*lanes..] -> scratch [co][ci], transposed by the caller.
+            fn(dyrow + b, s.co, xrow + v * kLanes, s.ci, count,
+               dwt + b * s.ci + v * kLanes, s.ci);
+          }
+        }
+      }
+    }
+  }
+}
+
+// Runs `fn(item)` for items [0, count) on the caller and the pool's threads; returns when all
+// are done. Helpers that start after the work is gone return at once; the shared state outlives
+// the call, so a helper scheduled late never touches freed memory.
+template <typename F>
+void ParallelFor(ffi::ThreadPool& pool, int64_t count, F fn) {
+  struct State {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+    std::mutex mu;
+    std::condition_variable cv;
+  };
+  auto state = std::make_shared<State>();
+  auto work = std::make_shared<F>(std::move(fn));
+  auto run = [state, work, count]() {
+    int64_t finished = 0;
+    for (int64_t item; (item = state->next.fetch_add(1)) < count;) {
+      (*work)(item);
+      ++finished;
+    }
+    if (finished && state->done.fetch_add(finished) + finished == count) {
+      std::lock_guard<std::mutex> lock(state->mu);
+      state->cv.notify_all();
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), count) - 1;
+  for (int64_t k = 0; k < helpers; ++k) pool.Schedule(decltype(run)(run));
+  run();
+  std::unique_lock<std::mutex> lock(state->mu);
+  state->cv.wait(lock, [&] { return state->done.load() == count; });
+}
+
+ffi::Error ConvKernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                              ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
+                              int64_t pad_top, int64_t pad_left) {
+  auto xd = x.dimensions(), dyd = dy.dimensions(), dwd = dw->dimensions();
+  if (xd.size() != 4 || dyd.size() != 4 || dwd.size() != 4)
+    return ffi::Error::InvalidArgument("conv_kernel_grad: expected rank-4 x, dy and dw");
+  Shape s{xd[0], xd[1], xd[2], xd[3], dyd[1], dyd[2], dyd[3], dwd[0], dwd[1], pad_top, pad_left};
+  if (dyd[0] != s.n || dwd[2] != s.ci || dwd[3] != s.co)
+    return ffi::Error::InvalidArgument("conv_kernel_grad: inconsistent shapes");
+  Plan plan;
+  if (s.co % kLanes == 0) {
+    plan = {true, s.co, s.ci};
+  } else if (s.ci % kLanes == 0) {
+    plan = {false, s.ci, s.co};
+  } else {
+    return ffi::Error::InvalidArgument(
+        "conv_kernel_grad: needs input or output channels divisible by the vector width");
+  }
+  const int64_t vectors = plan.vec_channels / kLanes;
+  const int nv = vectors % 2 == 0 ? 2 : 1;
+  const auto blocks = Blocks(plan.bcast_channels, nv == 2 ? kMaxB2 : kMaxB1);
+  const int64_t taps = s.kh * s.kw, rows = s.n * s.ho;
+  if (rows == 0 || taps == 0) {
+    std::fill(dw->typed_data(), dw->typed_data() + dw->element_count(), 0.0f);
+    return ffi::Error::Success();
+  }
+  const int64_t dw_size = taps * s.ci * s.co;
+  float* out = dw->typed_data();
+  const float* xp = x.typed_data();
+  const float* dyp = dy.typed_data();
+  // Vectors over ci accumulate [t][co][ci]; the final sum writes [t][ci][co].
+  const bool transposed = !plan.vec_is_dy;
+
+  // The rows are split into a fixed number of parts with private partial sums; each part visits
+  // its rows in L2-sized chunks, every tap and register block sweeping a chunk while it is in
+  // cache. (For large kernels, i.e. deep layers with short reductions, XLA's own convolution
+  // is faster: prnet_jax.native.use_for decides.)
+  const int64_t row_bytes = (s.wo * s.co + s.w * s.ci) * sizeof(float);
+  const int64_t chunk = std::max<int64_t>(1, (int64_t{192} << 10) / std::max<int64_t>(row_bytes, 1));
+  const int64_t parts = std::min<int64_t>(16, (rows + chunk - 1) / chunk);
+  std::vector<float> partial(parts * dw_size, 0.0f);
+  ParallelFor(pool, parts, [&](int64_t part) {
+    const int64_t p0 = rows * part / parts, p1 = rows * (part + 1) / parts;
+    float* acc = partial.data() + part * dw_size;
+    for (int64_t r = p0; r < p1; r += chunk) {
+      Accumulate(s, plan, xp, dyp, acc, r, std::min(r + chunk, p1), 0, taps, blocks, 0,
+                 blocks.size(), 0, vectors, nv);
+    }
+  });
+  for (int64_t t = 0; t < taps; ++t)
+    for (int64_t c = 0; c < s.ci; ++c)
+      for (int64_t o = 0; o < s.co; ++o) {
+        const int64_t src = transposed ? (t * s.co + o) * s.ci + c : (t * s.ci + c) * s.co + o;
+        float sum = 0.0f;
+        for (int64_t part = 0; part < parts; ++part) sum += partial[part * dw_size + src];
+        out[(t * s.ci + c) * s.co + o] = sum;
+      }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PrnetConvKernelGrad, ConvKernelGradImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_left"));
+
+extern "C" int prnet_native_lanes() { return kLanes; }

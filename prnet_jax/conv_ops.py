@@ -17,9 +17,9 @@ stores them, ``[kh, kw, out, in]``). Activations are NHWC, conv kernels HWIO.
   - stride-2 4x4 transposed conv = pad 1/1, one 2x2 VALID conv producing the four output phases
     (sub-pixel convolution, 4x the output channels), then depth-to-space;
   - stride-1 4x4 transposed conv = a 4x4 conv with the flipped kernel, padded 2/1.
-  Every convolution left is stride 1; on CPU in float32, where measured faster, its kernel
-  gradient is computed by a native kernel (``prnet_jax.native``, 2-4x XLA's on the shallow
-  layers) instead of XLA's output-window convolution.
+  Every convolution left is stride 1 (``conv_stride1``); on CPU in float32, where measured
+  faster, native kernels (``prnet_jax.native``) compute its kernel gradient (2-4x XLA's on the
+  shallow layers) and the forward pass of few-channel layers (1.5-7x).
   ``tests/test_conv_ops.py`` checks values and gradients against the reference in float64.
 """
 
@@ -39,9 +39,9 @@ IMPLS = ('fast', 'reference')
 # needs a 2x-dilated copy of the output gradient (measured: train step 4.1 s -> 3.0 s).
 S2D_STRIDED_CONV = True
 _DN = ('NHWC', 'HWIO', 'NHWC')
-# Kernel gradients of the fast path's convolutions by prnet_jax.native where it applies
-# (measured: full-model train step, see BENCHMARKS.md).
-NATIVE_KERNEL_GRAD = True
+# Native CPU kernels (prnet_jax.native) for the fast path's convolutions where they apply
+# (measured: full-model train step and inference, see BENCHMARKS.md).
+NATIVE_KERNELS = True
 
 
 def _check(impl: str, x: jax.Array, kernel: jax.Array, stride: int) -> None:
@@ -146,15 +146,20 @@ def conv_transpose_prepared(x: jax.Array, prepared: jax.Array, stride: int,
 
 def conv_stride1(x: jax.Array, kernel: jax.Array, padding: Sequence[tuple[int, int]],
                  precision: Any = None, explicit_pad: bool = False) -> jax.Array:
-  """Stride-1 convolution with explicit (before, after) padding of H and W; its kernel gradient
-  is native where ``native.use_for`` says so (the same function, different round-off).
+  """Stride-1 convolution with explicit (before, after) padding of H and W.
 
-  ``explicit_pad``: where XLA computes the kernel gradient, pad the input with ``jnp.pad`` and
-  run a VALID convolution (XLA:CPU's kernel gradient of the 1-padded 2x2 convolution of the
-  stride-2 transposed convs runs on a slow path: 2.5 s instead of 0.06 s at 128 px)."""
+  On CPU in float32, parts of it run as native kernels where ``prnet_jax.native`` measured them
+  faster (the kernel gradient of shallow layers; the forward pass of few-channel layers): the
+  same function, different round-off. ``explicit_pad``: where XLA computes it, pad with
+  ``jnp.pad`` and run a VALID convolution (XLA:CPU's kernel gradient of the 1-padded 2x2
+  convolution of the stride-2 transposed convs runs on a slow path: 2.5 s instead of 0.06 s at
+  128 px)."""
   padding = tuple((int(a), int(b)) for a, b in padding)
-  if NATIVE_KERNEL_GRAD and native.use_for(x, kernel.shape):
-    return _conv_native_kernel_grad(x, kernel, padding, precision)
+  if NATIVE_KERNELS:
+    forward_kind = native.forward_kind(x, kernel.shape)
+    native_grad = native.use_for(x, kernel.shape)
+    if forward_kind or native_grad:
+      return _conv_native(x, kernel, padding, precision, forward_kind, native_grad)
   if explicit_pad:
     x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
     padding = ((0, 0), (0, 0))
@@ -162,26 +167,41 @@ def conv_stride1(x: jax.Array, kernel: jax.Array, padding: Sequence[tuple[int, i
                                   precision=precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_native_kernel_grad(x, kernel, padding, precision):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_native(x, kernel, padding, precision, forward_kind, native_grad):
+  del native_grad  # used by the backward pass
+  if forward_kind:
+    return native.conv_forward(x, kernel, padding, forward_kind)
   return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_DN,
                                   precision=precision)
 
 
-def _conv_native_kernel_grad_fwd(x, kernel, padding, precision):
-  return _conv_native_kernel_grad(x, kernel, padding, precision), (x, kernel)
+def _conv_native_fwd(x, kernel, padding, precision, forward_kind, native_grad):
+  return _conv_native(x, kernel, padding, precision, forward_kind, native_grad), (x, kernel)
 
 
-def _conv_native_kernel_grad_bwd(padding, precision, residuals, dy):
+def _conv_native_bwd(padding, precision, forward_kind, native_grad, residuals, dy):
+  del forward_kind
   x, kernel = residuals
-  # The input gradient as autodiff computes it (a stride-1 conv with the flipped kernel).
-  _, input_vjp = jax.vjp(lambda x: lax.conv_general_dilated(
-      x, kernel, (1, 1), padding, dimension_numbers=_DN, precision=precision), x)
-  dx, = input_vjp(dy)
-  return dx, native.conv_kernel_grad(x, dy, kernel.shape[:2], padding)
+  kh, kw = kernel.shape[:2]
+  (pt, pb), (pl, pr) = padding
+  # The input gradient is the stride-1 convolution of dy with the flipped, transposed kernel,
+  # padded k - 1 - p (dispatched like any other convolution).
+  back_pad = ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr))
+  if min(min(p) for p in back_pad) >= 0:
+    dx = conv_stride1(dy, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2), back_pad, precision)
+  else:
+    _, input_vjp = jax.vjp(lambda x: lax.conv_general_dilated(
+        x, kernel, (1, 1), padding, dimension_numbers=_DN, precision=precision), x)
+    dx, = input_vjp(dy)
+  if native_grad:
+    dw = native.conv_kernel_grad(x, dy, (kh, kw), padding)
+  else:
+    dw = native.xla_conv_kernel_grad(x, dy, (kh, kw), padding)
+  return dx, dw.astype(kernel.dtype)
 
 
-_conv_native_kernel_grad.defvjp(_conv_native_kernel_grad_fwd, _conv_native_kernel_grad_bwd)
+_conv_native.defvjp(_conv_native_fwd, _conv_native_bwd)
 
 
 def _space_to_depth(x: jax.Array) -> jax.Array:

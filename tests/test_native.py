@@ -85,6 +85,51 @@ def test_kernel_grad_is_deterministic_and_parallel_split_is_shape_only(lanes):
                              atol=1e-5 * np.sqrt(4 * 64 * 64), rtol=1e-5)
 
 
+FORWARD_CASES = [  # (kind, n, h, w, ci, co, kh, kw, padding)
+    ('small_co', 2, 9, 70, 16, 3, 4, 4, ((2, 1), (2, 1))),   # PRNet's 16 -> 3 output layer
+    ('small_co', 2, 8, 8, 3, 3, 4, 4, ((2, 1), (2, 1))),     # 3 -> 3
+    ('small_co', 3, 5, 33, 5, 1, 3, 2, ((0, 1), (1, 0))),    # odd sizes, one channel, tails
+    ('small_co', 1, 4, 4, 2, 4, 4, 4, ((3, 3), (3, 3))),     # mostly padding, 4 channels
+    ('few_ci', 2, 9, 37, 3, 16, 4, 4, ((1, 2), (1, 2))),     # the first conv (3 -> 16)
+    ('few_ci', 2, 6, 30, 3, 32, 4, 4, ((1, 2), (1, 2))),     # 2 vectors of outputs
+    ('few_ci', 1, 5, 9, 1, 64, 2, 3, ((0, 0), (2, 1))),      # 4 vectors, non-square kernel
+]
+
+
+def brute_force_conv(x, w, padding):
+  x = np.pad(np.asarray(x, np.float64), ((0, 0), *padding, (0, 0)))
+  w = np.asarray(w, np.float64)
+  kh, kw = w.shape[:2]
+  ho, wo = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+  return sum(np.einsum('nijc,co->nijo', x[:, a:a + ho, b:b + wo], w[a, b])
+             for a in range(kh) for b in range(kw))
+
+
+@pytest.mark.parametrize('kind,n,h,w,ci,co,kh,kw,padding', FORWARD_CASES)
+def test_forward_kernels_match_float64_brute_force(lanes, kind, n, h, w, ci, co, kh, kw,
+                                                   padding):
+  if kind == 'few_ci' and (co % lanes or ci >= lanes):
+    pytest.skip(f'{ci} -> {co} channels do not suit this CPU\'s {lanes} lanes')
+  r = np.random.RandomState(ci * 10 + co)
+  x = r.randn(n, h, w, ci).astype(np.float32)
+  kernel = r.randn(kh, kw, ci, co).astype(np.float32)
+  got = np.asarray(jax.jit(native.conv_forward, static_argnums=(2, 3))(
+      x, kernel, padding, kind))
+  want = brute_force_conv(x, kernel, padding)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, atol=1e-5 * np.sqrt(kh * kw * ci), rtol=1e-5)
+
+
+def test_forward_kind_rules(lanes):
+  x16, x3 = jnp.zeros((1, 8, 8, 16)), jnp.zeros((1, 8, 8, 3))
+  single = jax.device_count() == 1
+  assert native.forward_kind(x16, (4, 4, 16, 3)) == ('small_co' if single else None)
+  assert native.forward_kind(x3, (4, 4, 3, 3)) == ('small_co' if single else None)
+  assert native.forward_kind(x3, (4, 4, 3, lanes)) == ('few_ci' if single else None)
+  assert native.forward_kind(x16, (4, 4, 16, 16)) is None        # XLA's is as fast
+  assert native.forward_kind(x3.astype(jnp.bfloat16), (4, 4, 3, 3)) is None
+
+
 def test_use_for_rules(lanes):
   x32 = jnp.zeros((2, 8, 8, 16), jnp.float32)
   assert native.use_for(x32, (4, 4, 16, 16)) == (jax.device_count() == 1)
@@ -114,7 +159,7 @@ def test_conv_ops_gradients_use_the_native_kernel_and_agree_with_xla(lanes, monk
       return jnp.sum(jnp.sin(op(x, k, stride)) * probe)
     grads = {}
     for on in (True, False):
-      monkeypatch.setattr(conv_ops, 'NATIVE_KERNEL_GRAD', on)
+      monkeypatch.setattr(conv_ops, 'NATIVE_KERNELS', on)
       fn = jax.jit(jax.grad(loss, (0, 1)))
       hlo = fn.lower(x, kernel).as_text()
       assert (native.TARGET in hlo) == on, (op.__name__, stride)
@@ -140,7 +185,7 @@ def test_whole_model_gradients_match_with_and_without_the_native_kernel(lanes, m
     return jnp.mean((y - target) ** 2)
   grads = {}
   for on in (True, False):
-    monkeypatch.setattr(conv_ops, 'NATIVE_KERNEL_GRAD', on)
+    monkeypatch.setattr(conv_ops, 'NATIVE_KERNELS', on)
     fn = jax.jit(jax.grad(loss))
     assert (native.TARGET in fn.lower(variables['params']).as_text()) == on
     grads[on] = fn(variables['params'])
@@ -166,7 +211,7 @@ from prnet_jax import conv_ops, native
 try:
   native.build()
 except native.NativeBuildError as e:
-  assert 'conv_kernel_grad.cc' in str(e) and 'this compiler is broken' in str(e), e
+  assert 'conv_kernels.cc' in str(e) and 'this compiler is broken' in str(e), e
   print('BUILD ERROR OK')
 x = jnp.ones((1, 8, 8, 16)); k = jnp.ones((4, 4, 16, 16))
 g = jax.grad(lambda k: jnp.sum(conv_ops.conv_same(x, k, 1)))(k)

@@ -1,11 +1,15 @@
 """Native CPU kernels as XLA FFI custom calls, compiled on first use with the host's compiler.
 
-One kernel so far: the kernel (weight) gradient of a stride-1 NHWC convolution
-(``conv_kernel_grad.cc``). XLA:CPU computes it as a convolution with an output-sized window at
-60-170 GFLOP/s; the native kernel reads the NHWC arrays directly and runs at 250-330 GFLOP/s on
-the shallow, wide layers where PRNet's training time goes (BENCHMARKS.md). ``conv_ops`` uses
-it only where it is measured faster (``use_for``), only on CPU and only in float32; everywhere
-else, and if the library cannot be built, XLA's own convolution computes the same gradient.
+Stride-1 NHWC convolutions (``conv_kernels.cc``), each used only where measured faster than
+XLA:CPU's own, only on CPU and only in float32; everywhere else, and if the library cannot be
+built, XLA computes the same function (BENCHMARKS.md has the numbers):
+
+* the kernel (weight) gradient: XLA computes it as a convolution with an output-sized window at
+  60-170 GFLOP/s; the native kernel reads the NHWC arrays directly and runs at 250-330 GFLOP/s
+  on the shallow, wide layers where PRNet's training time goes (``use_for``);
+* the forward pass with 1-4 output channels (PRNet's 3-channel output layers; XLA 13-33
+  GFLOP/s, native 50-80) or fewer input channels than the vector width (the first conv, and the
+  input gradient of the 16 -> 3 layer) (``forward_kind``).
 
 The library is built with ``$CXX`` (else ``c++``, ``g++`` or ``clang++``) with
 ``-O3 -march=native`` into ``$PRNET_JAX_CACHE`` (default ``~/.cache/prnet_jax``) under a name that
@@ -32,8 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-SOURCE = pathlib.Path(__file__).with_name('conv_kernel_grad.cc')
+SOURCE = pathlib.Path(__file__).with_name('conv_kernels.cc')
 TARGET = 'prnet_conv_kernel_grad'
+FORWARD_TARGETS = {'small_co': 'prnet_conv_forward_small_co', 'few_ci': 'prnet_conv_forward'}
 # Kernels with more elements than this (deep layers: short reductions into large kernels) are
 # left to XLA, which is faster there (measured at 16 px / 256 channels: 55-66 vs 28 ms).
 MAX_KERNEL_ELEMENTS = 1 << 18
@@ -99,7 +104,7 @@ def build(compiler: Optional[str] = None) -> pathlib.Path:
     key = hashlib.sha256(b'\0'.join([
         source, version.encode(), jax.__version__.encode(), ' '.join(flags).encode(),
         _cpu_signature().encode()])).hexdigest()[:20]
-    out = cache_dir() / f'conv_kernel_grad-{key}.so'
+    out = cache_dir() / f'conv_kernels-{key}.so'
     if out.exists():
       return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -134,8 +139,10 @@ def load() -> int:
       try:
         lib = ctypes.CDLL(str(path))
         lanes = int(lib.prnet_native_lanes())
-        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.PrnetConvKernelGrad),
-                                    platform='cpu')
+        for name, symbol in ((TARGET, lib.PrnetConvKernelGrad),
+                             (FORWARD_TARGETS['small_co'], lib.PrnetConvForwardSmallCo),
+                             (FORWARD_TARGETS['few_ci'], lib.PrnetConvForward)):
+          jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform='cpu')
       except (OSError, AttributeError) as e:
         raise NativeBuildError(f'cannot load {path}: {e}') from e
     except NativeBuildError as e:
@@ -162,6 +169,23 @@ def available() -> bool:
     return False
 
 
+def _eligible(x: jax.Array) -> bool:
+  return x.dtype == jnp.float32 and jax.device_count() == 1 and available()
+
+
+def forward_kind(x: jax.Array, kernel_shape: Sequence[int]) -> Optional[str]:
+  """Which native forward kernel computes this convolution, or None for XLA's.
+
+  'small_co': 1-4 output channels (vectors over pixels); 'few_ci': output channels a multiple of
+  the vector width and fewer input channels than it. Same conditions as ``use_for`` otherwise."""
+  kh, kw, ci, co = kernel_shape
+  if (co > 4 and ci >= 16) or not _eligible(x):
+    return None
+  if co <= 4:
+    return 'small_co'
+  return 'few_ci' if co % _state['lanes'] == 0 and ci < _state['lanes'] else None
+
+
 def use_for(x: jax.Array, kernel_shape: Sequence[int]) -> bool:
   """Whether ``conv_ops`` computes this convolution's kernel gradient natively.
 
@@ -170,9 +194,7 @@ def use_for(x: jax.Array, kernel_shape: Sequence[int]) -> bool:
   of at most MAX_KERNEL_ELEMENTS; input or output channels a multiple of the vector width; the
   library builds. The choice is made at trace time and changes round-off only."""
   kh, kw, ci, co = kernel_shape
-  if x.dtype != jnp.float32 or kh * kw * ci * co > MAX_KERNEL_ELEMENTS:
-    return False
-  if jax.device_count() != 1 or not available():
+  if kh * kw * ci * co > MAX_KERNEL_ELEMENTS or not _eligible(x):
     return False
   lanes = _state['lanes']
   return co % lanes == 0 or ci % lanes == 0
@@ -203,11 +225,33 @@ def conv_kernel_grad(x: jax.Array, dy: jax.Array, kernel_size: tuple[int, int],
   return lax.platform_dependent(x, dy, cpu=native, default=xla)
 
 
+def conv_forward(x: jax.Array, kernel: jax.Array, padding: Sequence[tuple[int, int]],
+                 kind: str) -> jax.Array:
+  """``lax.conv_general_dilated(x, kernel, (1, 1), padding)`` (NHWC, HWIO) by the native forward
+  kernel ``kind`` (from ``forward_kind``) on CPU, by XLA elsewhere; float32."""
+  padding = tuple(tuple(p) for p in padding)
+  xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))   # the kernels compute VALID convolutions
+  n, h, w, _ = xp.shape
+  kh, kw, _, co = kernel.shape
+  out = jax.ShapeDtypeStruct((n, h - kh + 1, w - kw + 1, co), jnp.float32)
+
+  def native(xp, kernel):
+    return jax.ffi.ffi_call(FORWARD_TARGETS[kind], out, vmap_method='sequential')(xp, kernel)
+
+  def xla(xp, kernel):
+    return lax.conv_general_dilated(xp, kernel, (1, 1), 'VALID',
+                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  return lax.platform_dependent(xp, kernel, cpu=native, default=xla)
+
+
 def xla_conv_kernel_grad(x: jax.Array, dy: jax.Array, kernel_size: tuple[int, int],
                          padding: Sequence[tuple[int, int]]) -> jax.Array:
-  """The same gradient as XLA computes it (autodiff of the convolution)."""
+  """The same gradient as XLA computes it (autodiff of the convolution of the explicitly padded
+  input: XLA:CPU's kernel gradient of some padded convolutions runs on a slow path)."""
+  xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
   w0 = jnp.zeros((*kernel_size, x.shape[-1], dy.shape[-1]), x.dtype)
   _, vjp = jax.vjp(lambda w: lax.conv_general_dilated(
-      x, w, (1, 1), tuple(padding), dimension_numbers=('NHWC', 'HWIO', 'NHWC')), w0)
+      xp, w, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC')), w0)
   return vjp(dy)[0]
 

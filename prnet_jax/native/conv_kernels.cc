@@ -1,5 +1,7 @@
-// The kernel gradient of a stride-1 NHWC convolution as an XLA FFI handler for CPU.
+// Stride-1 NHWC convolution kernels for CPU as XLA FFI handlers: the kernel gradient (all
+// shallow layers), and the forward pass where XLA:CPU is slow (few input or output channels).
 //
+// Kernel gradient:
 //   dw[kh, kw, ci, co] = sum_{n, i, j} x[n, i + kh - pt, j + kw - pl, ci] * dy[n, i, j, co]
 //
 // (x zero outside the image). XLA:CPU computes this as a convolution with an
@@ -64,8 +66,10 @@ inline void RowKernel(const float* __restrict bcast, int64_t bstride, const floa
     Vec d[NV];
     for (int v = 0; v < NV; ++v) d[v] = LoadVec(vec + p * vstride + v * kLanes);
     const float* s = bcast + p * bstride;
+#pragma GCC unroll 32
     for (int b = 0; b < B; ++b) {
       const float sb = s[b];
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[b][v] += sb * d[v];
     }
   }
@@ -253,6 +257,194 @@ ffi::Error ConvKernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   return ffi::Error::Success();
 }
 
+// ---------------------------------------------------------------------------------------------
+// Forward: y[n, i, j, co] = sum_{kh, kw, ci} x[n, i + kh, j + kw, ci] * w[kh, kw, ci, co] (VALID;
+// the caller pads). P consecutive output pixels x NV vectors of output channels accumulate in
+// registers; each weight vector is loaded once per P pixels, each input value broadcast.
+
+template <int P, int NV>
+inline void PixelBlock(const float* __restrict x, int64_t w_stride_x, int64_t ci_count,
+                       const float* __restrict w, int64_t co, int64_t kh_count, int64_t kw_count,
+                       int64_t x_row_stride, float* __restrict y) {
+  Vec acc[P][NV];
+  for (int p = 0; p < P; ++p)
+    for (int v = 0; v < NV; ++v) acc[p][v] = Vec{};
+  for (int64_t kh = 0; kh < kh_count; ++kh) {
+    const float* xr = x + kh * x_row_stride;
+    for (int64_t kw = 0; kw < kw_count; ++kw) {
+      const float* xk = xr + kw * w_stride_x;
+      const float* wk = w + (kh * kw_count + kw) * ci_count * co;
+      for (int64_t c = 0; c < ci_count; ++c) {
+        Vec wv[NV];
+        for (int v = 0; v < NV; ++v) wv[v] = LoadVec(wk + c * co + v * kLanes);
+#pragma GCC unroll 32
+        for (int p = 0; p < P; ++p) {
+          const float xv = xk[p * w_stride_x + c];
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) acc[p][v] += xv * wv[v];
+        }
+      }
+    }
+  }
+  for (int p = 0; p < P; ++p)
+    for (int v = 0; v < NV; ++v) *reinterpret_cast<Vec*>(y + p * co + v * kLanes) = acc[p][v];
+}
+
+using BlockFn = void (*)(const float*, int64_t, int64_t, const float*, int64_t, int64_t, int64_t,
+                         int64_t, float*);
+
+// Pixel block sizes per vector count: as many accumulators as registers allow.
+constexpr int kRegs = kLanes == 16 ? 28 : 12;
+
+template <int NV>
+BlockFn BlockFor(int p) {
+  switch (p) {
+    case kRegs / NV: return PixelBlock<kRegs / NV, NV>;
+    case 4: return PixelBlock<4, NV>;
+    case 2: return PixelBlock<2, NV>;
+    default: return PixelBlock<1, NV>;
+  }
+}
+
+ffi::Error ConvForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                           ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y) {
+  auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
+  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4)
+    return ffi::Error::InvalidArgument("conv_forward: expected rank-4 x, w and y");
+  const int64_t n = xd[0], h = xd[1], wi = xd[2], ci = xd[3];
+  const int64_t kh = wd[0], kw = wd[1], co = wd[3];
+  const int64_t ho = yd[1], wo = yd[2];
+  if (wd[2] != ci || yd[0] != n || yd[3] != co || ho != h - kh + 1 || wo != wi - kw + 1)
+    return ffi::Error::InvalidArgument("conv_forward: inconsistent shapes");
+  if (co % kLanes)
+    return ffi::Error::InvalidArgument(
+        "conv_forward: needs output channels divisible by the vector width");
+  const int64_t vectors = co / kLanes;
+  const int nv = vectors % 4 == 0 ? 4 : vectors % 2 == 0 ? 2 : 1;
+  const int pmax = kRegs / nv;
+  const float* xp = x.typed_data();
+  const float* wp = w.typed_data();
+  float* yp = y->typed_data();
+  const int64_t rows = n * ho;
+  ParallelFor(pool, rows, [&](int64_t r) {
+    const int64_t b = r / ho, i = r % ho;
+    const float* xrow = xp + (b * h + i) * wi * ci;
+    float* yrow = yp + (b * ho + i) * wo * co;
+    for (int64_t v = 0; v < vectors; v += nv) {
+      int64_t j = 0;
+      for (int p : {pmax, 4, 2, 1}) {
+        BlockFn fn = nv == 4 ? BlockFor<4>(p) : nv == 2 ? BlockFor<2>(p) : BlockFor<1>(p);
+        for (; j + p <= wo; j += p)
+          fn(xrow + j * ci, ci, ci, wp + v * kLanes, co, kh, kw, wi * ci,
+             yrow + j * co + v * kLanes);
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward with few output channels (PRNet's 3-channel output layers), VALID: vectors run over
+// output pixels instead of channels. Each input row is copied once into a channel-planar ring
+// buffer ([c][column]); then for PV vectors of consecutive pixels and each output channel o,
+// acc[o][v] += w[kh, kw, c, o] * row_kh[c][j + kw + v*lanes ...].
+
+template <int CO, int PV>
+void SmallCoRow(const float* const* planes, int64_t plane_stride, int64_t ci, const float* w,
+                int64_t kh_count, int64_t kw_count, int64_t j, float* y, int64_t count) {
+  Vec acc[CO][PV];
+  for (int o = 0; o < CO; ++o)
+    for (int v = 0; v < PV; ++v) acc[o][v] = Vec{};
+  for (int64_t kh = 0; kh < kh_count; ++kh) {
+    for (int64_t kw = 0; kw < kw_count; ++kw) {
+      const float* wk = w + (kh * kw_count + kw) * ci * CO;
+      const float* base = planes[kh] + j + kw;
+      for (int64_t c = 0; c < ci; ++c) {
+        Vec xv[PV];
+#pragma GCC unroll 8
+        for (int v = 0; v < PV; ++v) xv[v] = LoadVec(base + c * plane_stride + v * kLanes);
+#pragma GCC unroll 4
+        for (int o = 0; o < CO; ++o) {
+          const float wo = wk[c * CO + o];
+#pragma GCC unroll 8
+          for (int v = 0; v < PV; ++v) acc[o][v] += wo * xv[v];
+        }
+      }
+    }
+  }
+  // Interleave back to NHWC; only `count` of the PV * lanes pixels are real.
+  alignas(64) float tmp[CO][PV * kLanes];
+  for (int o = 0; o < CO; ++o)
+    for (int v = 0; v < PV; ++v) std::memcpy(&tmp[o][v * kLanes], &acc[o][v], sizeof(Vec));
+  for (int64_t p = 0; p < count; ++p)
+    for (int o = 0; o < CO; ++o) y[p * CO + o] = tmp[o][p];
+}
+
+using SmallFn = void (*)(const float* const*, int64_t, int64_t, const float*, int64_t, int64_t,
+                         int64_t, float*, int64_t);
+constexpr int kSmallPV = kLanes == 16 ? 4 : 2;
+
+template <int CO>
+SmallFn SmallFor(bool full) {
+  return full ? SmallCoRow<CO, kSmallPV> : SmallCoRow<CO, 1>;
+}
+
+ffi::Error ConvForwardSmallCoImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                                  ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y) {
+  auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
+  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4)
+    return ffi::Error::InvalidArgument("conv_forward_small_co: expected rank-4 x, w and y");
+  const int64_t n = xd[0], h = xd[1], wi = xd[2], ci = xd[3];
+  const int64_t kh = wd[0], kw = wd[1], co = wd[3];
+  const int64_t ho = yd[1], wo = yd[2];
+  if (wd[2] != ci || yd[0] != n || yd[3] != co || ho != h - kh + 1 || wo != wi - kw + 1)
+    return ffi::Error::InvalidArgument("conv_forward_small_co: inconsistent shapes");
+  if (co < 1 || co > 4)
+    return ffi::Error::InvalidArgument("conv_forward_small_co: needs 1 to 4 output channels");
+  const float* xp = x.typed_data();
+  const float* wp = w.typed_data();
+  float* yp = y->typed_data();
+  // Planar rows are padded so that whole vectors past the last column stay inside the buffer.
+  const int64_t plane = wi + kSmallPV * kLanes + kLanes;
+  const int64_t rows = n * ho;
+  const int64_t chunk = 8;
+  const int64_t items = (rows + chunk - 1) / chunk;
+  ParallelFor(pool, items, [&](int64_t item) {
+    std::vector<float> ring(kh * ci * plane, 0.0f);
+    std::vector<const float*> planes(kh);
+    int64_t packed_b = -1, packed_next = 0;  // input rows [packed_next - kh, packed_next) packed
+    const int64_t r1 = std::min(rows, (item + 1) * chunk);
+    for (int64_t r = item * chunk; r < r1; ++r) {
+      const int64_t b = r / ho, i = r % ho;
+      if (b != packed_b || packed_next < i || packed_next > i + kh) {
+        packed_b = b;
+        packed_next = i;
+      }
+      for (; packed_next < i + kh; ++packed_next) {
+        float* dst = ring.data() + (packed_next % kh) * ci * plane;
+        const float* src = xp + (b * h + packed_next) * wi * ci;
+        for (int64_t col = 0; col < wi; ++col)
+          for (int64_t c = 0; c < ci; ++c) dst[c * plane + col] = src[col * ci + c];
+      }
+      for (int64_t k = 0; k < kh; ++k) planes[k] = ring.data() + ((i + k) % kh) * ci * plane;
+      float* yrow = yp + (b * ho + i) * wo * co;
+      const int64_t step = kSmallPV * kLanes;
+      for (int64_t j = 0; j < wo; j += step) {
+        const int64_t count = std::min<int64_t>(step, wo - j);
+        SmallFn fn;
+        switch (co) {
+          case 1: fn = SmallFor<1>(true); break;
+          case 2: fn = SmallFor<2>(true); break;
+          case 3: fn = SmallFor<3>(true); break;
+          default: fn = SmallFor<4>(true); break;
+        }
+        fn(planes.data(), plane, ci, wp, kh, kw, j, yrow + j * co, count);
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PrnetConvKernelGrad, ConvKernelGradImpl,
@@ -263,5 +455,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PrnetConvKernelGrad, ConvKernelGradImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("pad_top")
                                   .Attr<int64_t>("pad_left"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PrnetConvForward, ConvForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PrnetConvForwardSmallCo, ConvForwardSmallCoImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
 
 extern "C" int prnet_native_lanes() { return kLanes; }

@@ -25,6 +25,7 @@ stores them, ``[kh, kw, out, in]``). Activations are NHWC, conv kernels HWIO.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any, Sequence
 
@@ -42,6 +43,18 @@ _DN = ('NHWC', 'HWIO', 'NHWC')
 # Native CPU kernels (prnet_jax.native) for the fast path's convolutions where they apply
 # (measured: full-model train step and inference, see BENCHMARKS.md).
 NATIVE_KERNELS = True
+
+
+@contextlib.contextmanager
+def native_kernels(enabled: bool):
+  """Within the block, functions traced use (or not) the native CPU kernels; e.g. off for a
+  ``jax.export`` artifact that must run where prnet_jax's kernels are not registered."""
+  global NATIVE_KERNELS
+  before, NATIVE_KERNELS = NATIVE_KERNELS, enabled
+  try:
+    yield
+  finally:
+    NATIVE_KERNELS = before
 
 
 def _check(impl: str, x: jax.Array, kernel: jax.Array, stride: int) -> None:

@@ -44,7 +44,10 @@ def export_forward(model, variables, platforms: Sequence[str] = ('cpu',)):
   r = model.resolution
   specs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in flat]
   specs.append(jax.ShapeDtypeStruct((b, r, r, 3), jnp.uint8))
-  exported = jax_export.export(jax.jit(forward), platforms=tuple(platforms))(*specs)
+  # Plain XLA ops only: the artifact must run where prnet_jax's native kernels are not there.
+  from prnet_jax import conv_ops
+  with conv_ops.native_kernels(False):
+    exported = jax_export.export(jax.jit(forward), platforms=tuple(platforms))(*specs)
   return exported, flat
 
 

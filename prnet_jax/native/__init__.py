@@ -170,7 +170,8 @@ def available() -> bool:
 
 
 def _eligible(x: jax.Array) -> bool:
-  return x.dtype == jnp.float32 and jax.device_count() == 1 and available()
+  return (x.dtype == jnp.float32 and jax.default_backend() == 'cpu' and jax.device_count() == 1
+          and available())
 
 
 def forward_kind(x: jax.Array, kernel_shape: Sequence[int]) -> Optional[str]:
@@ -189,10 +190,11 @@ def forward_kind(x: jax.Array, kernel_shape: Sequence[int]) -> Optional[str]:
 def use_for(x: jax.Array, kernel_shape: Sequence[int]) -> bool:
   """Whether ``conv_ops`` computes this convolution's kernel gradient natively.
 
-  Conditions: float32; a single device (on several devices XLA's partitioner would gather the
-  batch-sharded operands for a custom call, so the data-parallel gradient stays XLA's); a kernel
-  of at most MAX_KERNEL_ELEMENTS; input or output channels a multiple of the vector width; the
-  library builds. The choice is made at trace time and changes round-off only."""
+  Conditions: float32; the CPU backend; a single device (on several devices XLA's
+  partitioner would gather the batch-sharded operands for a custom call, so the data-parallel
+  gradient stays XLA's); a kernel of at most MAX_KERNEL_ELEMENTS; input or output channels a
+  multiple of the vector width; the library builds. The choice is made at trace time and
+  changes round-off only."""
   kh, kw, ci, co = kernel_shape
   if kh * kw * ci * co > MAX_KERNEL_ELEMENTS or not _eligible(x):
     return False

@@ -170,7 +170,10 @@ def conv_stride1(x: jax.Array, kernel: jax.Array, padding: Sequence[tuple[int, i
   padding = tuple((int(a), int(b)) for a, b in padding)
   if NATIVE_KERNELS:
     forward_kind = native.forward_kind(x, kernel.shape)
-    native_grad = native.use_for(x, kernel.shape)
+    (pt, pb), (pl, pr) = padding
+    out_pixels = (x.shape[0] * (x.shape[1] + pt + pb - kernel.shape[0] + 1)
+                  * (x.shape[2] + pl + pr - kernel.shape[1] + 1))
+    native_grad = native.use_for(x, kernel.shape, out_pixels)
     if forward_kind or native_grad:
       return _conv_native(x, kernel, padding, precision, forward_kind, native_grad)
   if explicit_pad:

@@ -90,3 +90,25 @@ def test_torch_baseline_computes_our_function_and_trains():
   loss.backward()
   grads = [p.grad for p in tmodel.parameters()]
   assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_native_kernels_script_reports_both_ops_and_agreement(tmp_path):
+  """The per-layer native-vs-XLA table (quick variant): every shape has a kernel-gradient row,
+  few-channel shapes a forward row, and native and XLA agree to float32 round-off."""
+  import subprocess
+  from prnet_jax import native
+  if native.find_compiler() is None or not native.enabled_by_env():
+    pytest.skip('no C++ compiler (or PRNET_JAX_NATIVE=0): the native kernels are not built')
+  out = tmp_path / 'native.json'
+  r = subprocess.run([sys.executable, 'benchmarks/native_kernels.py', '--small', '--repeats=2',
+                      f'--output={out}'],
+                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  rows = json.loads(out.read_text())['rows']
+  assert sum(row['op'] == 'kernel_grad' for row in rows) == 4
+  assert {row['shape'] for row in rows if row['op'] == 'forward'} >= {
+      '64px 3->16 4x4 pad (1, 2)/(1, 2)', '32px 16->3 4x4 pad (2, 1)/(2, 1)'}
+  for row in rows:
+    assert row['max_rel_diff'] < 1e-4, row
+    assert row['native_ms'] > 0 and row['xla_ms'] > 0

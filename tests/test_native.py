@@ -131,13 +131,14 @@ def test_forward_kind_rules(lanes):
 
 
 def test_use_for_rules(lanes):
-  x32 = jnp.zeros((2, 8, 8, 16), jnp.float32)
+  x32 = jnp.zeros((2, 64, 64, 16), jnp.float32)  # 8192 output pixels at stride 1
   assert native.use_for(x32, (4, 4, 16, 16)) == (jax.device_count() == 1)
+  assert not native.use_for(x32, (4, 4, 16, 16), out_pixels=native.MIN_REDUCTION_PIXELS - 1)
   assert not native.use_for(x32.astype(jnp.bfloat16), (4, 4, 16, 16))
   with jax.enable_x64(True):
-    assert not native.use_for(jnp.zeros((2, 8, 8, 16), jnp.float64), (4, 4, 16, 16))
+    assert not native.use_for(jnp.zeros((2, 64, 64, 16), jnp.float64), (4, 4, 16, 16))
   assert not native.use_for(x32, (4, 4, 256, 256))       # large kernels: XLA is faster
-  assert not native.use_for(jnp.zeros((2, 8, 8, 3)), (4, 4, 3, 3))   # no vector width
+  assert not native.use_for(jnp.zeros((2, 64, 64, 3)), (4, 4, 3, 3))   # no vector width
 
 
 def test_conv_ops_gradients_use_the_native_kernel_and_agree_with_xla(lanes, monkeypatch):
@@ -145,6 +146,7 @@ def test_conv_ops_gradients_use_the_native_kernel_and_agree_with_xla(lanes, monk
   padding convention, and gives XLA's gradients."""
   if jax.device_count() != 1:
     pytest.skip('the native kernel gradient is used on a single device only')
+  monkeypatch.setattr(native, 'MIN_REDUCTION_PIXELS', 0)  # small test shapes
   r = np.random.RandomState(1)
   cases = [(conv_ops.conv_same, 1, (4, 4, 16, 32)), (conv_ops.conv_same, 2, (4, 4, 16, 16)),
            (conv_ops.conv_transpose_same, 1, (4, 4, 16, 16)),
@@ -173,6 +175,7 @@ def test_whole_model_gradients_match_with_and_without_the_native_kernel(lanes, m
   native kernel gradients equal XLA's to float32 round-off."""
   if jax.device_count() != 1:
     pytest.skip('the native kernel gradient is used on a single device only')
+  monkeypatch.setattr(native, 'MIN_REDUCTION_PIXELS', 0)  # every layer that qualifies by shape
   model = PRNet(resolution=32, width=16, bn_momentum=0.9)
   variables = jax.jit(lambda k: init_variables(model, k))(jax.random.key(0))
   r = np.random.RandomState(2)
@@ -213,7 +216,7 @@ try:
 except native.NativeBuildError as e:
   assert 'conv_kernels.cc' in str(e) and 'this compiler is broken' in str(e), e
   print('BUILD ERROR OK')
-x = jnp.ones((1, 8, 8, 16)); k = jnp.ones((4, 4, 16, 16))
+x = jnp.ones((2, 64, 64, 16)); k = jnp.ones((4, 4, 16, 16))
 g = jax.grad(lambda k: jnp.sum(conv_ops.conv_same(x, k, 1)))(k)
 print('GRAD', float(g.sum()))
 '''
@@ -223,7 +226,7 @@ print('GRAD', float(g.sum()))
   assert 'BUILD ERROR OK' in out.stdout
   assert 'using XLA convolution gradients instead' in out.stderr
   assert out.stderr.count('using XLA convolution gradients instead') == 1
-  # sum over the kernel of sum_{pixels in range} 1: every tap sees some of the 8x8 ones.
+  # sum over the kernel of sum_{pixels in range} 1: every tap sees some of the 64x64 ones.
   total = float(out.stdout.split('GRAD')[1])
-  assert total == brute_force_kernel_grad(np.ones((1, 8, 8, 16)), np.ones((1, 8, 8, 16)), 4, 4,
-                                          ((1, 2), (1, 2))).sum()
+  assert total == brute_force_kernel_grad(np.ones((2, 64, 64, 16)), np.ones((2, 64, 64, 16)),
+                                          4, 4, ((1, 2), (1, 2))).sum()

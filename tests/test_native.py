@@ -6,6 +6,7 @@ without one these tests skip with that reason (CI's machines have one: .ci/run p
 """
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -230,3 +231,41 @@ print('GRAD', float(g.sum()))
   total = float(out.stdout.split('GRAD')[1])
   assert total == brute_force_kernel_grad(np.ones((2, 64, 64, 16)), np.ones((2, 64, 64, 16)),
                                           4, 4, ((1, 2), (1, 2))).sum()
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ('x86_64', 'amd64'), reason='x86 flags')
+@pytest.mark.parametrize('flags,want_lanes', [('-march=x86-64-v3', 8), ('-march=x86-64', 4)])
+def test_kernels_built_for_narrower_vectors_compute_the_same(lanes, tmp_path, flags,
+                                                             want_lanes):
+  """The AVX2 and SSE2 builds (8 and 4 lanes: other register blocks) run on this CPU too and
+  agree with the float64 brute force."""
+  env = dict(os.environ, PRNET_JAX_NATIVE_FLAGS=flags, PRNET_JAX_CACHE=str(tmp_path),
+             PYTHONPATH=ROOT)
+  code = f'''
+import numpy as np, jax
+from prnet_jax import native
+sys_path = {os.path.dirname(os.path.abspath(__file__))!r}
+import sys; sys.path.insert(0, sys_path)
+from test_native import brute_force_kernel_grad, brute_force_conv
+lanes = native.load()
+assert lanes == {want_lanes}, lanes
+r = np.random.RandomState(0)
+for ci, co in ((16, 24), (3, 2 * lanes), (20, 3), (5, 64)):
+  x = r.randn(2, 7, 9, ci).astype(np.float32)
+  pad = ((1, 2), (2, 1))
+  dy = r.randn(2, 7, 9, co).astype(np.float32)
+  if ci % lanes == 0 or co % lanes == 0:
+    got = np.asarray(native.conv_kernel_grad(x, dy, (4, 4), pad))
+    np.testing.assert_allclose(got, brute_force_kernel_grad(x, dy, 4, 4, pad), atol=1e-4,
+                               rtol=1e-5)
+  w = r.randn(4, 4, ci, co).astype(np.float32)
+  kind = 'small_co' if co <= 4 else 'few_ci' if ci < lanes and co % lanes == 0 else None
+  if kind:
+    got = np.asarray(native.conv_forward(x, w, pad, kind))
+    np.testing.assert_allclose(got, brute_force_conv(x, w, pad), atol=1e-4, rtol=1e-5)
+print('OK', lanes)
+'''
+  out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f'OK {want_lanes}' in out.stdout

@@ -75,7 +75,10 @@ def _cpu_signature() -> str:
 
 
 def _arch_flags() -> list[list[str]]:
-  """Compiler flag sets to try in order: tuned for this CPU first, portable last."""
+  """Compiler flag sets to try in order: tuned for this CPU first, portable last;
+  ``$PRNET_JAX_NATIVE_FLAGS`` replaces them (e.g. ``-march=x86-64-v3`` for AVX2 code)."""
+  if os.environ.get('PRNET_JAX_NATIVE_FLAGS'):
+    return [os.environ['PRNET_JAX_NATIVE_FLAGS'].split()]
   if platform.machine().lower() in ('x86_64', 'amd64'):
     return [['-march=native', '-mprefer-vector-width=512'], []]
   return [['-mcpu=native'], []]

@@ -87,28 +87,18 @@ using RowFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, fl
 constexpr int kMaxB1 = kLanes == 16 ? 16 : 8;
 constexpr int kMaxB2 = kLanes == 16 ? 12 : 4;
 
-RowFn RowFor(int b, int nv) {
-  if (nv == 2) {
-    switch (b) {
-      case 1: return RowKernel<1, 2>;
-      case 2: return RowKernel<2, 2>;
-      case 3: return RowKernel<3, 2>;
-      case 4: return RowKernel<4, 2>;
-      case 8: return RowKernel<8, 2>;
-      case kMaxB2: return RowKernel<kMaxB2, 2>;
-    }
-  } else {
-    switch (b) {
-      case 1: return RowKernel<1, 1>;
-      case 2: return RowKernel<2, 1>;
-      case 3: return RowKernel<3, 1>;
-      case 4: return RowKernel<4, 1>;
-      case 8: return RowKernel<8, 1>;
-      case kMaxB1: return RowKernel<kMaxB1, 1>;
-    }
-  }
-  return nullptr;
+template <int NV>
+RowFn RowForNV(int b) {
+  // An if-chain, not a switch: the largest block size equals a small one on some CPUs.
+  if (b == (NV == 2 ? kMaxB2 : kMaxB1)) return RowKernel<NV == 2 ? kMaxB2 : kMaxB1, NV>;
+  if (b == 8) return RowKernel<8, NV>;
+  if (b == 4) return RowKernel<4, NV>;
+  if (b == 3) return RowKernel<3, NV>;
+  if (b == 2) return RowKernel<2, NV>;
+  return RowKernel<1, NV>;
 }
+
+RowFn RowFor(int b, int nv) { return nv == 2 ? RowForNV<2>(b) : RowForNV<1>(b); }
 
 // Splits `total` broadcast channels into register blocks of supported sizes.
 std::vector<std::pair<int64_t, int>> Blocks(int64_t total, int max_b) {
@@ -298,12 +288,10 @@ constexpr int kRegs = kLanes == 16 ? 28 : 12;
 
 template <int NV>
 BlockFn BlockFor(int p) {
-  switch (p) {
-    case kRegs / NV: return PixelBlock<kRegs / NV, NV>;
-    case 4: return PixelBlock<4, NV>;
-    case 2: return PixelBlock<2, NV>;
-    default: return PixelBlock<1, NV>;
-  }
+  if (p == kRegs / NV) return PixelBlock<kRegs / NV, NV>;
+  if (p == 4) return PixelBlock<4, NV>;
+  if (p == 2) return PixelBlock<2, NV>;
+  return PixelBlock<1, NV>;
 }
 
 ffi::Error ConvForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,

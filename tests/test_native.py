@@ -269,3 +269,11 @@ print('OK', lanes)
                        timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert f'OK {want_lanes}' in out.stdout
+
+
+def test_an_unwritable_cache_folder_is_a_clear_build_error(tmp_path, monkeypatch):
+  blocker = tmp_path / 'not-a-folder'
+  blocker.write_text('a file where the cache folder should be')
+  monkeypatch.setenv('PRNET_JAX_CACHE', str(blocker / 'cache'))
+  with pytest.raises(native.NativeBuildError, match='PRNET_JAX_CACHE'):
+    native.build(compiler=native.find_compiler() or sys.executable)

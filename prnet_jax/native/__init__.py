@@ -113,10 +113,14 @@ def build(compiler: Optional[str] = None) -> pathlib.Path:
     out = cache_dir() / f'conv_kernels-{key}.so'
     if out.exists():
       return out
-    out.parent.mkdir(parents=True, exist_ok=True)
     # Build next to the target and rename: processes building at once never see half a file.
-    fd, tmp = tempfile.mkstemp(suffix='.so', dir=out.parent)
-    os.close(fd)
+    try:
+      out.parent.mkdir(parents=True, exist_ok=True)
+      fd, tmp = tempfile.mkstemp(suffix='.so', dir=out.parent)
+      os.close(fd)
+    except OSError as e:
+      raise NativeBuildError(f'cannot write the native library to {out.parent} ({e}); set '
+                             'PRNET_JAX_CACHE to a writable folder') from e
     cmd = [compiler, *flags, f'-I{include}', str(SOURCE), '-o', tmp]
     try:
       proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

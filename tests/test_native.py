@@ -5,6 +5,7 @@ model's gradients with the kernel turned off. The kernel is built with the host'
 without one these tests skip with that reason (CI's machines have one: .ci/run prints it).
 """
 
+import json
 import os
 import platform
 import subprocess
@@ -277,3 +278,14 @@ def test_an_unwritable_cache_folder_is_a_clear_build_error(tmp_path, monkeypatch
   monkeypatch.setenv('PRNET_JAX_CACHE', str(blocker / 'cache'))
   with pytest.raises(native.NativeBuildError, match='PRNET_JAX_CACHE'):
     native.build(compiler=native.find_compiler() or sys.executable)
+
+
+def test_cli_builds_checks_and_reports(lanes):
+  out = subprocess.run([sys.executable, '-m', 'prnet_jax.native'], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600, env=dict(os.environ, PYTHONPATH=ROOT))
+  assert out.returncode == 0, out.stderr[-3000:]
+  report = json.loads(out.stdout[:out.stdout.rindex('}') + 1])
+  assert report['lanes'] == lanes and os.path.exists(report['library'])
+  assert set(report['max_rel_diff']) == {'kernel_grad', 'forward_small_co', 'forward_few_ci'}
+  assert all(v < 1e-4 for v in report['max_rel_diff'].values())
+  assert out.stdout.rstrip().splitlines()[-1].startswith('OK')

@@ -14,7 +14,8 @@ built, XLA computes the same function (BENCHMARKS.md has the numbers):
 The library is built with ``$CXX`` (else ``c++``, ``g++`` or ``clang++``) with
 ``-O3 -march=native`` into ``$PRNET_JAX_CACHE`` (default ``~/.cache/prnet_jax``) under a name that
 hashes the source, compiler, jaxlib version and CPU, so machines sharing a home folder do not
-share binaries; a build takes ~3 s once. ``PRNET_JAX_NATIVE=0`` turns the kernels off.
+share binaries; a build takes ~5 s once. ``PRNET_JAX_NATIVE=0`` turns the kernels off;
+``python -m prnet_jax.native`` builds them and checks each against XLA's op.
 """
 
 from __future__ import annotations
@@ -271,4 +272,51 @@ def xla_conv_kernel_grad(x: jax.Array, dy: jax.Array, kernel_size: tuple[int, in
   _, vjp = jax.vjp(lambda w: lax.conv_general_dilated(
       xp, w, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC')), w0)
   return vjp(dy)[0]
+
+
+
+def self_check(seed: int = 0) -> dict:
+  """Builds the library and compares each kernel with XLA's op on random data; returns
+  {'library', 'lanes', 'compiler', 'max_rel_diff': {kernel: value}}. Raises NativeBuildError."""
+  lanes = load()
+  r = np.random.RandomState(seed)
+  x = jnp.asarray(r.randn(2, 32, 24, 16), jnp.float32)
+  pad = ((1, 2), (2, 1))
+  dy = jnp.asarray(r.randn(2, 32, 24, 2 * lanes), jnp.float32)
+  diffs = {}
+
+  def rel(a, b):
+    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+  diffs['kernel_grad'] = rel(jax.jit(conv_kernel_grad, static_argnums=(2, 3))(x, dy, (4, 4), pad),
+                             xla_conv_kernel_grad(x, dy, (4, 4), pad))
+  for kind, ci, co in (('small_co', 16, 3), ('few_ci', 3, lanes)):
+    xi = x[..., :ci]
+    w = jnp.asarray(r.randn(4, 4, ci, co), jnp.float32)
+    want = lax.conv_general_dilated(xi, w, (1, 1), pad, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    diffs[f'forward_{kind}'] = rel(jax.jit(conv_forward, static_argnums=(2, 3))(xi, w, pad, kind),
+                                   want)
+  return {'library': str(build()), 'lanes': lanes, 'compiler': find_compiler(),
+          'max_rel_diff': diffs}
+
+
+def main() -> None:
+  """``python -m prnet_jax.native``: build (or find) the library, check it, say what is used."""
+  import json
+  import sys
+  if not enabled_by_env():
+    print('PRNET_JAX_NATIVE=0: the native kernels are turned off; XLA computes everything.')
+    return
+  try:
+    report = self_check()
+  except NativeBuildError as e:
+    print(f'the native kernels are not available, XLA computes everything instead:\n{e}',
+          file=sys.stderr)
+    sys.exit(1)
+  print(json.dumps(report, indent=2))
+  bad = {k: v for k, v in report['max_rel_diff'].items() if not v < 1e-4}
+  if bad:
+    print(f'MISMATCH against XLA: {bad}', file=sys.stderr)
+    sys.exit(1)
+  print(f'OK: on this machine ({jax.default_backend()}, {jax.device_count()} device(s)) conv_ops '
+        f'uses them in float32 on one CPU device; see prnet_jax/native/__init__.py for the rules.')
 

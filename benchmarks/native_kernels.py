@@ -68,15 +68,15 @@ def main():
           jax.jit(lambda x, dy, pad=pad, k=k: native.conv_kernel_grad(x, dy, (k, k), pad)),
           jax.jit(lambda x, dy, pad=pad, k=k: native.xla_conv_kernel_grad(x, dy, (k, k), pad)),
           (x, dy), native.use_for(x, kernel.shape, batch * ho * wo))
-    kind = native.forward_kind(x, kernel.shape)
-    if kind or co <= 4 or ci < 16:
-      fwd_kind = kind or ('small_co' if co <= 4 else 'few_ci')
-      if fwd_kind == 'small_co' or co % lanes == 0:
-        ops['forward'] = (
-            jax.jit(lambda x, w, pad=pad, kd=fwd_kind: native.conv_forward(x, w, pad, kd)),
-            jax.jit(lambda x, w, pad=pad: lax.conv_general_dilated(x, w, (1, 1), pad,
-                                                                    dimension_numbers=DN)),
-            (x, kernel), kind is not None)
+    # The forward kernel written for this shape, if any; conv_ops may still prefer XLA's.
+    fwd_kind = ('small_co' if co <= 4 else
+                'few_ci' if ci < lanes and co % lanes == 0 else None)
+    if fwd_kind:
+      ops['forward'] = (
+          jax.jit(lambda x, w, pad=pad, kd=fwd_kind: native.conv_forward(x, w, pad, kd)),
+          jax.jit(lambda x, w, pad=pad: lax.conv_general_dilated(x, w, (1, 1), pad,
+                                                                  dimension_numbers=DN)),
+          (x, kernel), native.forward_kind(x, kernel.shape) is not None)
     for op, (fn_native, fn_xla, args, used) in ops.items():
       got, want = fn_native(*args), fn_xla(*args)
       err = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))

@@ -240,13 +240,12 @@ def test_kernels_built_for_narrower_vectors_compute_the_same(lanes, tmp_path, fl
                                                              want_lanes):
   """The AVX2 and SSE2 builds (8 and 4 lanes: other register blocks) run on this CPU too and
   agree with the float64 brute force."""
+  tests_dir = os.path.dirname(os.path.abspath(__file__))  # for this module's references
   env = dict(os.environ, PRNET_JAX_NATIVE_FLAGS=flags, PRNET_JAX_CACHE=str(tmp_path),
-             PYTHONPATH=ROOT)
+             PYTHONPATH=os.pathsep.join([ROOT, tests_dir]))
   code = f'''
-import numpy as np, jax
+import numpy as np
 from prnet_jax import native
-sys_path = {os.path.dirname(os.path.abspath(__file__))!r}
-import sys; sys.path.insert(0, sys_path)
 from test_native import brute_force_kernel_grad, brute_force_conv
 lanes = native.load()
 assert lanes == {want_lanes}, lanes

@@ -23,6 +23,8 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -98,18 +100,23 @@ RowFn RowForNV(int b) {
   return RowKernel<1, NV>;
 }
 
-RowFn RowFor(int b, int nv) { return nv == 2 ? RowForNV<2>(b) : RowForNV<1>(b); }
+// A register block of broadcast channels [start, start + size) and its row kernel.
+struct Block {
+  int64_t start;
+  RowFn fn;
+};
 
-// Splits `total` broadcast channels into register blocks of supported sizes.
-std::vector<std::pair<int64_t, int>> Blocks(int64_t total, int max_b) {
-  std::vector<std::pair<int64_t, int>> blocks;
+// Splits `total` broadcast channels into register blocks of supported sizes for NV = nv.
+std::vector<Block> Blocks(int64_t total, int nv) {
+  const int max_b = nv == 2 ? kMaxB2 : kMaxB1;
+  std::vector<Block> blocks;
   int64_t start = 0;
   const int sizes[] = {max_b, 8, 4, 3, 2, 1};
   while (start < total) {
-    for (int s : sizes) {
-      if (s <= max_b && start + s <= total) {
-        blocks.emplace_back(start, s);
-        start += s;
+    for (int size : sizes) {
+      if (size <= max_b && start + size <= total) {
+        blocks.push_back({start, nv == 2 ? RowForNV<2>(size) : RowForNV<1>(size)});
+        start += size;
         break;
       }
     }
@@ -117,14 +124,13 @@ std::vector<std::pair<int64_t, int>> Blocks(int64_t total, int max_b) {
   return blocks;
 }
 
-// Accumulates into `dw` the contribution of rows [r0, r1) of the flattened (n, i) output rows,
-// for kernel taps [t0, t1) and broadcast register blocks [blk0, blk1). Layout of `dw`:
-// [kh][kw][ci][co] when the vectors run over co, [kh][kw][co][ci] otherwise.
+// Accumulates into `dw` the contribution of rows [r0, r1) of the flattened (n, i) output rows
+// for every kernel tap. Layout of `dw`: [kh][kw][ci][co] when the vectors run over co,
+// [kh][kw][co][ci] otherwise.
 void Accumulate(const Shape& s, const Plan& plan, const float* x, const float* dy, float* dw,
-                int64_t r0, int64_t r1, int64_t t0, int64_t t1,
-                const std::vector<std::pair<int64_t, int>>& blocks, size_t blk0, size_t blk1,
-                int64_t v_start, int64_t v_count, int nv) {
-  for (int64_t t = t0; t < t1; ++t) {
+                int64_t r0, int64_t r1, const std::vector<Block>& blocks, int64_t vectors,
+                int nv) {
+  for (int64_t t = 0; t < s.kh * s.kw; ++t) {
     const int64_t kh = t / s.kw, kw = t % s.kw;
     const int64_t jlo = std::max<int64_t>(0, s.pl - kw);
     const int64_t jhi = std::min<int64_t>(s.wo, s.w + s.pl - kw);
@@ -137,18 +143,15 @@ void Accumulate(const Shape& s, const Plan& plan, const float* x, const float* d
       const float* xrow = x + ((n * s.h + xi) * s.w + (jlo + kw - s.pl)) * s.ci;
       const float* dyrow = dy + ((n * s.ho + i) * s.wo + jlo) * s.co;
       const int64_t count = jhi - jlo;
-      for (size_t bi = blk0; bi < blk1; ++bi) {
-        const int64_t b = blocks[bi].first;
-        const int bsize = blocks[bi].second;
-        RowFn fn = RowFor(bsize, nv);
-        for (int64_t v = v_start; v < v_start + v_count; v += nv) {
-          if (plan.vec_is_dy) {
-            // acc[ci = b..][co = v*lanes..] -> dw[t][ci][co]
-            fn(xrow + b, s.ci, dyrow + v * kLanes, s.co, count, dwt + b * s.co + v * kLanes, s.co);
-          } else {
-            // acc[co = b..][ci = v*lanes..] -> scratch [co][ci], transposed by the caller.
-            fn(dyrow + b, s.co, xrow + v * kLanes, s.ci, count,
-               dwt + b * s.ci + v * kLanes, s.ci);
+      for (const Block& blk : blocks) {
+        const int64_t b = blk.start;
+        for (int64_t v = 0; v < vectors; v += nv) {
+          if (plan.vec_is_dy) {  // acc[ci = b..][co = v*lanes..] -> dw[t][ci][co]
+            blk.fn(xrow + b, s.ci, dyrow + v * kLanes, s.co, count,
+                   dwt + b * s.co + v * kLanes, s.co);
+          } else {  // acc[co = b..][ci = v*lanes..] -> dw[t][co][ci]
+            blk.fn(dyrow + b, s.co, xrow + v * kLanes, s.ci, count,
+                   dwt + b * s.ci + v * kLanes, s.ci);
           }
         }
       }
@@ -207,7 +210,7 @@ ffi::Error ConvKernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   }
   const int64_t vectors = plan.vec_channels / kLanes;
   const int nv = vectors % 2 == 0 ? 2 : 1;
-  const auto blocks = Blocks(plan.bcast_channels, nv == 2 ? kMaxB2 : kMaxB1);
+  const auto blocks = Blocks(plan.bcast_channels, nv);
   const int64_t taps = s.kh * s.kw, rows = s.n * s.ho;
   if (rows == 0 || taps == 0) {
     std::fill(dw->typed_data(), dw->typed_data() + dw->element_count(), 0.0f);
@@ -225,15 +228,15 @@ ffi::Error ConvKernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   // cache. (For large kernels, i.e. deep layers with short reductions, XLA's own convolution
   // is faster: prnet_jax.native.use_for decides.)
   const int64_t row_bytes = (s.wo * s.co + s.w * s.ci) * sizeof(float);
-  const int64_t chunk = std::max<int64_t>(1, (int64_t{192} << 10) / std::max<int64_t>(row_bytes, 1));
+  const int64_t chunk =
+      std::max<int64_t>(1, (int64_t{192} << 10) / std::max<int64_t>(row_bytes, 1));
   const int64_t parts = std::min<int64_t>(16, (rows + chunk - 1) / chunk);
   std::vector<float> partial(parts * dw_size, 0.0f);
   ParallelFor(pool, parts, [&](int64_t part) {
     const int64_t p0 = rows * part / parts, p1 = rows * (part + 1) / parts;
     float* acc = partial.data() + part * dw_size;
     for (int64_t r = p0; r < p1; r += chunk) {
-      Accumulate(s, plan, xp, dyp, acc, r, std::min(r + chunk, p1), 0, taps, blocks, 0,
-                 blocks.size(), 0, vectors, nv);
+      Accumulate(s, plan, xp, dyp, acc, r, std::min(r + chunk, p1), blocks, vectors, nv);
     }
   });
   for (int64_t t = 0; t < taps; ++t)
@@ -251,6 +254,24 @@ ffi::Error ConvKernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 // Forward: y[n, i, j, co] = sum_{kh, kw, ci} x[n, i + kh, j + kw, ci] * w[kh, kw, ci, co] (VALID;
 // the caller pads). P consecutive output pixels x NV vectors of output channels accumulate in
 // registers; each weight vector is loaded once per P pixels, each input value broadcast.
+
+// Shapes of a VALID forward convolution x (n, h, wi, ci) * w (kh, kw, ci, co) -> y.
+struct ForwardShape {
+  int64_t n, h, wi, ci, kh, kw, co, ho, wo;
+};
+
+std::optional<ffi::Error> CheckForward(const char* name, ffi::Buffer<ffi::F32>& x,
+                                       ffi::Buffer<ffi::F32>& w, ffi::ResultBuffer<ffi::F32>& y,
+                                       ForwardShape* f) {
+  auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
+  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4)
+    return ffi::Error::InvalidArgument(std::string(name) + ": expected rank-4 x, w and y");
+  *f = {xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], yd[1], yd[2]};
+  if (wd[2] != f->ci || yd[0] != f->n || yd[3] != f->co || f->ho != f->h - f->kh + 1 ||
+      f->wo != f->wi - f->kw + 1)
+    return ffi::Error::InvalidArgument(std::string(name) + ": inconsistent shapes");
+  return std::nullopt;
+}
 
 template <int P, int NV>
 inline void PixelBlock(const float* __restrict x, int64_t w_stride_x, int64_t ci_count,
@@ -287,29 +308,32 @@ using BlockFn = void (*)(const float*, int64_t, int64_t, const float*, int64_t, 
 constexpr int kRegs = kLanes == 16 ? 28 : 12;
 
 template <int NV>
-BlockFn BlockFor(int p) {
+BlockFn BlockForNV(int p) {
   if (p == kRegs / NV) return PixelBlock<kRegs / NV, NV>;
   if (p == 4) return PixelBlock<4, NV>;
   if (p == 2) return PixelBlock<2, NV>;
   return PixelBlock<1, NV>;
 }
 
+BlockFn BlockFor(int p, int nv) {
+  return nv == 4 ? BlockForNV<4>(p) : nv == 2 ? BlockForNV<2>(p) : BlockForNV<1>(p);
+}
+
 ffi::Error ConvForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                            ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y) {
-  auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
-  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4)
-    return ffi::Error::InvalidArgument("conv_forward: expected rank-4 x, w and y");
-  const int64_t n = xd[0], h = xd[1], wi = xd[2], ci = xd[3];
-  const int64_t kh = wd[0], kw = wd[1], co = wd[3];
-  const int64_t ho = yd[1], wo = yd[2];
-  if (wd[2] != ci || yd[0] != n || yd[3] != co || ho != h - kh + 1 || wo != wi - kw + 1)
-    return ffi::Error::InvalidArgument("conv_forward: inconsistent shapes");
+  ForwardShape f;
+  if (auto error = CheckForward("conv_forward", x, w, y, &f)) return *error;
+  const int64_t n = f.n, h = f.h, wi = f.wi, ci = f.ci, kh = f.kh, kw = f.kw, co = f.co;
+  const int64_t ho = f.ho, wo = f.wo;
   if (co % kLanes)
     return ffi::Error::InvalidArgument(
         "conv_forward: needs output channels divisible by the vector width");
   const int64_t vectors = co / kLanes;
   const int nv = vectors % 4 == 0 ? 4 : vectors % 2 == 0 ? 2 : 1;
-  const int pmax = kRegs / nv;
+  // Pixel blocks from the largest down, each with its kernel, chosen once.
+  const int sizes[] = {kRegs / nv, 4, 2, 1};
+  BlockFn fns[4];
+  for (int k = 0; k < 4; ++k) fns[k] = BlockFor(sizes[k], nv);
   const float* xp = x.typed_data();
   const float* wp = w.typed_data();
   float* yp = y->typed_data();
@@ -320,12 +344,10 @@ ffi::Error ConvForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     float* yrow = yp + (b * ho + i) * wo * co;
     for (int64_t v = 0; v < vectors; v += nv) {
       int64_t j = 0;
-      for (int p : {pmax, 4, 2, 1}) {
-        BlockFn fn = nv == 4 ? BlockFor<4>(p) : nv == 2 ? BlockFor<2>(p) : BlockFor<1>(p);
-        for (; j + p <= wo; j += p)
-          fn(xrow + j * ci, ci, ci, wp + v * kLanes, co, kh, kw, wi * ci,
-             yrow + j * co + v * kLanes);
-      }
+      for (int k = 0; k < 4; ++k)
+        for (; j + sizes[k] <= wo; j += sizes[k])
+          fns[k](xrow + j * ci, ci, ci, wp + v * kLanes, co, kh, kw, wi * ci,
+                 yrow + j * co + v * kLanes);
     }
   });
   return ffi::Error::Success();
@@ -372,23 +394,19 @@ using SmallFn = void (*)(const float* const*, int64_t, int64_t, const float*, in
                          int64_t, float*, int64_t);
 constexpr int kSmallPV = kLanes == 16 ? 4 : 2;
 
-template <int CO>
-SmallFn SmallFor(bool full) {
-  return full ? SmallCoRow<CO, kSmallPV> : SmallCoRow<CO, 1>;
-}
 
 ffi::Error ConvForwardSmallCoImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                                   ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y) {
-  auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
-  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4)
-    return ffi::Error::InvalidArgument("conv_forward_small_co: expected rank-4 x, w and y");
-  const int64_t n = xd[0], h = xd[1], wi = xd[2], ci = xd[3];
-  const int64_t kh = wd[0], kw = wd[1], co = wd[3];
-  const int64_t ho = yd[1], wo = yd[2];
-  if (wd[2] != ci || yd[0] != n || yd[3] != co || ho != h - kh + 1 || wo != wi - kw + 1)
-    return ffi::Error::InvalidArgument("conv_forward_small_co: inconsistent shapes");
+  ForwardShape f;
+  if (auto error = CheckForward("conv_forward_small_co", x, w, y, &f)) return *error;
+  const int64_t n = f.n, h = f.h, wi = f.wi, ci = f.ci, kh = f.kh, kw = f.kw, co = f.co;
+  const int64_t ho = f.ho, wo = f.wo;
   if (co < 1 || co > 4)
     return ffi::Error::InvalidArgument("conv_forward_small_co: needs 1 to 4 output channels");
+  const SmallFn fn = co == 1   ? SmallCoRow<1, kSmallPV>
+                     : co == 2 ? SmallCoRow<2, kSmallPV>
+                     : co == 3 ? SmallCoRow<3, kSmallPV>
+                               : SmallCoRow<4, kSmallPV>;
   const float* xp = x.typed_data();
   const float* wp = w.typed_data();
   float* yp = y->typed_data();
@@ -419,13 +437,6 @@ ffi::Error ConvForwardSmallCoImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
       const int64_t step = kSmallPV * kLanes;
       for (int64_t j = 0; j < wo; j += step) {
         const int64_t count = std::min<int64_t>(step, wo - j);
-        SmallFn fn;
-        switch (co) {
-          case 1: fn = SmallFor<1>(true); break;
-          case 2: fn = SmallFor<2>(true); break;
-          case 3: fn = SmallFor<3>(true); break;
-          default: fn = SmallFor<4>(true); break;
-        }
         fn(planes.data(), plane, ci, wp, kh, kw, j, yrow + j * co, count);
       }
     }

@@ -288,3 +288,23 @@ def test_cli_builds_checks_and_reports(lanes):
   assert set(report['max_rel_diff']) == {'kernel_grad', 'forward_small_co', 'forward_few_ci'}
   assert all(v < 1e-4 for v in report['max_rel_diff'].values())
   assert out.stdout.rstrip().splitlines()[-1].startswith('OK')
+
+
+def test_bad_inputs_are_named(lanes, monkeypatch):
+  """No compiler, a mismatched output gradient, and shapes a kernel is not written for each
+  give a message that says what is wrong."""
+  monkeypatch.delenv('CXX', raising=False)
+  monkeypatch.setenv('PATH', '/nonexistent')
+  assert native.find_compiler() is None
+  with pytest.raises(native.NativeBuildError, match='no C.. compiler found'):
+    native.build()
+  x = jnp.zeros((1, 8, 8, 16))
+  with pytest.raises(ValueError, match='does not match input'):
+    native.conv_kernel_grad(x, jnp.zeros((1, 8, 7, 16)), (4, 4), ((1, 2), (1, 2)))
+  # Called directly (conv_ops never does), the kernels refuse shapes they are not written for.
+  with pytest.raises(Exception, match='divisible by the vector width'):
+    jax.block_until_ready(native.conv_kernel_grad(
+        jnp.zeros((1, 8, 8, 3)), jnp.zeros((1, 8, 8, 3)), (4, 4), ((1, 2), (1, 2))))
+  with pytest.raises(Exception, match='needs 1 to 4 output channels'):
+    jax.block_until_ready(native.conv_forward(x, jnp.zeros((4, 4, 16, 5)), ((1, 2), (1, 2)),
+                                              'small_co'))

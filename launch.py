@@ -6,8 +6,12 @@ Multi-host (TPU pod slice, SLURM, or explicit): every host runs the same command
 distributed runtime is initialised automatically on TPU pods and SLURM, or explicitly with
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
 The logic lives in importable modules (prnet_jax.*) so notebooks can call it directly.
-On Linux the script restarts itself once with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (faster on
-CPUs; PRNET_JAX_NO_HUGEPAGES=1 turns it off).
+Training builds the embedded synthetic datasets on first use (`datasets.build.ensure_built`).
+
+The script first restarts itself once in `prnet_jax.runtime.tuned_env` (faster XLA:CPU): an
+XLA_FLAGS flag that runs convolutions on Eigen (PRNET_JAX_KEEP_XLA_FLAGS=1 leaves XLA_FLAGS
+alone) and, on Linux with glibc >= 2.35, GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+(PRNET_JAX_NO_HUGEPAGES=1 turns it off).
 """
 
 import logging
@@ -19,7 +23,7 @@ from absl import logging as absl_logging
 from absl import flags
 from ml_collections import config_flags
 
-import prnet_jax  # sets the XLA:CPU flags before JAX starts
+from prnet_jax import runtime
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/prnet.py:small',
                                           lock_config=True)
@@ -31,8 +35,8 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index.')
 _CHECKPOINT = flags.DEFINE_string(
-    'checkpoint', None, 'eval/predict: a checkpoint directory (ours or converted official weights), '
-    'or "untrained" for the baseline; default WORKDIR/checkpoints.')
+    'checkpoint', None, 'eval/predict: a checkpoint directory or a run\'s workdir (ours, or '
+    'converted official weights), or "untrained" for the baseline; default WORKDIR.')
 _INPUT = flags.DEFINE_string('input', None, 'predict: an image, a folder of images or a video.')
 _OUTPUT = flags.DEFINE_string('output', None, 'predict: output folder (default WORKDIR/predict).')
 _ORACLE = flags.DEFINE_bool('oracle', False, 'eval: score the ground truth against itself '
@@ -57,6 +61,22 @@ def initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
+def _ensure_built(dataset: str, data_dir) -> None:
+  """Builds a synthetic dataset on first use (process 0; the others wait), or says how to
+  build one from downloaded files. The datasets/ builders are imported here only: the library
+  reads built datasets without them."""
+  import jax
+  from datasets import build
+  builder = build.make_builder(dataset, data_dir)
+  if builder.is_prepared():
+    return
+  if jax.process_index() == 0 or getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None):
+    build.ensure_built(dataset, data_dir)  # raises on every process for a manual dataset
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices('prnet_jax: dataset built')
+
+
 def main(argv):
   # jax and orbax log every backend probe and checkpoint phase at INFO; keep the console for
   # progress lines (--verbosity=0 brings them back).
@@ -79,8 +99,7 @@ def main(argv):
     from prnet_jax import predict
     if not _INPUT.value:
       raise app.UsageError('--input (an image, folder or video) is required for --mode=predict')
-    checkpoint = _CHECKPOINT.value or (os.path.join(_WORKDIR.value, 'checkpoints')
-                                       if _WORKDIR.value else None)
+    checkpoint = _CHECKPOINT.value or _WORKDIR.value
     if not checkpoint:
       raise app.UsageError('--checkpoint or --workdir is required for --mode=predict')
     output = _OUTPUT.value or os.path.join(_WORKDIR.value or '.', 'predict')
@@ -104,6 +123,13 @@ def main(argv):
     return 0
   from prnet_jax import train
   try:
+    _ensure_built(config.dataset, config.data_dir or None)
+  except FileNotFoundError as e:
+    print(f'error: {e}\nTo try the pipeline without downloads, train on synthetic faces '
+          f'instead:\n  python launch.py --config=configs/prnet.py:small '
+          f'--workdir=workdirs/small', file=sys.stderr)
+    return 1
+  try:
     train.train_and_evaluate(config, _WORKDIR.value)
   except train.TrainingError as e:
     print(f'error: {e}', file=sys.stderr)
@@ -112,7 +138,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  # glibc huge pages for XLA's per-step activations (CPU: 15% faster train step; BENCHMARKS.md).
-  prnet_jax.restart_with_hugepage_malloc()
+  # Eigen convolutions and glibc huge pages for XLA:CPU (BENCHMARKS.md).
+  runtime.restart_tuned()
   flags.mark_flag_as_required('config')
   app.run(main)

@@ -4,7 +4,7 @@
   python benchmarks/checkpoint_save.py --devices=1 --config=small
 
 Each variant runs in its own subprocess (orbax's array handler is process-wide): `orbax default`
-(replica-parallel for every array) and `prnet_jax` (`train.write_small_arrays_from_one_replica`,
+(replica-parallel for every array) and `prnet_jax` (`checkpointing.write_small_arrays_from_one_replica`,
 what training uses). Reports, per save, the time `CheckpointManager.save` blocks the caller
 (the async write continues in the background) and the time until the write is finished.
 """
@@ -24,32 +24,26 @@ sys.path.insert(0, os.path.join(ROOT, 'configs'))
 def worker(config_name: str, devices: int, variant: str, saves: int, directory: str) -> dict:
   import jax
   jax.config.update('jax_num_cpu_devices', devices)
-  import orbax.checkpoint as ocp
 
   import prnet as config_module
-  from prnet_jax import train
-  from prnet_jax.face_model import derive_uv_assets
+  from prnet_jax import checkpointing, train
+  from prnet_jax.face_assets import uv_assets_for
   from prnet_jax.model import ModelConfig
-  from prnet_jax.procedural_face import procedural_face_model
-  if variant == 'prnet_jax':
-    train.write_small_arrays_from_one_replica()
   c = config_module.get_config(config_name)
-  trainer = train.make_trainer(c, 100, derive_uv_assets(procedural_face_model(),
-                                                        c.model.resolution))
+  trainer = train.make_trainer(c, 100, uv_assets_for('procedural', c.model.resolution))
   state = jax.block_until_ready(trainer.init(jax.random.key(0)))
-  options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=True,
-                                         create=True)
-  mngr = ocp.CheckpointManager(directory, options=options)
-  model_config = ModelConfig.from_mapping(dict(c.model))
+  min_bytes = checkpointing.REPLICA_PARALLEL_MIN_BYTES if variant == 'prnet_jax' else None
+  ckpt = checkpointing.TrainCheckpointer(directory, ModelConfig.from_mapping(dict(c.model)),
+                                         keep=2, replica_parallel_min_bytes=min_bytes)
   blocking, total = [], []
   for _ in range(saves):
     state = state.replace(step=state.step + 1)
     t = time.perf_counter()
-    train._save(mngr, state, {'position': 0}, model_config)  # pylint: disable=protected-access
+    ckpt.save(state, {'position': 0})
     blocking.append(time.perf_counter() - t)
-    mngr.wait_until_finished()
+    ckpt.wait_until_finished()
     total.append(time.perf_counter() - t)
-  mngr.close()
+  ckpt.close()
   return {'variant': variant, 'config': config_name, 'devices': jax.device_count(),
           'arrays': len(jax.tree_util.tree_leaves(state)),
           'first_blocking_s': blocking[0], 'first_total_s': total[0],

@@ -14,11 +14,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import prnet_jax  # noqa: E402  (XLA:CPU flags before JAX starts)
+from prnet_jax import runtime  # noqa: E402  (XLA:CPU settings: runtime.restart_tuned)
 import jax  # noqa: E402
 
 from benchmarks.common import median, report, time_calls  # noqa: E402
-from prnet_jax.model import ModelConfig, PRNet, init_variables, prepare_for_inference  # noqa: E402,E501
+from prnet_jax.model import ModelConfig, PRNet, inference_fn, init_variables  # noqa: E402
 
 
 def main():
@@ -34,12 +34,12 @@ def main():
   cfg = ModelConfig(a.resolution, a.width, a.dtype, impl=a.impl)
   model = PRNet.from_config(cfg)
   variables = jax.jit(lambda k: init_variables(model, k))(jax.random.key(0))
-  if a.impl == 'fast':  # as the predictor and evaluator run it
-    model, variables = prepare_for_inference(model, variables)
+  prepare, forward = inference_fn(model)  # as the predictor and evaluators run it
+  variables = prepare(variables)
   rows = []
   for bs in [int(b) for b in a.batch_sizes.split(',')]:
-    x = jax.random.uniform(jax.random.key(1), (bs, a.resolution, a.resolution, 3))
-    fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    x = jax.random.uniform(jax.random.key(1), (bs, a.resolution, a.resolution, 3)) * 255
+    fwd = jax.jit(forward)
     t = time.perf_counter()
     compiled = fwd.lower(variables, x).compile()
     compile_s = time.perf_counter() - t
@@ -54,5 +54,5 @@ def main():
 
 
 if __name__ == '__main__':
-  prnet_jax.restart_with_hugepage_malloc()
+  runtime.restart_tuned()
   main()

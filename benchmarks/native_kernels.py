@@ -16,7 +16,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import prnet_jax  # noqa: E402  (XLA:CPU flags before JAX starts)
+from prnet_jax import runtime  # noqa: E402  (XLA:CPU settings: runtime.restart_tuned)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -91,5 +91,5 @@ def main():
 
 
 if __name__ == '__main__':
-  prnet_jax.restart_with_hugepage_malloc()
+  runtime.restart_tuned()
   main()

@@ -25,7 +25,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'configs'))
-import prnet_jax  # noqa: E402  (XLA:CPU flags before JAX starts)
+from prnet_jax import runtime  # noqa: E402  (XLA:CPU settings: runtime.restart_tuned)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -97,7 +97,7 @@ def main():
   import prnet as config_module
   from prnet_jax import train
   from prnet_jax.face_model import derive_uv_assets
-  from prnet_jax.model import init_variables, prepare_for_inference
+  from prnet_jax.model import inference_fn, init_variables
   from prnet_jax.procedural_face import procedural_face_model
 
   dtype = jnp.dtype(a.dtype)
@@ -118,12 +118,11 @@ def main():
 
   # Inference: prepared kernels, batch-1 latency and batched throughput.
   variables = jax.jit(lambda k: init_variables(trainer.model, k))(jax.random.key(0))
-  model = trainer.model
-  if a.impl == 'fast':  # as the predictor runs it
-    model, variables = prepare_for_inference(model, variables)
-  fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  prepare, forward = inference_fn(trainer.model)  # as the predictor runs it
+  variables = prepare(variables)
+  fwd = jax.jit(forward)
   for batch in (1, a.batch):
-    x = jax.random.uniform(jax.random.key(1), (batch, res, res, 3))
+    x = jax.random.uniform(jax.random.key(1), (batch, res, res, 3)) * 255
     compiled = fwd.lower(variables, x).compile()
     seconds = _timed(compiled, (variables, x), a.repeats)
     flops, nbytes = _cost(compiled)
@@ -158,5 +157,5 @@ def main():
 
 
 if __name__ == '__main__':
-  prnet_jax.restart_with_hugepage_malloc()
+  runtime.restart_tuned()
   main()

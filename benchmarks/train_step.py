@@ -19,7 +19,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'configs'))
-import prnet_jax  # noqa: E402  (XLA:CPU flags before JAX starts)
+from prnet_jax import runtime  # noqa: E402  (XLA:CPU settings: runtime.restart_tuned)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -79,5 +79,5 @@ def main():
 
 
 if __name__ == '__main__':
-  prnet_jax.restart_with_hugepage_malloc()
+  runtime.restart_tuned()
   main()

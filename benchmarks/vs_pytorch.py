@@ -76,7 +76,6 @@ def _config(a):
 
 
 def jax_worker(conn, a):
-  import prnet_jax  # noqa: F401  (sets the XLA CPU flags before JAX starts)
   import jax
   import jax.numpy as jnp
   from prnet_jax import train
@@ -98,9 +97,10 @@ def jax_worker(conn, a):
   check_x = rng.rand(2, res, res, 3).astype(np.float32)
   check_out = np.asarray(jax.jit(lambda v, x: model.apply(v, x))(check_vars, check_x))
   # Inference as prnet_jax's predictor and evaluator run it (kernels prepared once).
-  from prnet_jax.model import prepare_for_inference
-  inf_model, inf_vars = prepare_for_inference(model, variables)
-  fwd = jax.jit(lambda v, x: inf_model.apply(v, x))
+  from prnet_jax.model import inference_fn
+  prepare, forward = inference_fn(model)
+  inf_vars = prepare(variables)
+  fwd = jax.jit(forward)
   conn.send({'config': c.to_dict(), 'loss_weights': np.asarray(assets.loss_weights),
              'variables': jax.device_get(variables), 'check_variables': jax.device_get(check_vars),
              'check_x': check_x, 'check_out': check_out, 'jax': jax.__version__})
@@ -129,7 +129,7 @@ def jax_worker(conn, a):
     step_s = time.perf_counter() - t
     x1 = jax.ShapeDtypeStruct((1, res, res, 3), jnp.float32)
     t = time.perf_counter()
-    jax.jit(lambda v, x: inf_model.apply(v, x)).lower(inf_vars, x1).compile()
+    jax.jit(forward).lower(inf_vars, x1).compile()
     return step_s, time.perf_counter() - t
 
   _serve(conn, make_call, {'compile': compile_times})
@@ -191,9 +191,10 @@ def _recv(conn):
 
 
 def main():
-  # Both workers inherit the environment: glibc huge pages for both frameworks (prnet_jax).
-  import prnet_jax
-  prnet_jax.restart_with_hugepage_malloc()
+  # Both workers inherit the environment: glibc huge pages for both frameworks, and JAX's
+  # XLA:CPU flags (prnet_jax.runtime).
+  from prnet_jax import runtime
+  runtime.restart_tuned()
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--config', default='synthetic', help='variant of configs/prnet.py')
   p.add_argument('--what', default='train,inference,compile')

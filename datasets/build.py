@@ -41,6 +41,23 @@ def build(name: str, data_dir: Optional[str] = None, manual_dir: Optional[str] =
   return builder
 
 
+def ensure_built(name: str, data_dir: Optional[str] = None):
+  """Builds `name` on first use if it needs no downloads (synthetic_faces); for a dataset built
+  from files you download, raises FileNotFoundError with what to download and the build
+  command. Returns the builder."""
+  builder = make_builder(name, data_dir)
+  if builder.is_prepared():
+    return builder
+  instructions = getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
+  if instructions:
+    raise FileNotFoundError(
+        f'Dataset {name} is not prepared in {builder.data_dir_root}. Build it with:\n'
+        f'  python -m datasets.build {name} --manual_dir=DIR' +
+        (f' --data_dir={data_dir}' if data_dir else '') + f'\n{instructions}')
+  print(f'building {name} (first run only) ...', flush=True)
+  return build(name, data_dir)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('name', help='dataset[/config], e.g. synthetic_faces/small')

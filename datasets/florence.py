@@ -108,8 +108,12 @@ class Florence(common.ManualFaceBuilder):
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
+    from prnet_jax import florence
+    # The options are recorded with the data, so evaluation reads them without this code.
+    metadata = florence.options_to_metadata(options_of(self.builder_config))
     return self.dataset_info_from_configs(
         description=(self.__doc__ or '').split('\n')[0],
+        metadata=tfds.core.MetadataDict(metadata),
         features=tfds.features.FeaturesDict({
             'image': tfds.features.Scalar(dtype=np.object_),
             'view_transform': tfds.features.Tensor(shape=(3, 4), dtype=np.float32),
@@ -143,7 +147,7 @@ class Florence(common.ManualFaceBuilder):
 
 
 def options_of(builder_config: Optional[FlorenceConfig]):
-  """The FlorenceOptions a build used (for evaluation)."""
+  """The FlorenceOptions a build uses."""
   from prnet_jax import florence
   if builder_config is None:
     return florence.FlorenceOptions()

@@ -43,6 +43,12 @@ NO_AUGMENT = AugmentConfig(rotation_deg=0.0, translation=0.0, scale=(1.0, 1.0),
                            color=(1.0, 1.0), occlusion_prob=0.0)
 
 
+def _uniform(key: jax.Array, shape: tuple = (), minval=0.0, maxval=1.0) -> jax.Array:
+  # float32 draws whatever jax_enable_x64 says: a seed gives the same augmentation in float32
+  # and float64 (x64) runs.
+  return jax.random.uniform(key, shape, jnp.float32, minval, maxval)
+
+
 def _similarity(angle, scale, shift, center):
   """3x3: x -> R(angle) * scale * (x - center) + center + shift (JAX, traced values)."""
   c, s = scale * jnp.cos(angle), scale * jnp.sin(angle)
@@ -55,10 +61,10 @@ def _similarity(angle, scale, shift, center):
 def sample_transform(rng: jax.Array, size: int, config: AugmentConfig) -> jax.Array:
   """(3, 3) random similarity for one example."""
   k1, k2, k3 = jax.random.split(rng, 3)
-  angle = jnp.deg2rad(jax.random.uniform(k1, (), minval=-config.rotation_deg,
+  angle = jnp.deg2rad(_uniform(k1, (), minval=-config.rotation_deg,
                                          maxval=config.rotation_deg))
-  scale = jax.random.uniform(k2, (), minval=config.scale[0], maxval=config.scale[1])
-  shift = jax.random.uniform(k3, (2,), minval=-config.translation,
+  scale = _uniform(k2, (), minval=config.scale[0], maxval=config.scale[1])
+  shift = _uniform(k3, (2,), minval=-config.translation,
                              maxval=config.translation) * size
   center = jnp.full((2,), (size - 1) / 2.0)
   return _similarity(angle, scale, shift, center)
@@ -74,16 +80,16 @@ def occlude(rng: jax.Array, image: jax.Array, config: AugmentConfig) -> jax.Arra
   """Pastes a noise-textured rectangle with probability `occlusion_prob`."""
   h, w, _ = image.shape
   k_on, k_size, k_pos, k_col, k_noise, k_mix = jax.random.split(rng, 6)
-  on = jax.random.uniform(k_on) < config.occlusion_prob
-  size = jax.random.uniform(k_size, (2,), minval=config.occlusion_size[0],
+  on = _uniform(k_on) < config.occlusion_prob
+  size = _uniform(k_size, (2,), minval=config.occlusion_size[0],
                             maxval=config.occlusion_size[1]) * jnp.array([h, w])
-  corner = jax.random.uniform(k_pos, (2,)) * (jnp.array([h, w]) - size)
+  corner = _uniform(k_pos, (2,)) * (jnp.array([h, w]) - size)
   ys, xs = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
   inside = ((ys >= corner[0]) & (ys < corner[0] + size[0]) &
             (xs >= corner[1]) & (xs < corner[1] + size[1]))[..., None]
-  base = jax.random.uniform(k_col, (3,))
-  noise = jax.random.uniform(k_noise, image.shape)
-  mix = jax.random.uniform(k_mix, (), minval=0.2, maxval=0.8)
+  base = _uniform(k_col, (3,))
+  noise = _uniform(k_noise, image.shape)
+  mix = _uniform(k_mix, (), minval=0.2, maxval=0.8)
   texture = jnp.clip((1 - mix) * base + mix * noise, 0.0, 1.0)
   return jnp.where(on & inside, texture, image)
 
@@ -96,7 +102,7 @@ def augment_example(rng: jax.Array, image: jax.Array, pos: jax.Array,
   t = sample_transform(k_t, size, config)
   image = geometry.warp_image(image, t, size, size)
   pos = transform_position_map(pos, t)
-  colour = jax.random.uniform(k_c, (3,), minval=config.color[0], maxval=config.color[1])
+  colour = _uniform(k_c, (3,), minval=config.color[0], maxval=config.color[1])
   image = jnp.clip(image * colour, 0.0, 1.0)
   if config.occlusion_prob > 0:
     image = occlude(k_o, image, config)

@@ -36,9 +36,6 @@ from jax import lax
 from prnet_jax import native
 
 IMPLS = ('fast', 'reference')
-# Stride-2 4x4 convs as space-to-depth + 2x2 conv: the plain strided conv's kernel gradient
-# needs a 2x-dilated copy of the output gradient (measured: train step 4.1 s -> 3.0 s).
-S2D_STRIDED_CONV = True
 _DN = ('NHWC', 'HWIO', 'NHWC')
 # Native CPU kernels (prnet_jax.native) for the fast path's convolutions where they apply
 # (measured: full-model train step and inference, see BENCHMARKS.md).
@@ -85,9 +82,8 @@ def conv_same(x: jax.Array, kernel: jax.Array, stride: int = 1, impl: str = 'fas
   if stride == 1:
     pads = lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], (1, 1), 'SAME')
     return conv_stride1(x, kernel, pads, precision)
-  if not S2D_STRIDED_CONV:
-    return lax.conv_general_dilated(x, kernel, (stride, stride), 'SAME',
-                                    dimension_numbers=_DN, precision=precision)
+  # Stride-2 4x4 convs as space-to-depth + 2x2 conv: the plain strided conv's kernel gradient
+  # needs a 2x-dilated copy of the output gradient (measured: train step 4.1 s -> 3.0 s).
   if k != 4:
     raise ValueError(f'the fast stride-2 convolution is written for 4x4 kernels, got {k}x{k}')
   b, h, w, c = x.shape

@@ -29,16 +29,14 @@ from jax import export as jax_export
 
 def export_forward(model, variables, platforms: Sequence[str] = ('cpu',)):
   """(Exported, flat variables): f(*flat_variables, images) -> position maps."""
-  if model.impl == 'fast' and not model.prepared:  # decoder kernels rearranged once, here
-    from prnet_jax.model import prepare_for_inference
-    model, variables = prepare_for_inference(model, variables)
+  from prnet_jax.model import inference_fn
+  prepare, forward = inference_fn(model)
+  variables = prepare(variables)  # decoder kernels rearranged once, here
   flat, treedef = jax.tree_util.tree_flatten(variables)
   flat = [np.asarray(x) for x in flat]
 
-  def forward(*args):
-    v = jax.tree_util.tree_unflatten(treedef, args[:-1])
-    images = args[-1].astype(jnp.float32) / 255.0
-    return model.apply(v, images, train=False).astype(jnp.float32)
+  def exported_forward(*args):
+    return forward(jax.tree_util.tree_unflatten(treedef, args[:-1]), args[-1])
 
   (b,) = jax_export.symbolic_shape('b')
   r = model.resolution
@@ -47,7 +45,7 @@ def export_forward(model, variables, platforms: Sequence[str] = ('cpu',)):
   # Plain XLA ops only: the artifact must run where prnet_jax's native kernels are not there.
   from prnet_jax import conv_ops
   with conv_ops.native_kernels(False):
-    exported = jax_export.export(jax.jit(forward), platforms=tuple(platforms))(*specs)
+    exported = jax_export.export(jax.jit(exported_forward), platforms=tuple(platforms))(*specs)
   return exported, flat
 
 

@@ -25,13 +25,17 @@ are options here (`FlorenceOptions`) with these defaults:
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+import time
+from typing import Any, Mapping, Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prnet_jax import geometry, icp, mesh_io, render
+from prnet_jax import data_io, evaluator, geometry, icp, input_pipeline, mesh_io, render, sharding
 from prnet_jax.mesh_io import Scan
+from prnet_jax.model import PRNet, inference_fn
+from prnet_jax.uv_assets import UVAssets
 
 OUTER_EYE_CORNERS = (36, 45)  # 0-based iBUG-68 indices
 NOSE_TIP = 30
@@ -160,3 +164,54 @@ def aligned_error(aligned: np.ndarray, landmarks: np.ndarray, gt_points: np.ndar
   eyes = np.asarray(landmarks, np.float64)[list(OUTER_EYE_CORNERS)]
   iod = float(np.linalg.norm(eyes[0] - eyes[1]))
   return {'nme': error / iod, 'error_mm': error, 'interocular_mm': iod}
+
+
+# ----------------------------------------------------------------------- options of a build
+
+def options_to_metadata(opts: FlorenceOptions) -> dict[str, Any]:
+  """JSON-able options, stored in a built dataset's metadata (``DatasetInfo.metadata``)."""
+  return {'florence_options': dataclasses.asdict(opts)}
+
+
+def options_from_metadata(metadata: Optional[Mapping[str, Any]]) -> FlorenceOptions:
+  """The FlorenceOptions a build recorded; the defaults where it recorded none (the fields
+  evaluation uses, crop size, radius and ICP settings, are the same in every build config)."""
+  stored = dict((metadata or {}).get('florence_options') or {})
+  fields = {f.name: f for f in dataclasses.fields(FlorenceOptions)}
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items() if k in fields}
+  return FlorenceOptions(**kwargs)
+
+
+# ------------------------------------------------------------------------ over a dataset
+
+def evaluate_views(model: PRNet, variables, assets: UVAssets, mesh: jax.sharding.Mesh, source,
+                   order: np.ndarray, batch_size: int,
+                   opts: FlorenceOptions = FlorenceOptions()) -> dict[str, np.ndarray]:
+  """Per-view reconstruction errors (`reconstruction_error`) of a model over the rendered views
+  of a `florence` dataset: the forward pass jitted over `mesh`, ICP per view on the host."""
+  data_sharding = sharding.batch_sharding(mesh)
+  prepare, forward = inference_fn(model)
+  variables = prepare(variables)
+  forward = jax.jit(forward, out_shardings=sharding.replicated(mesh))
+  res = model.resolution
+  rows: dict[str, list] = {k: [] for k in ('nme', 'error_mm', 'interocular_mm', 'scale',
+                                           'landmarks')}
+  start, done = time.time(), 0
+  for idx, real in evaluator.global_batches(len(order), batch_size):
+    mine = evaluator.local_rows(idx)
+    records = {int(i): source[int(order[i])] for i in set(idx[:real]) | set(mine)}
+    local = [input_pipeline.resize_image(data_io.decode_image(records[int(i)]['image']), res)
+             for i in mine]
+    images = jax.make_array_from_process_local_data(data_sharding, np.stack(local))
+    maps = np.asarray(jax.device_get(forward(variables, images)))[:real]
+    for j, pos in enumerate(maps):
+      rec = records[int(idx[j])]
+      k = res / opts.image_size  # the view transform is for the rendered size
+      t = np.asarray(rec['view_transform'], np.float64) * k
+      r = reconstruction_error(assets.vertices(pos), assets.landmarks(pos), rec['gt_points'],
+                               rec['nose_tip'], t, opts)
+      for name in rows:
+        rows[name].append(assets.landmarks(pos) / k if name == 'landmarks' else r[name])
+    done += real
+    evaluator.progress(done, len(order), start)
+  return {k: np.asarray(v) for k, v in rows.items()}

@@ -16,6 +16,7 @@ Augmentation runs afterwards on the accelerator (`prnet_jax.augment`).
 from __future__ import annotations
 
 import copy
+import os
 import queue
 import threading
 from typing import Any, Optional
@@ -26,26 +27,45 @@ import numpy as np
 from prnet_jax import data_io, posmap_codec
 
 FIELDS = ('image', 'position_map', 'landmarks', 'yaw_bucket')
+# Datasets built from files the user downloads, and what goes in the manual dir (the builders in
+# the repository's datasets/ say more: `python -m datasets.build NAME` prints it).
+MANUAL_DATASETS = {
+    'prnet_300wlp': '300W_LP/ (the 300W-LP release) and BFM/ (BFM.mat, BFM_UV.mat from face3d)',
+    'aflw2000_3d': 'AFLW2000/ (the AFLW2000-3D release; optional BFM/ for dense maps)',
+    'florence': 'Florence/ (the MICC Florence scans, one folder per subject)',
+}
 
 
 class DatasetNotFoundError(FileNotFoundError):
   pass
 
 
-def data_source(name: str, split: str, data_dir: Optional[str] = None):
-  """The TFDS random-access source of `name` ('dataset[/config]'); a clear error if unbuilt."""
+def _default_data_dir() -> str:
+  return os.path.expanduser(os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'))
+
+
+def prepared_builder(name: str, data_dir: Optional[str] = None):
+  """The built dataset `name` ('dataset[/config]', the newest version) under `data_dir`, read
+  from its files: the builders' code (the repository's `datasets/`) is not needed, only what
+  `python -m datasets.build` wrote. Raises DatasetNotFoundError with the build command."""
   import tensorflow_datasets as tfds
-  import datasets  # noqa: F401  (registers the builders)
-  builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
-  if not builder.is_prepared():
-    instructions = getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
-    msg = (f'Dataset {name} is not prepared in {builder.data_dir_root}. Build it with:\n'
-           f'  python -m datasets.build {name}' +
-           (f' --data_dir={data_dir}' if data_dir else ''))
-    if instructions:
-      msg += f' --manual_dir=DIR\n{instructions}'
-    raise DatasetNotFoundError(msg)
-  return builder.as_data_source(split=split)
+  root = data_dir or _default_data_dir()
+  try:
+    return tfds.core.read_only_builder.builder_from_files(name, data_dir=root,
+                                                          file_format='array_record')
+  except (tfds.core.registered.DatasetNotFoundError, FileNotFoundError, ValueError) as e:
+    dataset = name.split('/')[0]
+    manual = (f' --manual_dir=DIR\nwhere DIR holds files you download yourself: '
+              f'{MANUAL_DATASETS[dataset]}' if dataset in MANUAL_DATASETS else '')
+    raise DatasetNotFoundError(
+        f'Dataset {name} is not prepared in {root} ({type(e).__name__}). Build it with:\n'
+        f'  python -m datasets.build {name}' + (f' --data_dir={data_dir}' if data_dir else '')
+        + manual) from e
+
+
+def data_source(name: str, split: str, data_dir: Optional[str] = None):
+  """The random-access source of a built dataset's split (see `prepared_builder`)."""
+  return prepared_builder(name, data_dir).as_data_source(split=split)
 
 
 def _resize(array: np.ndarray, size: int) -> np.ndarray:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -304,6 +304,28 @@ def prepare_for_inference(model: PRNet, variables: Mapping[str, Any]) -> tuple[P
   out = dict(variables)
   out['params'] = params
   return model.clone(prepared=True), out
+
+
+def inference_fn(model: PRNet) -> tuple[Callable[[Any], Any], Callable[[Any, jax.Array], jax.Array]]:
+  """The inference forward pass, the one the predictor, the evaluators and the export share.
+
+  Returns (prepare, forward):
+  * prepare(variables) -> the variables `forward` takes (for the fast model, the decoder kernels
+    rearranged once by `prepare_for_inference`; jit it where the variables change);
+  * forward(prepared variables, images) -> float32 position maps (B, R, R, 3) in input pixels,
+    from images (B, R, R, 3) holding pixel values in [0, 255]: uint8, or float (a float crop
+    is used as it is, not rounded).
+  """
+  if model.impl == 'fast' and not model.prepared:
+    net = model.clone(prepared=True)
+    prepare = lambda variables: prepare_for_inference(model, variables)[1]
+  else:
+    net, prepare = model, lambda variables: variables
+
+  def forward(variables, images: jax.Array) -> jax.Array:
+    x = jnp.asarray(images).astype(jnp.float32) / 255.0
+    return net.apply(variables, x, train=False).astype(jnp.float32)
+  return prepare, forward
 
 
 def count_params(tree: Any) -> int:

@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from prnet_jax import checkpointing, geometry, icp, render
-from prnet_jax.model import PRNet, prepare_for_inference
-from prnet_jax.uv_assets import UVAssets
+from prnet_jax.face_assets import uv_assets_for
+from prnet_jax.model import PRNet, inference_fn
+from prnet_jax.uv_assets import AssetError, UVAssets
 
 
 MAX_PIXELS = 50_000_000  # larger photos are refused with a message (not an out-of-memory crash)
@@ -189,31 +190,26 @@ class Predictor:
     if assets.resolution != model.resolution:
       raise PredictError(f'UV assets are {assets.resolution} px, the model {model.resolution} px')
     self.model, self.assets = model, assets
-    if model.impl == 'fast' and not model.prepared:  # decoder kernels rearranged once
-      variables = jax.jit(lambda v: prepare_for_inference(model, v)[1])(variables)
-      model = model.clone(prepared=True)
-    self.variables = jax.device_put(variables)
+    prepare, forward = inference_fn(model)
+    self.variables = jax.device_put(jax.jit(prepare)(variables))
     self._detector = detector
-    self._forward = jax.jit(lambda v, x: model.apply(v, x.astype(jnp.float32) / 255.0,
-                                                     train=False).astype(jnp.float32))
+    self._forward = jax.jit(forward)
 
   @classmethod
   def from_checkpoint(cls, path: str, uv_assets: str = 'procedural',
                       detector: Optional[FaceDetector] = None) -> 'Predictor':
-    """`path`: a checkpoint directory (ours or converted official weights); `uv_assets`:
-    'procedural' (models trained on the synthetic faces) or an official uv-data folder."""
+    """`path`: a checkpoint directory or a training run's workdir (ours or converted official
+    weights); `uv_assets`: 'procedural' (models trained on the synthetic faces) or an official
+    uv-data folder."""
     try:
       variables, model_config, _ = checkpointing.load_variables(path)
     except checkpointing.CheckpointError as e:
       raise PredictError(str(e)) from e
     model = PRNet.from_config(model_config)
-    if uv_assets == 'procedural':
-      from prnet_jax.face_model import derive_uv_assets
-      from prnet_jax.procedural_face import procedural_face_model
-      assets = derive_uv_assets(procedural_face_model(), model.resolution)
-    else:
-      from prnet_jax.uv_assets import load_uv_assets
-      assets = load_uv_assets(uv_assets)
+    try:
+      assets = uv_assets_for(uv_assets, model.resolution)
+    except AssetError as e:
+      raise PredictError(str(e)) from e
     return cls(model, variables, assets, detector)
 
   @property
@@ -392,7 +388,8 @@ def run(predictor: Predictor, inputs: str, out_dir: str, batch: int = 16) -> int
 def main(argv: Optional[Sequence[str]] = None) -> int:
   import argparse
   p = argparse.ArgumentParser(description='PRNet prediction: meshes, landmarks, poses.')
-  p.add_argument('--checkpoint', required=True, help='checkpoint directory')
+  p.add_argument('--checkpoint', required=True,
+                 help="checkpoint directory, or a training run's workdir")
   p.add_argument('--input', required=True, help='image, folder of images, or video')
   p.add_argument('--output', required=True, help='output folder')
   p.add_argument('--uv_assets', default='procedural',

@@ -1,5 +1,8 @@
 """Shared fixtures: the reference files of ../shared (skipped cleanly on a fresh clone).
 
+The tests run with launch.py's XLA:CPU flags (`prnet_jax.runtime`, set here before JAX starts;
+subprocesses inherit them): faster convolutions, the same results.
+
 Also gives the whole test session one persistent XLA compilation cache (a fresh temporary
 directory unless JAX_COMPILATION_CACHE_DIR is set): the training tests start many subprocesses
 that compile the same train step, and XLA:CPU compiles take most of their time. The cache only
@@ -14,6 +17,10 @@ import tempfile
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:  # before jax is imported; subprocesses inherit it
   os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='prnet-jax-xla-cache-')
   atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
+
+from prnet_jax import runtime  # noqa: E402
+
+runtime.apply_cpu_xla_flags()
 
 import pytest  # noqa: E402
 

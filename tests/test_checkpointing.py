@@ -51,3 +51,22 @@ def test_damaged_checkpoint_is_reported_with_its_path(tmp_path):
   with pytest.raises(checkpointing.CheckpointError,
                      match=f'{tmp_path}/2: cannot restore model variables'):
     checkpointing.load_variables(str(tmp_path))
+
+
+def test_a_runs_workdir_loads_like_its_checkpoints_folder(tmp_path):
+  """Users pass the folder they gave `launch.py --workdir`; training writes WORKDIR/checkpoints."""
+  checkpointing.save_variables(str(tmp_path / 'run' / 'checkpoints'), fake_variables(2),
+                               ModelConfig(), step=4)
+  (tmp_path / 'run' / 'eval').mkdir()  # other things a run writes beside its checkpoints
+  assert checkpointing.resolve_directory(str(tmp_path / 'run')) == str(
+      tmp_path / 'run' / 'checkpoints')
+  from_workdir = checkpointing.load_variables(str(tmp_path / 'run'))
+  from_folder = checkpointing.load_variables(str(tmp_path / 'run' / 'checkpoints'))
+  assert from_workdir[2] == from_folder[2] == 4
+  np.testing.assert_array_equal(from_workdir[0]['params']['conv0']['conv']['kernel'],
+                                fake_variables(2)['params']['conv0']['conv']['kernel'])
+  # A workdir without checkpoints still names the folder it looked in.
+  (tmp_path / 'fresh' / 'checkpoints').mkdir(parents=True)
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r"fresh/checkpoints: no checkpoint steps found.*workdir"):
+    checkpointing.load_variables(str(tmp_path / 'fresh'))

@@ -21,10 +21,7 @@ def x64():
 
 
 @pytest.mark.parametrize('op,k,stride,transposed', CASES)
-@pytest.mark.parametrize('s2d', [False, True])
-def test_fast_equals_reference_values_and_gradients(x64, monkeypatch, op, k, stride,
-                                                    transposed, s2d):
-  monkeypatch.setattr(conv_ops, 'S2D_STRIDED_CONV', s2d)
+def test_fast_equals_reference_values_and_gradients(x64, op, k, stride, transposed):
   r = np.random.RandomState(k * 10 + stride)
   cin, cout = 3, 5
   x = jnp.asarray(r.randn(2, 8, 6, cin))

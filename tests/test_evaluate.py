@@ -15,7 +15,8 @@ from PIL import Image
 
 import configs.prnet as prnet_config
 from datasets import build as build_lib
-from prnet_jax import checkpointing, data_io, evaluate, input_pipeline, metrics
+from prnet_jax import checkpointing, data_io, evaluate, evaluator, input_pipeline, metrics
+from prnet_jax.face_assets import uv_assets_for
 from prnet_jax.model import ModelConfig, PRNet, init_variables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,14 +34,15 @@ def tiny(tmp_path_factory):
   model_config = ModelConfig.from_mapping(dict(config.model))
   model = PRNet.from_config(model_config)
   variables = init_variables(model, jax.random.key(3))
-  ckpt = str(root / 'ckpt')
-  checkpointing.save_variables(ckpt, variables, model_config, step=7)
+  ckpt = str(root / 'run')  # a run's workdir, as users pass it (checkpoints in run/checkpoints)
+  checkpointing.save_variables(os.path.join(ckpt, 'checkpoints'), variables, model_config,
+                               step=7)
   return config, ckpt, variables, model
 
 
 def test_global_batches_cover_every_index_once():
   seen = []
-  for idx, real in evaluate.global_batches(11, 4):
+  for idx, real in evaluator.global_batches(11, 4):
     assert len(idx) == 4
     seen += list(idx[:real])
   assert seen == list(range(11))
@@ -51,11 +53,10 @@ def test_per_example_results_equal_a_direct_computation(tiny):
   the metrics on that example alone."""
   config, _, variables, model = tiny
   source = input_pipeline.data_source(config.dataset, 'test', config.data_dir)
-  from prnet_jax import train
-  assets = train.uv_assets_for(config, model.resolution)
+  assets = uv_assets_for(config.uv_assets, model.resolution)
   mesh = jax.make_mesh((1,), ('data',))
-  opts = evaluate.EvalOptions(batch_size=6)
-  out = evaluate.Evaluator(model, assets, mesh, opts).run(variables, source)
+  opts = evaluator.EvalOptions(batch_size=6)
+  out = evaluator.Evaluator(model, assets, mesh, opts).run(variables, source)
   n = len(source)
   assert n == 16 and all(len(v) == n for v in out.values())
   decode = input_pipeline.DecodeExample(model.resolution)

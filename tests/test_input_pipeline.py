@@ -1,5 +1,9 @@
 """grain input pipeline: decoding, shuffling by seed, process shards, exact resume."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -12,14 +16,39 @@ NUM = 24
 
 
 @pytest.fixture(scope='module')
-def source(tmp_path_factory):
+def built(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp('tfds')
   config = synthetic_faces.SyntheticFacesConfig(name='pipe', image_size=64, num_train=NUM,
                                                 num_test=4, seed=0)
   builder = synthetic_faces.SyntheticFaces(config=config, data_dir=str(data_dir),
                                            file_format='array_record', num_workers=0)
   builder.download_and_prepare(file_format='array_record')
-  return builder.as_data_source(split='train')
+  return builder, str(data_dir)
+
+
+@pytest.fixture(scope='module')
+def source(built):
+  return built[0].as_data_source(split='train')
+
+
+def test_a_built_dataset_is_read_without_the_builders_code(built, tmp_path):
+  """Where `datasets` is another package (Hugging Face's, on Colab) or absent, a built dataset
+  reads the same: from its files only."""
+  shadow = tmp_path / 'datasets'
+  shadow.mkdir()
+  (shadow / '__init__.py').write_text('raise ImportError("not the prnet-jax builders")\n')
+  code = (f'import json, sys; from prnet_jax import input_pipeline as ip; '
+          f's = ip.data_source("synthetic_faces/pipe", "train", {built[1]!r}); '
+          f'print(json.dumps([len(s), s[3]["file_name"].decode(), '
+          f'"datasets" in sys.modules]))')
+  env = dict(os.environ, PYTHONPATH=str(tmp_path))
+  r = subprocess.run([sys.executable, '-c', code], cwd=str(tmp_path), env=env,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  import json
+  n, name, imported = json.loads(r.stdout.strip().splitlines()[-1])
+  assert (n, name) == (NUM, built[0].as_data_source(split='train')[3]['file_name'].decode())
+  assert not imported
 
 
 def sharding():

@@ -20,12 +20,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope='module')
 def ckpt(tmp_path_factory):
-  """A small-variant checkpoint (64 px, width 4)."""
+  """A small-variant checkpoint (64 px, width 4), as a run's workdir (WORKDIR/checkpoints/0):
+  every CLI and loader here takes the workdir as users pass it."""
   model_config = ModelConfig.from_mapping(dict(prnet_config.get_config('small').model))
-  path = str(tmp_path_factory.mktemp('predict') / 'ckpt')
-  checkpointing.save_variables(path, init_variables(PRNet.from_config(model_config),
-                                                    jax.random.key(1)), model_config)
-  return path
+  workdir = tmp_path_factory.mktemp('predict') / 'run'
+  checkpointing.save_variables(str(workdir / 'checkpoints'), init_variables(
+      PRNet.from_config(model_config), jax.random.key(1)), model_config)
+  return str(workdir)
 
 
 @pytest.fixture(scope='module')

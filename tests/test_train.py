@@ -79,38 +79,37 @@ def free_port():
     return s.getsockname()[1]
 
 
-def train_one_and_two_processes(tiny_data, tmp_path, env=None):
-  """4 SGD steps (lr 0.002) on 1 process x 4 devices and on 2 processes x 2 devices
-  (jax.distributed on 127.0.0.1, gloo collectives, per-process data slices, orbax multi-host
-  checkpoints); returns (single workdir, multi workdir, their metrics rows)."""
-  # One checkpoint, the final one (orbax saves dominate such short runs).
-  env = dict(os.environ, CKPT_EVERY='4', **(env or {}))
-  opt = ['sgd', '0.002']
-  single = tmp_path / 'single'
-  r = subprocess.run([sys.executable, WORKER, 'train', '4', str(single), tiny_data, '4',
-                      f'127.0.0.1:{free_port()}', '1', '0', *opt], cwd=ROOT, env=env,
-                     capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-  multi = tmp_path / 'multi'
+SGD = ['sgd', '0.002']
+
+
+def train_two_processes(tiny_data, workdir, env=None):
+  """4 SGD steps (lr 0.002) on 2 processes x 2 devices (jax.distributed on 127.0.0.1, gloo
+  collectives, per-process data slices, orbax multi-host checkpoints); returns the metrics rows."""
   address = f'127.0.0.1:{free_port()}'
-  procs = [subprocess.Popen([sys.executable, WORKER, 'train', '2', str(multi), tiny_data, '4',
-                             address, '2', str(i), *opt], cwd=ROOT, env=env,
+  procs = [subprocess.Popen([sys.executable, WORKER, 'train', '2', str(workdir), tiny_data, '4',
+                             address, '2', str(i), *SGD], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(2)]
   outs = [p.communicate(timeout=600)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
   assert '4 devices on 2 process(es)' in outs[0]
-  rows = [[json.loads(l) for l in open(w / 'metrics.jsonl')] for w in (single, multi)]
-  assert [r['step'] for r in rows[0]] == [r['step'] for r in rows[1]] == [1, 2, 4]
-  return single, multi, rows
+  return [json.loads(l) for l in open(workdir / 'metrics.jsonl')]
 
 
 def test_two_processes_end_with_the_same_parameters_as_one_process_float64(tiny_data, tmp_path):
   """The float64 model: 2 processes x 2 devices end with the same parameters as 1 process x 4
   devices (measured: bitwise equal). This proves the multi-host code path computes the same
-  training; in float32 the two differ only by amplified round-off (next test)."""
-  single, multi, rows = train_one_and_two_processes(tiny_data, tmp_path, {'PRNET_FLOAT64': '1'})
+  training; in float32 the two differ by round-off (next test)."""
+  # One checkpoint, the final one (orbax saves dominate such short runs).
+  env = dict(os.environ, CKPT_EVERY='4', PRNET_FLOAT64='1')
+  single = tmp_path / 'single'
+  run_worker('train', '4', single, tiny_data, '4', f'127.0.0.1:{free_port()}', '1', '0', *SGD,
+             env=env)
+  multi = tmp_path / 'multi'
+  rows = [[json.loads(l) for l in open(single / 'metrics.jsonl')],
+          train_two_processes(tiny_data, multi, env)]
+  assert [r['step'] for r in rows[0]] == [r['step'] for r in rows[1]] == [1, 2, 4]
   for r0, r1 in zip(*rows):
     assert r1['loss'] == pytest.approx(r0['loss'], rel=1e-12)
   d = json.loads(run_worker('compare', 1, single, multi).stdout.strip().splitlines()[-1])
@@ -118,35 +117,33 @@ def test_two_processes_end_with_the_same_parameters_as_one_process_float64(tiny_
   assert d['max_abs'] <= 1e-12 * d['max_param'], d
 
 
+# How far one float32 training step may be from the exact (float64) step, relative to the size
+# of the step. This small network (width 2, batch 8, BatchNorm over 2-4 examples per channel
+# slice, augmentation) is sensitive to round-off: recomputing a step in float32 on one process
+# lands 0.2-3% of the step away from the float64 step, and a different order of the cross-
+# device sums moves it by as much. A process that used wrong rows, unreduced gradients or
+# per-process BatchNorm statistics would be off by tens of percent.
+STEP_TOLERANCE = 0.1
+
+
 def test_two_processes_train_like_one_process_with_four_devices(tiny_data, tmp_path):
-  """float32: the runs agree to round-off, not bits. Cross-process reductions add in another
-  order; a small SGD step keeps that round-off from being amplified (Adam turns it into
-  full-size steps for near-zero gradients). Measured: replicas stay bitwise consistent across
-  processes; parameters differ ~2e-4 (relative) after 4 augmented steps, while the float64 model
-  (previous test) gives identical parameters."""
-  single, multi, rows = train_one_and_two_processes(tiny_data, tmp_path)
-  a, step_a = final_params(single)
-  b, step_b = final_params(multi)
-  assert step_a == step_b == 4
-  # Step 1 is the same computation; later steps carry amplified round-off: the same
-  # trajectory to ~1%.
-  assert rows[1][0]['loss'] == pytest.approx(rows[0][0]['loss'], rel=1e-5)
-  for r0, r1 in zip(*rows):
-    assert r1['loss'] == pytest.approx(r0['loss'], rel=1e-2)
-  sys.path.insert(0, os.path.dirname(WORKER))
-  import train_worker
-  from prnet_jax import train
-  from prnet_jax.face_model import derive_uv_assets
-  from prnet_jax.procedural_face import procedural_face_model
-  trainer = train.make_trainer(train_worker.tiny_config(), 8,
-                               derive_uv_assets(procedural_face_model(), 64))
-  init = jax.device_get(trainer.init(jax.random.key(0)).params)
-  flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(t)])
-  moved_a, moved_b = flat(a['params']) - flat(init), flat(b['params']) - flat(init)
-  assert np.linalg.norm(moved_a) > 1e-4
-  cosine = moved_a @ moved_b / (np.linalg.norm(moved_a) * np.linalg.norm(moved_b))
-  assert cosine > 0.95, cosine  # the same direction of travel (measured ~0.98)
-  assert np.linalg.norm(moved_b) == pytest.approx(np.linalg.norm(moved_a), rel=0.1)
+  """float32, step by step: each step of a 2-process x 2-device run is within float32 round-off
+  of the exact step (the float64 step from the run's own previous state and batch, computed by
+  1 process x 4 devices), as a 1-process float32 step is. Per step, so round-off is not
+  compounded: comparing whole float32 trajectories lets chaotic training amplify it by amounts
+  that change with the machine."""
+  env = dict(os.environ, CKPT_EVERY='1', LOG_EVERY='1', KEEP_CHECKPOINTS='5')
+  multi = tmp_path / 'multi'
+  rows = train_two_processes(tiny_data, multi, env)
+  assert [r['step'] for r in rows] == [1, 2, 3, 4]
+  replay = json.loads(run_worker('replay', '4', multi, tiny_data, '4', *SGD,
+                                 env=env).stdout.strip().splitlines()[-1])
+  assert [(r['step'], r['run_step'], r['my_step']) for r in replay] == [(k, k, k)
+                                                                         for k in (1, 2, 3, 4)]
+  for r in replay:
+    assert r['update'] > 1e-3, r  # each step moves the parameters
+    assert r['mine_vs_exact'] <= STEP_TOLERANCE * r['update'], r  # float32 on one process
+    assert r['run_vs_exact'] <= STEP_TOLERANCE * r['update'], r   # float32 on two processes
 
 
 def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(tiny_data, tmp_path):

@@ -4,6 +4,8 @@
   python tests/train_worker.py train NUM_DEVICES WORKDIR DATA_DIR STEPS [COORD PROCS PID
                                                                           [OPTIMIZER LR]]
   python tests/train_worker.py compare 1 WORKDIR_A WORKDIR_B  -> JSON: final parameter difference
+  python tests/train_worker.py replay NUM_DEVICES WORKDIR DATA_DIR STEPS OPTIMIZER LR
+      -> JSON: each saved step of WORKDIR recomputed here from the step before it
 Environment: PRNET_FLOAT64=1 trains the float64 model (x64 on).
 """
 
@@ -30,6 +32,7 @@ def tiny_config():
   c.batch_size = 8
   c.log_every = int(os.environ.get('LOG_EVERY', 2))
   c.checkpoint_every = int(os.environ.get('CKPT_EVERY', 2))
+  c.keep_checkpoints = int(os.environ.get('KEEP_CHECKPOINTS', 3))
   c.eval_every = 0
   return c
 
@@ -47,7 +50,8 @@ def step_losses(fsdp=1):
            'position_map': rng.uniform(0, 60, (8, 64, 64, 3)).astype(np.float32)}
   batch = jax.device_put(batch, trainer.data_sharding)
   state = trainer.init(jax.random.key(0))
-  (loss, (_, stats)), grads = jax.device_get(trainer.grad(state, batch))
+  grad_fn = jax.jit(jax.value_and_grad(trainer.loss_fn, has_aux=True))
+  (loss, (_, stats)), grads = jax.device_get(grad_fn(state.params, state, batch))
   first = {'loss': float(loss),
            'grads': [np.asarray(g).tolist() for g in jax.tree_util.tree_leaves(grads)[:6]],
            'grad_norms': [float(np.linalg.norm(g)) for g in jax.tree_util.tree_leaves(grads)],
@@ -77,14 +81,66 @@ def compare_params(dir_a, dir_b):
           'max_abs': float(np.abs(a - b).max()), 'max_param': float(np.abs(a).max())}
 
 
+def replay(workdir, data_dir, steps, optimizer, lr):
+  """Recomputes each step k of a float32 run (checkpoints 1..steps, e.g. written by several
+  processes) in this process, from the run's own state k-1 (the seed's initial state for k = 1)
+  and the same batch: in float32 on this device layout, and in float64 (the exact step, to
+  float32's eyes). Reports the distances between the three new states' parameters. A per-step
+  comparison: round-off is not compounded over steps."""
+  import numpy as np
+  from prnet_jax import checkpointing, input_pipeline, train
+  from prnet_jax.face_assets import uv_assets_for
+  from prnet_jax.model import ModelConfig
+  c = tiny_config()
+  c.data_dir, c.optimizer, c.learning_rate = data_dir, optimizer, lr
+  source = train.training_data(c)
+  steps_per_epoch = max(len(source) // c.batch_size, 1)
+  assets = uv_assets_for('procedural', 64)
+  trainer = train.make_trainer(c, steps_per_epoch, assets)
+  c64 = tiny_config()
+  c64.optimizer, c64.learning_rate, c64.model.dtype = optimizer, lr, 'float64'
+  trainer64 = train.make_trainer(c64, steps_per_epoch, assets, trainer.mesh)
+  loader = input_pipeline.train_loader(source, c.batch_size, c.seed, 64)
+  batches = input_pipeline.DeviceIterator(loader, trainer.data_sharding)
+  ckpt = checkpointing.TrainCheckpointer(os.path.join(workdir, 'checkpoints'),
+                                         ModelConfig.from_mapping(dict(c.model)), keep=steps + 1)
+  flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(
+      jax.device_get(t))]).astype(np.float64)
+  to64 = lambda t: jax.tree_util.tree_map(
+      lambda x: x.astype(np.float64) if np.issubdtype(x.dtype, np.floating) else x, t)
+  prev = trainer.init(jax.random.key(c.seed))
+  rows = []
+  for k in range(1, steps + 1):
+    run_k, _ = ckpt.restore(k, trainer.abstract_state, data_state=False)
+    batch = next(batches)
+    before, run = flat(prev.params), flat(run_k.params)
+    exact, _ = trainer64.step(jax.device_put(to64(jax.device_get(prev)), trainer64.state_sharding),
+                              batch)
+    mine, _ = trainer.step(prev, batch)
+    my_step, exact, mine = int(mine.step), flat(exact.params), flat(mine.params)
+    rows.append({'step': k, 'run_step': int(run_k.step), 'my_step': my_step,
+                 'update': float(np.linalg.norm(exact - before)),
+                 'run_vs_mine': float(np.linalg.norm(run - mine)),
+                 'mine_vs_exact': float(np.linalg.norm(mine - exact)),
+                 'run_vs_exact': float(np.linalg.norm(run - exact))})
+    prev = run_k
+  batches.close()
+  ckpt.close()
+  return rows
+
+
 def main():
   jax.config.update('jax_num_cpu_devices', int(sys.argv[2]))
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  if os.environ.get('PRNET_FLOAT64'):  # the float64 reference model (x64 on)
+  if os.environ.get('PRNET_FLOAT64') or sys.argv[1] == 'replay':  # float64 models (x64 on)
     jax.config.update('jax_enable_x64', True)
   mode = sys.argv[1]
   if mode == 'compare':
     print(json.dumps(compare_params(sys.argv[3], sys.argv[4])))
+    return
+  if mode == 'replay':
+    print(json.dumps(replay(sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6],
+                            float(sys.argv[7]))))
     return
   if mode == 'step':
     print(json.dumps(step_losses(int(sys.argv[3]) if len(sys.argv) > 3 else 1)))
@@ -101,7 +157,7 @@ def main():
   c.num_train_steps = steps
   if len(sys.argv) > 9:
     c.optimizer, c.learning_rate = sys.argv[9], float(sys.argv[10])
-  train.train_and_evaluate(c, workdir, build_if_missing=False)
+  train.train_and_evaluate(c, workdir)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,36 @@
+"""CI: the installed package (non-editable, in a fresh venv) works from outside the repository.
+
+Run by .ci/run with that venv's Python, from an empty folder: imports the training, evaluation,
+prediction and export modules, runs `python -m prnet_jax.predict --help`, and asks for an
+unbuilt dataset (expects the clear DatasetNotFoundError, not an import error).
+"""
+
+import importlib
+import os
+import subprocess
+import sys
+import tempfile
+
+repo = sys.argv[1]
+for name in ('prnet_jax.train', 'prnet_jax.evaluate', 'prnet_jax.predict', 'prnet_jax.export'):
+  module = importlib.import_module(name)
+  assert not os.path.abspath(module.__file__).startswith(os.path.abspath(repo) + os.sep), (
+      f'{name} was imported from the repository ({module.__file__}), not from the install')
+  print(f'import {name}: {module.__file__}')
+assert 'datasets' not in sys.modules, 'prnet_jax imported a package named datasets'
+
+r = subprocess.run([sys.executable, '-m', 'prnet_jax.predict', '--help'], capture_output=True,
+                   text=True, timeout=300)
+assert r.returncode == 0 and '--checkpoint' in r.stdout, r.stdout + r.stderr
+print('python -m prnet_jax.predict --help: ok')
+
+from prnet_jax import input_pipeline  # noqa: E402
+
+empty = tempfile.mkdtemp()
+try:
+  input_pipeline.data_source('synthetic_faces/small', 'train', empty)
+  raise AssertionError('an unbuilt dataset was read')
+except input_pipeline.DatasetNotFoundError as e:
+  assert 'python -m datasets.build synthetic_faces/small' in str(e), e
+  print(f'unbuilt dataset: DatasetNotFoundError: {str(e).splitlines()[0]}')
+print('CI: the installed package works outside the repository')

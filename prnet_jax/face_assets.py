@@ -1,0 +1,37 @@
+"""The UV assets a run uses, by name: the embedded face model's or an official uv-data folder.
+
+    uv_assets_for('procedural', 64)                 # derived from the embedded face model
+    uv_assets_for('PRNet/Data/uv-data', 256)        # PRNet's official assets (the BFM layout)
+
+Training, evaluation and prediction all resolve `config.uv_assets` (or `--uv_assets`) here.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prnet_jax.face_model import derive_uv_assets
+from prnet_jax.procedural_face import procedural_face_model
+from prnet_jax.uv_assets import AssetError, UVAssets, load_uv_assets
+
+PROCEDURAL = 'procedural'
+
+
+def uv_assets_for(name: str, resolution: int) -> UVAssets:
+  """Loss weights, landmark pixels and mesh of `resolution`-px position maps for `name`:
+  'procedural' (the embedded synthetic face model) or an official-format uv-data folder.
+  Raises AssetError naming the problem."""
+  if name == PROCEDURAL:
+    return derive_uv_assets(procedural_face_model(), resolution)
+  if not name:
+    raise AssetError('no UV assets given: set config.uv_assets (or --uv_assets) to an official '
+                     f'uv-data folder (PRNet/Data/uv-data) or to "{PROCEDURAL}" for models '
+                     'trained on the synthetic faces')
+  if not os.path.isdir(name):
+    raise AssetError(f'{name}: UV assets folder not found (expected "{PROCEDURAL}" or an '
+                     'official uv-data folder such as PRNet/Data/uv-data)')
+  assets = load_uv_assets(name)
+  if assets.resolution != resolution:
+    raise AssetError(f'{name}: the UV assets are for {assets.resolution} px maps, the model '
+                     f'is {resolution} px')
+  return assets

@@ -38,9 +38,9 @@ def tiny_data(tmp_path_factory):
   return data_dir
 
 
-def test_same_loss_and_gradients_on_1_2_4_8_devices_and_fsdp():
-  # (devices, fsdp): data parallel on 1..8 devices, and parameters sharded over 2 of 4.
-  runs = {(1, 1): None, (2, 1): None, (4, 1): None, (8, 1): None, (4, 2): None}
+def test_same_loss_and_gradients_on_1_and_8_devices_and_fsdp():
+  # (devices, fsdp): data parallel on 1 and 8 devices, and parameters sharded over 2 of 4.
+  runs = [(1, 1), (8, 1), (4, 2)]
   procs = {k: subprocess.Popen([sys.executable, WORKER, 'step', str(k[0]), str(k[1])], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for k in runs}
@@ -54,18 +54,16 @@ def test_same_loss_and_gradients_on_1_2_4_8_devices_and_fsdp():
   for (n, _), r in results.items():
     assert r['devices'] == n
     # The forward pass (BatchNorm over the global batch) is the same function everywhere.
-    assert r['first']['loss'] == pytest.approx(ref['first']['loss'], rel=1e-6)
-    np.testing.assert_allclose(r['first']['stats'], ref['first']['stats'], rtol=1e-5)
+    assert r['loss'] == pytest.approx(ref['loss'], rel=1e-6)
+    np.testing.assert_allclose(r['stats'], ref['stats'], rtol=1e-5)
     # Gradients agree up to float32 round-off (the reduction order changes with the device
     # count; measured against a float64 reference without augmentation both are within 1e-4,
     # with augmentation's exact zeros ~1e-2): same direction, same size.
-    norm, ref_norm = np.asarray(r['first']['grad_norms']), np.asarray(ref['first']['grad_norms'])
+    norm, ref_norm = np.asarray(r['grad_norms']), np.asarray(ref['grad_norms'])
     assert np.linalg.norm(norm) == pytest.approx(np.linalg.norm(ref_norm), rel=2e-2)
-    for g, gr in zip(r['first']['grads'], ref['first']['grads']):
+    for g, gr in zip(r['grads'], ref['grads']):
       g, gr = np.ravel(g), np.ravel(gr)
       assert g @ gr / (np.linalg.norm(g) * np.linalg.norm(gr)) > 0.999
-    # Training continues alike (Adam normalises tiny gradient differences, so not bitwise).
-    np.testing.assert_allclose(r['losses'], ref['losses'], rtol=1e-2)
 
 
 def final_params(workdir):
@@ -99,7 +97,7 @@ def train_two_processes(tiny_data, workdir, env=None):
 
 def test_two_processes_end_with_the_same_parameters_as_one_process_float64(tiny_data, tmp_path):
   """The float64 model: 2 processes x 2 devices end with the same parameters as 1 process x 4
-  devices (measured: bitwise equal). This proves the multi-host code path computes the same
+  devices, bitwise. This proves the multi-host code path computes the same
   training; in float32 the two differ by round-off (next test)."""
   # One checkpoint, the final one (orbax saves dominate such short runs).
   env = dict(os.environ, CKPT_EVERY='4', PRNET_FLOAT64='1')
@@ -112,9 +110,12 @@ def test_two_processes_end_with_the_same_parameters_as_one_process_float64(tiny_
   assert [r['step'] for r in rows[0]] == [r['step'] for r in rows[1]] == [1, 2, 4]
   for r0, r1 in zip(*rows):
     assert r1['loss'] == pytest.approx(r0['loss'], rel=1e-12)
-  d = json.loads(run_worker('compare', 1, single, multi).stdout.strip().splitlines()[-1])
-  assert d['steps'] == [4, 4] and d['dtype'] == 'float64'
-  assert d['max_abs'] <= 1e-12 * d['max_param'], d
+  with jax.enable_x64(True):  # float64 checkpoints load as float64
+    (a, step_a), (b, step_b) = final_params(single), final_params(multi)
+  assert step_a == step_b == 4
+  for x, y in zip(jax.tree_util.tree_leaves(a['params']), jax.tree_util.tree_leaves(b['params'])):
+    assert x.dtype == np.float64
+    np.testing.assert_array_equal(x, y)
 
 
 # How far one float32 training step may be from the exact (float64) step, relative to the size

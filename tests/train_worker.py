@@ -1,9 +1,8 @@
 """Subprocess entry for training tests (device counts, multi-host, kill/resume).
 
-  python tests/train_worker.py step NUM_DEVICES [FSDP]     -> JSON of per-step losses
+  python tests/train_worker.py step NUM_DEVICES [FSDP]     -> JSON: first loss and gradients
   python tests/train_worker.py train NUM_DEVICES WORKDIR DATA_DIR STEPS [COORD PROCS PID
                                                                           [OPTIMIZER LR]]
-  python tests/train_worker.py compare 1 WORKDIR_A WORKDIR_B  -> JSON: final parameter difference
   python tests/train_worker.py replay NUM_DEVICES WORKDIR DATA_DIR STEPS OPTIMIZER LR
       -> JSON: each saved step of WORKDIR recomputed here from the step before it
 Environment: PRNET_FLOAT64=1 trains the float64 model (x64 on).
@@ -37,48 +36,27 @@ def tiny_config():
   return c
 
 
-def step_losses(fsdp=1):
+def first_gradients(fsdp=1):
+  """Loss, gradients and BatchNorm statistics of the first step on a fixed batch."""
   import numpy as np
   from prnet_jax import train
-  from prnet_jax.face_model import derive_uv_assets
-  from prnet_jax.procedural_face import procedural_face_model
+  from prnet_jax.face_assets import uv_assets_for
   c = tiny_config()
   c.mesh.fsdp = fsdp
-  trainer = train.make_trainer(c, 10, derive_uv_assets(procedural_face_model(), 64))
+  trainer = train.make_trainer(c, 10, uv_assets_for('procedural', 64))
   rng = np.random.RandomState(0)
   batch = {'image': rng.randint(0, 255, (8, 64, 64, 3)).astype(np.uint8),
            'position_map': rng.uniform(0, 60, (8, 64, 64, 3)).astype(np.float32)}
   batch = jax.device_put(batch, trainer.data_sharding)
   state = trainer.init(jax.random.key(0))
-  grad_fn = jax.jit(jax.value_and_grad(trainer.loss_fn, has_aux=True))
-  (loss, (_, stats)), grads = jax.device_get(grad_fn(state.params, state, batch))
-  first = {'loss': float(loss),
-           'grads': [np.asarray(g).tolist() for g in jax.tree_util.tree_leaves(grads)[:6]],
-           'grad_norms': [float(np.linalg.norm(g)) for g in jax.tree_util.tree_leaves(grads)],
-           'stats': [float(np.abs(s).sum()) for s in jax.tree_util.tree_leaves(stats)]}
-  out = []
-  for _ in range(2):
-    state, m = trainer.step(state, batch)
-    out.append(float(m['loss']))
-  leaves = jax.tree_util.tree_leaves(jax.device_get(state.params))
   sharded = [str(x.sharding.spec) for x in jax.tree_util.tree_leaves(state.params)
              if 'fsdp' in str(x.sharding.spec)]
-  return {'first': first, 'losses': out, 'devices': jax.device_count(), 'fsdp_leaves': len(sharded),
-          'checksum': float(sum(np.abs(x).sum() for x in leaves))}
-
-
-def compare_params(dir_a, dir_b):
-  import numpy as np
-  jax.config.update('jax_enable_x64', True)  # float64 checkpoints load as float64
-  from prnet_jax import checkpointing
-  flat = []
-  for d in (dir_a, dir_b):
-    variables, _, step = checkpointing.load_variables(os.path.join(d, 'checkpoints'))
-    flat.append((step, np.concatenate([np.ravel(x) for x in
-                                       jax.tree_util.tree_leaves(variables['params'])])))
-  (sa, a), (sb, b) = flat
-  return {'steps': [int(sa), int(sb)], 'dtype': str(a.dtype),
-          'max_abs': float(np.abs(a - b).max()), 'max_param': float(np.abs(a).max())}
+  grad_fn = jax.jit(jax.value_and_grad(trainer.loss_fn, has_aux=True))
+  (loss, (_, stats)), grads = jax.device_get(grad_fn(state.params, state, batch))
+  return {'loss': float(loss), 'devices': jax.device_count(), 'fsdp_leaves': len(sharded),
+          'grads': [np.asarray(g).tolist() for g in jax.tree_util.tree_leaves(grads)[:6]],
+          'grad_norms': [float(np.linalg.norm(g)) for g in jax.tree_util.tree_leaves(grads)],
+          'stats': [float(np.abs(s).sum()) for s in jax.tree_util.tree_leaves(stats)]}
 
 
 def replay(workdir, data_dir, steps, optimizer, lr):
@@ -135,15 +113,12 @@ def main():
   if os.environ.get('PRNET_FLOAT64') or sys.argv[1] == 'replay':  # float64 models (x64 on)
     jax.config.update('jax_enable_x64', True)
   mode = sys.argv[1]
-  if mode == 'compare':
-    print(json.dumps(compare_params(sys.argv[3], sys.argv[4])))
-    return
   if mode == 'replay':
     print(json.dumps(replay(sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6],
                             float(sys.argv[7]))))
     return
   if mode == 'step':
-    print(json.dumps(step_losses(int(sys.argv[3]) if len(sys.argv) > 3 else 1)))
+    print(json.dumps(first_gradients(int(sys.argv[3]) if len(sys.argv) > 3 else 1)))
     return
   workdir, data_dir, steps = sys.argv[3], sys.argv[4], int(sys.argv[5])
   if len(sys.argv) > 6:

@@ -80,10 +80,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   # Evaluation (--mode=eval and the periodic hook; prnet_jax.evaluate / prnet_jax.metrics):
   # dataset '' = the training dataset; NME normaliser 'box' (sqrt(w*h) of the ground-truth 2D
-  # landmark box) or 'diag'; 3D z alignment 'mean', 'min' or 'none'; AUC of the CED up to 7%.
+  # landmark box: the paper's 2D protocol) or 'diag'; dense normaliser 'box' or 'face_box' (the
+  # box of the ground-truth face pixels, the PyTorch port's); 3D z alignment 'mean' (the PyTorch
+  # port's), 'min' (how 2DASL scored PRNet) or 'none'; AUC of the CED up to 7%.
   c.eval = ml_collections.ConfigDict(dict(
-      dataset='', split='test', norm='box', z_align='mean', auc_threshold=0.07,
-      batch_size=16, max_examples=0))
+      dataset='', split='test', norm='box', dense_norm='box', z_align='mean',
+      auc_threshold=0.07, batch_size=16, max_examples=0))
 
   if arg in ('synthetic', 'small'):
     c.dataset = 'synthetic_faces'

@@ -75,7 +75,8 @@ def process_sample(item):
   except data_io.SampleError as e:
     return e
   return name, common.face_example(crop, encoded_map, landmarks, landmarks[:, :2], pose,
-                                   transform, name)
+                                   transform, name,
+                                   fitted_yaw=float(np.ravel(mat['Pose_Para'])[1]))
 
 
 class Aflw20003d(common.ManualFaceBuilder):

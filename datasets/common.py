@@ -62,8 +62,10 @@ def generate(fn: Callable[[Any], Any], items: Sequence[Any], report, num_workers
 
 def face_example(crop: np.ndarray, encoded_map: bytes, landmarks_3d: np.ndarray,
                  landmarks_2d: np.ndarray, pose: np.ndarray, transform: np.ndarray,
-                 name: str) -> dict[str, Any]:
-  """One record of `face_features` from a float crop (0..255) and its ground truth."""
+                 name: str, fitted_yaw: Optional[float] = None) -> dict[str, Any]:
+  """One record of `face_features` from a float crop (0..255) and its ground truth; the yaw
+  bucket from `fitted_yaw` (the .mat's yaw before wrapping, as the field buckets it) or the
+  pose's yaw."""
   from prnet_jax import data_io
   return {
       'image': data_io.encode_jpeg(np.clip(np.round(crop), 0, 255).astype(np.uint8)),
@@ -72,7 +74,7 @@ def face_example(crop: np.ndarray, encoded_map: bytes, landmarks_3d: np.ndarray,
       'landmarks_2d': np.asarray(landmarks_2d, np.float32),
       'pose': np.asarray(pose, np.float32),
       'crop_transform': np.asarray(transform, np.float32),
-      'yaw_bucket': data_io.yaw_bucket(float(pose[1])),
+      'yaw_bucket': data_io.yaw_bucket(float(pose[1] if fitted_yaw is None else fitted_yaw)),
       'file_name': name,
   }
 

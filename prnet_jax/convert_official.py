@@ -3,8 +3,9 @@
     python -m prnet_jax.convert_official \\
         --checkpoint=PRNet/Data/net-data/256_256_resfcn256_weight --output=checkpoints/official
 
-`--checkpoint` is the TF checkpoint prefix (the path without `.index` / `.data-*`) or the folder
-holding it. TensorFlow is needed only here (``pip install -e .[tf]``). The official variables
+`--checkpoint` is the TF checkpoint prefix (the path without `.index` / `.data-*`), its `.index`
+file, or the folder holding it. The `.data-00000-of-00001` weights file is a separate download of
+the official release; converting into an existing `--output` needs `--overwrite`. TensorFlow is needed only here (``pip install -e .[tf]``). The official variables
 (`resfcn256/...`, 245 of them; Adam slots and step counters are ignored) map one to one onto
 our parameters: layouts already agree (conv kernels [kh, kw, in, out]; transposed-conv kernels
 [kh, kw, out, in], which is Flax's layout with ``transpose_kernel=True``), so values are copied
@@ -99,55 +100,101 @@ def convert(get_tensor: Callable[[str], np.ndarray], available: dict[str, tuple[
   return variables
 
 
+# The official network is `resfcn256`: trained on 256 x 256 crops and position maps.
+OFFICIAL_RESOLUTION = 256
+DATA_FILE_HELP = ('the weights are a separate download from the official PRNet release (the '
+                  'link is in its README, "Data/net-data"), not part of a git clone')
+
+
 def _checkpoint_prefix(path: str) -> str:
+  """The TF checkpoint prefix for `path`: the prefix itself, its `.index` or `.data-*` file, or
+  the folder holding the checkpoint. Checks the weights file is there."""
+  path = re.sub(r'\.(index|data-\d{5}-of-\d{5})$', '', path)
   if os.path.isdir(path):
-    import tensorflow as tf
-    prefix = tf.train.latest_checkpoint(path)
-    if prefix is None:
-      indexes = [f for f in os.listdir(path) if f.endswith('.index')]
-      if len(indexes) != 1:
-        raise ConversionError(f'{path}: folder holds no single TF checkpoint (.index file)')
-      prefix = os.path.join(path, indexes[0][:-len('.index')])
-    return prefix
+    indexes = sorted(f for f in os.listdir(path) if f.endswith('.index'))
+    if len(indexes) != 1:
+      raise ConversionError(f'{path}: folder holds no single TF checkpoint (.index file)')
+    path = os.path.join(path, indexes[0][:-len('.index')])
   if not os.path.isfile(path + '.index'):
     raise ConversionError(f'{path}: no TF checkpoint here (expected {path}.index and '
                           f'{path}.data-00000-of-00001, from the official PRNet Data/net-data)')
+  folder = os.path.dirname(path) or '.'
+  stem = os.path.basename(path)
+  if not any(f.startswith(stem + '.data-') for f in os.listdir(folder)):
+    raise ConversionError(
+        f'{path}.index is here but not its weights file: put '
+        f'{stem}.data-00000-of-00001 beside it in {folder} ({DATA_FILE_HELP})')
   return path
 
 
-def convert_checkpoint(checkpoint: str, output: str, resolution: int = 256,
-                       width: Optional[int] = None) -> str:
+def _prepare_output(output: str, overwrite: bool) -> None:
+  """Refuses to write over an existing checkpoint unless `overwrite`; then removes its step."""
+  step = os.path.join(os.path.abspath(output), '0')
+  if not os.path.exists(step):
+    return
+  if not overwrite:
+    raise ConversionError(f'{output} already holds a converted checkpoint; pass --overwrite to '
+                          f'replace it, or choose another --output')
+  if not os.path.isdir(os.path.join(step, checkpointing.VARIABLES)):
+    raise ConversionError(f'{step} exists and is not a prnet_jax checkpoint step; not '
+                          f'overwriting it')
+  import shutil
+  shutil.rmtree(step)
+
+
+def convert_checkpoint(checkpoint: str, output: str, resolution: int = OFFICIAL_RESOLUTION,
+                       width: Optional[int] = None, overwrite: bool = False) -> str:
   """Reads the TF checkpoint at `checkpoint`, writes an orbax checkpoint to `output` (step 0)."""
+  if resolution != OFFICIAL_RESOLUTION:
+    raise ConversionError(f'--resolution={resolution} disagrees with the checkpoint: the '
+                          f'official network ({SCOPE}) was trained on {OFFICIAL_RESOLUTION} px '
+                          f'crops and position maps; its weights are only valid at that size')
   try:
     import tensorflow as tf
   except ImportError as e:
     raise ConversionError('TensorFlow is needed to read the official checkpoint: '
                           'pip install -e ".[tf]"') from e
   prefix = _checkpoint_prefix(checkpoint)
+  _prepare_output(output, overwrite)
   try:
     reader = tf.train.load_checkpoint(prefix)
   except Exception as e:  # tf raises DataLossError/NotFoundError/...; name the file.
-    raise ConversionError(f'{prefix}: cannot read TF checkpoint ({e})') from e
+    raise ConversionError(f'{prefix}: cannot read TF checkpoint ({type(e).__name__}: '
+                          f'{str(e).splitlines()[0][:200]})') from e
   available = reader.get_variable_to_shape_map()
   if width is None:
     first = available.get(f'{SCOPE}/Conv/weights')
     if first is None:
       raise ConversionError(f'{prefix}: no {SCOPE}/Conv/weights; not a PRNet checkpoint')
     width = int(first[-1])
+
+  def get_tensor(name: str) -> np.ndarray:
+    try:
+      return reader.get_tensor(name)
+    except Exception as e:  # DataLossError/OutOfRange on a short or damaged data file
+      raise ConversionError(
+          f'{prefix}.data-00000-of-00001: cannot read {name} ({type(e).__name__}); the weights '
+          f'file is truncated or damaged: download it again ({DATA_FILE_HELP})') from e
+
   config = ModelConfig(resolution=resolution, width=width)
-  variables = convert(reader.get_tensor, available, PRNet.from_config(config))
+  variables = convert(get_tensor, available, PRNet.from_config(config))
   return checkpointing.save_variables(output, variables, config, step=0)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--checkpoint', required=True,
-                      help='TF checkpoint prefix, e.g. Data/net-data/256_256_resfcn256_weight')
+                      help='TF checkpoint prefix, e.g. Data/net-data/256_256_resfcn256_weight '
+                           '(or its .index file, or the folder holding it)')
   parser.add_argument('--output', required=True, help='output checkpoint directory')
-  parser.add_argument('--resolution', type=int, default=256)
+  parser.add_argument('--resolution', type=int, default=OFFICIAL_RESOLUTION,
+                      help='must be the checkpoint\'s (256 for the official weights)')
+  parser.add_argument('--overwrite', action='store_true',
+                      help='replace a checkpoint already converted into --output')
   args = parser.parse_args(argv)
   try:
-    path = convert_checkpoint(args.checkpoint, args.output, args.resolution)
+    path = convert_checkpoint(args.checkpoint, args.output, args.resolution,
+                              overwrite=args.overwrite)
   except ConversionError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

@@ -76,16 +76,23 @@ def load_mat(path: str, fields: Mapping[str, Optional[tuple[int, ...]]]) -> dict
   return out
 
 
+def wrap_angles(angles):
+  """Angles (radians) wrapped into (-pi, pi]: the same rotation (a few AFLW2000-3D fits have a
+  yaw of e.g. -351.2 degrees)."""
+  a = np.asarray(angles, np.float64)
+  return np.pi - np.mod(np.pi - a, 2 * np.pi)
+
+
 def check_pose(path: str, pose: np.ndarray) -> np.ndarray:
-  """Pose_Para (7,) sanity: angles within +-pi, positive finite scale."""
+  """Pose_Para (7,) checked (finite, positive scale), its three angles wrapped into (-pi, pi]."""
   pose = np.asarray(pose, np.float64).reshape(-1)
   if pose.shape != (7,):
     raise SampleError(path, f'Pose_Para has {pose.size} values, expected 7')
-  if np.any(np.abs(pose[:3]) > np.pi):
-    raise SampleError(path, f'Pose_Para angles {pose[:3]} outside [-pi, pi]')
+  if not np.all(np.isfinite(pose)):
+    raise SampleError(path, f'Pose_Para {pose} is not finite')
   if not pose[6] > 0:
     raise SampleError(path, f'Pose_Para scale {pose[6]} is not positive')
-  return pose
+  return np.concatenate([wrap_angles(pose[:3]), pose[3:]])
 
 
 def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
@@ -146,8 +153,10 @@ def find_pairs(folder: str, image_exts: Sequence[str] = ('.jpg', '.jpeg', '.png'
 
 
 def yaw_bucket(yaw_radians):
-  """|yaw| bucket of the AFLW2000-3D protocol: 0 = [0, 30], 1 = (30, 60], 2 = (60, 90+] deg.
-  A scalar gives an int, an array an int32 array of the same shape."""
+  """|yaw| bucket of the AFLW2000-3D protocol: 0 = [0, 30], 1 = (30, 60], 2 = (60, 90+] deg,
+  of the yaw as the fit gives it, as the field's evaluation code computes it (3DDFA,
+  SynergyNet, 2DASL: the absolute value of Pose_Para's yaw, unwrapped, so a fit at -351.2 deg
+  counts in the last bucket). A scalar gives an int, an array an int32 array."""
   a = np.abs(np.rad2deg(np.asarray(yaw_radians, np.float64)))
   b = np.where(a <= 30, 0, np.where(a <= 60, 1, 2)).astype(np.int32)
   return int(b) if b.ndim == 0 else b

@@ -121,6 +121,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: Option
     extra = {}
     options = dataclasses.asdict(opts)
   summary = reports.summarize(errors, buckets, opts.auc_threshold)
+  if is_florence:  # the scans are metric: the mean error in millimetres beside the NME
+    summary['florence']['error_mm'] = float(np.mean(per['error_mm']))
   report = {'dataset': dataset, 'split': split, 'checkpoint': str(checkpoint),
             'step': step if isinstance(step, str) else int(step), 'count': n,
             'options': options, 'seconds': time.time() - t0,

@@ -24,6 +24,7 @@ from prnet_jax.uv_assets import UVAssets
 @dataclasses.dataclass(frozen=True)
 class EvalOptions:
   norm: str = 'box'             # metrics.NORMALIZERS
+  dense_norm: str = 'box'       # metrics.DENSE_NORMALIZERS ('face_box': the PyTorch port's)
   z_align: str = 'mean'         # metrics.Z_ALIGNS (3D metrics)
   auc_threshold: float = 0.07   # AUC of the CED up to 7% NME
   batch_size: int = 16          # global
@@ -53,9 +54,10 @@ def alignment_metrics(pred_maps: jax.Array, batch: dict[str, jax.Array], assets:
          'landmarks': pred}
   if dense:
     mask = jnp.asarray(assets.face_mask)
-    out['dense_2d'] = metrics.dense_nme(pred_maps, batch['position_map'], mask, gt, 2, opts.norm)
-    out['dense_3d'] = metrics.dense_nme(pred_maps, batch['position_map'], mask, gt, 3, opts.norm,
-                                        opts.z_align)
+    out['dense_2d'] = metrics.dense_nme(pred_maps, batch['position_map'], mask, gt, 2,
+                                        opts.dense_norm)
+    out['dense_3d'] = metrics.dense_nme(pred_maps, batch['position_map'], mask, gt, 3,
+                                        opts.dense_norm, opts.z_align)
   return out
 
 

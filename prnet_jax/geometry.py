@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 CROP_FACTOR = 1.5          # 300W-LP ground truth: crop side = 1.5 x landmark box size
-BOX_CENTER_SHIFT = 0.14    # inference from a face box: centre moved down by 0.14 x size
+BOX_CENTER_SHIFT = 0.14    # inference from a detector's box: centre moved down by 0.14 x size
 BOX_SIZE_FACTOR = 1.58     # ... and side 1.58 x size
-KPT_SIZE_FACTOR = 1.6      # inference from 68 landmarks: side 1.6 x size
+KPT_SIZE_FACTOR = 1.6      # inference from 68 landmarks or a given box: side 1.6 x size
 
 
 def angles_to_matrix(angles) -> np.ndarray:
@@ -93,23 +93,35 @@ def random_perturbation(rng: np.random.Generator) -> tuple[float, float, float]:
           float(rng.uniform(0.9, 1.1)))
 
 
-def box_crop(box_ltrb) -> CropBox:
-  """Official inference crop from a face box (left, top, right, bottom)."""
+BOX_CONVENTIONS = ('image_info', 'detector')
+
+
+def box_crop(box_ltrb, convention: str) -> CropBox:
+  """The official inference crop from a face box (left, top, right, bottom), in one of the two
+  conventions of PRNet's `api.py` (`PRN.process`); size = the mean of the box's width and height:
+
+  * 'image_info': the rule for a box the caller passes (`process(image, image_info=[left, right,
+    top, bottom])`): centred on the box, side int(1.6 x size); the same rule as for 68 landmarks
+    (`landmark_crop`), whose bounding box such a box usually is;
+  * 'detector': the rule for the box of PRNet's own dlib face detector (`process(image)`), which
+    sits high and tight on the face: centre moved down by 0.14 x size, side int(1.58 x size).
+  """
   left, top, right, bottom = (float(v) for v in box_ltrb)
   old_size = (right - left + bottom - top) / 2
-  center = np.array([right - (right - left) / 2.0,
-                     bottom - (bottom - top) / 2.0 + old_size * BOX_CENTER_SHIFT])
-  return CropBox(center, float(int(old_size * BOX_SIZE_FACTOR)))
+  center = np.array([right - (right - left) / 2.0, bottom - (bottom - top) / 2.0])
+  if convention == 'image_info':
+    return CropBox(center, float(int(old_size * KPT_SIZE_FACTOR)))
+  if convention == 'detector':
+    return CropBox(center + np.array([0.0, old_size * BOX_CENTER_SHIFT]),
+                   float(int(old_size * BOX_SIZE_FACTOR)))
+  raise ValueError(f'box convention must be one of {BOX_CONVENTIONS}, got {convention!r}')
 
 
 def landmark_crop(kpt_xy) -> CropBox:
-  """Official inference crop from 68 landmarks: side 1.6 x box size."""
+  """Official inference crop from 68 landmarks: their bounding box, 'image_info' rule."""
   kpt = np.asarray(kpt_xy, np.float64)[:, :2]
-  left, top = kpt.min(0)
-  right, bottom = kpt.max(0)
-  old_size = (right - left + bottom - top) / 2
-  center = np.array([right - (right - left) / 2.0, bottom - (bottom - top) / 2.0])
-  return CropBox(center, float(int(old_size * KPT_SIZE_FACTOR)))
+  (left, top), (right, bottom) = kpt.min(0), kpt.max(0)
+  return box_crop((left, top, right, bottom), 'image_info')
 
 
 def crop_transform(box: CropBox, out_size: int) -> np.ndarray:

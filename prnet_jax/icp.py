@@ -74,20 +74,23 @@ def nearest_neighbors(query: jax.Array, points: jax.Array, chunk: int = 1024
 
 class ICPResult(NamedTuple):
   transform: Similarity  # maps src onto dst
-  rms: jax.Array         # (iterations,) RMS neighbour distance before each update
+  rms: jax.Array         # (iterations,) RMS neighbour distance before each update; NaN after
+                         # the last update made
+  iterations: jax.Array  # () int32: updates made (fewer than `iterations` once converged)
 
 
 @functools.partial(jax.jit, static_argnames=('iterations', 'with_scale', 'trim', 'chunk'))
 def icp(src: jax.Array, dst: jax.Array, init: Optional[Similarity] = None,
         iterations: int = 30, with_scale: bool = True, trim: float = 0.0,
-        chunk: int = 1024) -> ICPResult:
+        chunk: int = 1024, tol: float = 0.0) -> ICPResult:
   """Iterative closest point: aligns the cloud `src` (N, 3) to `dst` (M, 3).
 
   Each iteration pairs every transformed src point with its nearest dst point, drops the
   `trim` fraction of the farthest pairs (0: keep all), and re-solves the similarity (rotation +
   translation, + scale if `with_scale`) from the original src points, starting from `init`
-  (default: centroids aligned). Like any ICP it finds the nearest local optimum: start it
-  within some degrees of the answer."""
+  (default: centroids aligned). It stops after `iterations` updates, or once an update moves no
+  src point by more than `tol` (dst units; converged). Like any ICP it finds the nearest local
+  optimum: start it within some degrees of the answer."""
   src = jnp.asarray(src, jnp.float32)
   dst = jnp.asarray(dst, jnp.float32)
   if init is None:  # centroids aligned
@@ -95,15 +98,23 @@ def icp(src: jax.Array, dst: jax.Array, init: Optional[Similarity] = None,
                       dst.mean(0) - src.mean(0))
   init = Similarity(*(jnp.asarray(x, jnp.float32) for x in init))
 
-  def body(tf, _):
+  def body(carry):
+    k, tf, rms, _ = carry
     moved = tf.apply(src)
     idx, dist = nearest_neighbors(moved, dst, chunk)
     keep = dist <= jnp.quantile(dist, 1.0 - trim) if trim > 0 else jnp.ones_like(dist)
     new = umeyama(src, dst[idx], keep.astype(src.dtype), with_scale)
-    return new, jnp.sqrt((dist ** 2).mean())
+    step = jnp.abs(new.apply(src) - moved).max()
+    return k + 1, new, rms.at[k].set(jnp.sqrt((dist ** 2).mean())), step
 
-  tf, rms = jax.lax.scan(body, init, None, length=iterations)
-  return ICPResult(tf, rms)
+  def more(carry):
+    k, _, _, step = carry
+    return (k < iterations) & (step > tol)
+
+  start = (jnp.int32(0), init, jnp.full((iterations,), jnp.nan, jnp.float32),
+           jnp.float32(jnp.inf))
+  k, tf, rms, _ = jax.lax.while_loop(more, body, start)
+  return ICPResult(tf, rms, k)
 
 
 def random_rotation(rng: np.random.Generator, max_angle: float = np.pi,

@@ -31,8 +31,9 @@ def depth_image(faces: Sequence, height: int, width: int) -> np.ndarray:
     v = f.vertices.astype(np.float32).copy()
     zmin = v[:, 2].min()
     v[:, 2] -= zmin - 1.0  # > 0 on the face
-    raster = render.rasterize(jnp.asarray(v), f.triangles, height, width,
-                              render.plan_windows(v, f.triangles))
+    windows, triangles = render.plan_windows_within(v, f.triangles,
+                                                    render.BUDGET_PER_PIXEL * height * width)
+    raster = render.rasterize(jnp.asarray(v), triangles, height, width, windows)
     d = np.where(np.asarray(raster.mask), np.asarray(raster.depth), 0.0)
     depth = np.maximum(depth, d)
   return depth

@@ -7,10 +7,13 @@ r"""Prediction: photos (or video frames) -> per-face position maps, landmarks, m
 
     python -m prnet_jax.predict --checkpoint=DIR --input=FILE_OR_DIR_OR_VIDEO --output=DIR
 
-Crops follow the official code (box: centre moved down 0.14 x size, side 1.58 x size; 68
-landmarks: side 1.6 x size). All faces of an image go through one jitted, batched forward pass
-(batch padded to a power of two, so few shapes compile); results are mapped back to the
-original image (x, y through the inverse crop similarity, z divided by its scale).
+Crops follow the official code (`geometry.box_crop`): the detector's boxes with its detector
+rule (centre moved down 0.14 x size, side 1.58 x size); given boxes by default with its rule for
+boxes passed as `image_info` (box centre, side 1.6 x size; `box_convention='detector'` for the
+other); 68 landmarks: their box, side 1.6 x size. The float crop goes to the network, as in the
+official code. All faces of an image go through one jitted, batched forward pass (batch padded
+to a power of two, so few shapes compile); results are mapped back to the original image (x, y
+through the inverse crop similarity, z divided by its scale).
 """
 
 from __future__ import annotations
@@ -219,37 +222,50 @@ class Predictor:
     return self._detector
 
   def forward(self, crops: np.ndarray) -> np.ndarray:
-    """(B, R, R, 3) uint8 crops -> (B, R, R, 3) position maps in the crop frame."""
+    """(B, R, R, 3) crops, pixel values in [0, 255] (float, as warped, or uint8) -> (B, R, R, 3)
+    position maps in the crop frame."""
     b = len(crops)
     size = 1 << max(b - 1, 0).bit_length()  # pad to a power of two: few compiled shapes
     padded = np.concatenate([crops, np.zeros((size - b,) + crops.shape[1:], crops.dtype)])
     return np.asarray(self._forward(self.variables, jnp.asarray(padded)))[:b]
 
-  def crops_for(self, image: np.ndarray, boxes=None, landmarks=None):
-    """Crop boxes (geometry.CropBox) and source boxes for the given or detected faces."""
+  def crops_for(self, image: np.ndarray, boxes=None, landmarks=None,
+                box_convention: str = 'image_info'):
+    """Crop boxes (geometry.CropBox) and source boxes for the given or detected faces: 68
+    landmarks crop like the official `image_info` landmarks; given boxes by `box_convention`
+    (`geometry.box_crop`); the detector's boxes by the official detector rule."""
     if landmarks is not None:
       lms = np.asarray(landmarks, np.float64).reshape(-1, 68, np.shape(landmarks)[-1])
       src = np.array([[l[:, 0].min(), l[:, 1].min(), l[:, 0].max(), l[:, 1].max()] for l in lms])
       return [geometry.landmark_crop(l) for l in lms], src
     if boxes is None:
-      boxes = self.detector(image)
+      boxes, box_convention = self.detector(image), 'detector'
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    return [geometry.box_crop(b) for b in boxes], boxes
+    return [geometry.box_crop(b, box_convention) for b in boxes], boxes
 
-  def predict(self, image: Any, boxes=None, landmarks=None, channel_order: str = 'RGB'
-              ) -> list[Face]:
-    """Every face of `image` (detected unless `boxes` or 68 `landmarks` per face are given)."""
+  def predict(self, image: Any, boxes=None, landmarks=None, channel_order: str = 'RGB',
+              box_convention: str = 'image_info') -> list[Face]:
+    """Every face of `image`: detected, unless `boxes` (left, top, right, bottom) or 68
+    `landmarks` per face are given.
+
+    `box_convention` says how a given box becomes the crop (`geometry.box_crop`): 'image_info'
+    (the official code's rule for boxes passed to `PRN.process(image, image_info=...)`: box
+    centre, side 1.6 x size) or 'detector' (its rule for its dlib detector's boxes: centre 0.14 x
+    size lower, side 1.58 x size; pick it for boxes from a similar detector)."""
+    if box_convention not in geometry.BOX_CONVENTIONS:
+      raise PredictError(f'box_convention must be one of {geometry.BOX_CONVENTIONS}, got '
+                         f'{box_convention!r}')
     image = load_image(image, channel_order)
-    return self.predict_batch([image], [boxes], [landmarks])[0]
+    return self.predict_batch([image], [boxes], [landmarks], box_convention)[0]
 
-  def predict_batch(self, images: Sequence[np.ndarray], boxes=None, landmarks=None
-                    ) -> list[list[Face]]:
+  def predict_batch(self, images: Sequence[np.ndarray], boxes=None, landmarks=None,
+                    box_convention: str = 'image_info') -> list[list[Face]]:
     """Faces of several RGB uint8 images (e.g. video frames) in one forward pass."""
     r = self.model.resolution
     jobs = []
     for i, image in enumerate(images):
       crops, src = self.crops_for(image, None if boxes is None else boxes[i],
-                                  None if landmarks is None else landmarks[i])
+                                  None if landmarks is None else landmarks[i], box_convention)
       for crop, sb in zip(crops, src):
         if crop.size < 4:
           continue
@@ -258,8 +274,10 @@ class Predictor:
     out: list[list[Face]] = [[] for _ in images]
     if not jobs:
       return out
-    crops = np.stack([np.clip(np.round(np.asarray(geometry.warp_image(
-        images[i].astype(np.float32), t, r, r))), 0, 255).astype(np.uint8) for i, _, t in jobs])
+    # The float crop, as the official code feeds it (bilinear; rounding it to uint8 moves
+    # landmarks by 0.2-0.4 px).
+    crops = np.stack([np.asarray(geometry.warp_image(images[i].astype(np.float32), t, r, r),
+                                 np.float32) for i, _, t in jobs])
     maps = self.forward(crops)
     for (i, sb, t), pos, crop in zip(jobs, maps, crops):
       out[i].append(self._face(images[i], pos, crop, sb, t))
@@ -271,8 +289,10 @@ class Predictor:
         pos_crop.shape).astype(np.float32)
     verts_crop = a.vertices(pos_crop)
     # Visibility by a z-buffer of the face mesh in the crop (cheap at R px).
-    raster = render.rasterize(verts_crop, a.triangles, self.model.resolution,
-                              self.model.resolution, render.plan_windows(verts_crop, a.triangles))
+    r = self.model.resolution
+    windows, triangles = render.plan_windows_within(verts_crop, a.triangles,
+                                                    render.BUDGET_PER_PIXEL * r * r)
+    raster = render.rasterize(verts_crop, triangles, r, r, windows)
     visible = np.asarray(render.vertex_visibility(jnp.asarray(verts_crop), raster,
                                                   tolerance=1.0 * self.model.resolution / 256))
     uv_tex = np.asarray(geometry.bilinear_sample(jnp.asarray(crop, jnp.float32),

@@ -76,6 +76,10 @@ class Windows(NamedTuple):
   num_big: int = 0
 
 
+# Pixel centres a z-buffer of predicted meshes may test per output pixel (`plan_windows_within`):
+# a smooth face mesh needs a few; an untrained network's scattered mesh would need thousands.
+# Memory is then bounded by the image size whatever the network outputs.
+BUDGET_PER_PIXEL = 32
 WINDOW_SIDES = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)
 NUM_BIG = (0, 64, 256, 1024, 4096, 16384)
 
@@ -98,23 +102,60 @@ def required_bbox(vertices, triangles) -> int:
   return int(need.max()) if need.size else 1
 
 
-def plan_windows(vertices, triangles) -> Windows:
-  """The cheapest two-tier `Windows` (from fixed buckets, so few compilations) covering every
-  triangle of `vertices` (..., V, 2+); batched vertices get one plan valid for every item."""
-  need = triangle_windows(vertices, triangles).reshape(-1, len(triangles))
-  ranked = -np.sort(-need, axis=1)  # descending per item
+def _cheapest_plan(ranked: np.ndarray) -> tuple[int, Windows]:
+  """(cost in tested pixel centres, Windows) of the cheapest two-tier plan for window needs
+  `ranked` (items, T), each row sorted descending."""
   num_tri = ranked.shape[1]
-  big = next(k for k in WINDOW_SIDES if k >= ranked[:, 0].max()) if num_tri else 1
-  best = None
+  if not num_tri:
+    return 0, Windows(1)
+  big = next(k for k in WINDOW_SIDES if k >= ranked[:, 0].max())
+  best = (num_tri * big ** 2, Windows(big))
   for nb in NUM_BIG:
     if nb >= num_tri:
       break
     rest = ranked[:, nb].max()
     small = next(k for k in WINDOW_SIDES if k >= rest)
     cost = (num_tri - nb) * small ** 2 + nb * big ** 2
-    if best is None or cost < best[0]:
+    if cost < best[0]:
       best = (cost, Windows(small, big if nb else 0, nb))
-  return best[1] if best else Windows(1)
+  return best
+
+
+def plan_windows(vertices, triangles) -> Windows:
+  """The cheapest two-tier `Windows` (from fixed buckets, so few compilations) covering every
+  triangle of `vertices` (..., V, 2+); batched vertices get one plan valid for every item."""
+  need = triangle_windows(vertices, triangles).reshape(-1, len(triangles))
+  return _cheapest_plan(-np.sort(-need, axis=1))[1]
+
+
+def plan_windows_within(vertices, triangles, max_candidates: int
+                        ) -> tuple[Windows, np.ndarray]:
+  """`plan_windows` under a memory budget: (windows, triangles), where the largest triangles
+  (by window side) are replaced by a degenerate one, which is never drawn, until the plan tests
+  at most `max_candidates` pixel centres (memory grows with that count).
+
+  A smooth mesh keeps every triangle; a mesh of huge, scattered triangles (e.g. an untrained
+  network's position map) is drawn without its largest ones instead of asking for memory in
+  proportion to their areas. Shapes stay fixed, so nothing recompiles. vertices: (V, 2+)."""
+  triangles = np.asarray(triangles)
+  need = triangle_windows(vertices, triangles)
+  order = np.argsort(-need, kind='stable')
+  ranked = need[order][None]
+  cost, windows = _cheapest_plan(ranked)
+  if cost <= max_candidates:
+    return windows, triangles
+  lo, hi = 1, len(triangles)  # drop the `hi` largest: 1 x 1 windows for all, within budget
+  while lo < hi:
+    mid = (lo + hi) // 2
+    kept = np.concatenate([ranked[:, mid:], np.ones((1, mid), need.dtype)], 1)
+    if _cheapest_plan(kept)[0] <= max_candidates:
+      hi = mid
+    else:
+      lo = mid + 1
+  kept = np.concatenate([ranked[:, lo:], np.ones((1, lo), need.dtype)], 1)
+  out = triangles.copy()
+  out[order[:lo]] = triangles[0, 0]  # degenerate: all three corners one vertex
+  return _cheapest_plan(kept)[1], out
 
 
 def _candidates(xy, z, tids, k, height, width):

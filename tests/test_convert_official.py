@@ -221,3 +221,56 @@ def test_missing_and_misshapen_variables_are_named():
     return v * np.nan if n == 'resfcn256/Conv/BatchNorm/gamma' else v
   with pytest.raises(convert_official.ConversionError, match='Conv/BatchNorm/gamma: contains NaN'):
     convert_official.convert(nan_tensor, available, model)
+
+
+def test_only_the_real_index_file_says_where_the_weights_go(tmp_path, capsys):
+  """What a clone of the PRNet repository gives: the real .index, not the weights."""
+  from conftest import shared_path
+  index = shared_path('prnet-official', '256_256_resfcn256_weight.index')
+  import shutil
+  (tmp_path / 'net-data').mkdir()
+  shutil.copy(index, tmp_path / 'net-data')
+  prefix = tmp_path / 'net-data' / '256_256_resfcn256_weight'
+  for given in (prefix, f'{prefix}.index', tmp_path / 'net-data'):
+    assert convert_official.main([f'--checkpoint={given}', f'--output={tmp_path}/o']) == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'Traceback' not in err
+    assert (f'{prefix}.index is here but not its weights file: put '
+            f'256_256_resfcn256_weight.data-00000-of-00001 beside it') in err
+    assert 'separate download' in err
+
+
+def test_a_truncated_weights_file_is_named(tf, official_like, tmp_path, capsys):
+  import shutil
+  prefix, _, _ = official_like
+  copy = tmp_path / '256_256_resfcn256_weight'
+  shutil.copy(prefix + '.index', f'{copy}.index')
+  data = open(prefix + '.data-00000-of-00001', 'rb').read()
+  open(f'{copy}.data-00000-of-00001', 'wb').write(data[:len(data) // 2])
+  assert convert_official.main([f'--checkpoint={copy}', f'--output={tmp_path}/o']) == 1
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and 'Traceback' not in err
+  assert f'{copy}.data-00000-of-00001: cannot read' in err and 'truncated or damaged' in err
+
+
+def test_index_path_output_reuse_and_resolution(tf, official_like, tmp_path, capsys):
+  prefix, values, _ = official_like
+  out = f'{tmp_path}/ckpt'
+  # The .index path itself is accepted.
+  assert convert_official.main([f'--checkpoint={prefix}.index', f'--output={out}']) == 0
+  capsys.readouterr()
+  # Converting again into the same --output is refused with a message, unless --overwrite.
+  assert convert_official.main([f'--checkpoint={prefix}', f'--output={out}']) == 1
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and 'already holds a converted checkpoint; pass --overwrite' in err
+  assert convert_official.main([f'--checkpoint={prefix}', f'--output={out}', '--overwrite']) == 0
+  variables, config, step = checkpointing.load_variables(out)
+  assert step == 0 and config.resolution == 256
+  np.testing.assert_array_equal(variables['params']['conv0']['conv']['kernel'],
+                                values['resfcn256/Conv/weights'])
+  # A resolution the official weights were not trained at is refused.
+  assert convert_official.main([f'--checkpoint={prefix}', f'--output={tmp_path}/r',
+                                '--resolution=128']) == 1
+  err = capsys.readouterr().err
+  assert '--resolution=128 disagrees with the checkpoint' in err and 'Traceback' not in err
+  assert not os.path.exists(f'{tmp_path}/r')

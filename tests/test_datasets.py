@@ -188,6 +188,32 @@ def test_aflw2000_real_samples_load_with_yaw_buckets(tmp_path):
   assert sorted(e['yaw_bucket'] for e in examples) == [0, 0, 0, 0, 1, 1]
 
 
+def test_aflw2000_sample_with_a_wrapped_yaw_is_kept(tmp_path):
+  """Two AFLW2000-3D fits have a yaw outside +-180 deg (e.g. -351.2): the sample is kept, its
+  angles are wrapped into (-180, 180] (the same rotation: the same crop and landmarks), and it
+  counts in the (60, 90] bucket as the field's evaluation code counts it."""
+  src = fixtures_shared_aflw()
+  manual = tmp_path / 'manual' / 'AFLW2000'
+  manual.mkdir(parents=True)
+  for stem, yaw_deg in (('image00050', -351.2), ('image00430', 8.8)):
+    shutil.copy(os.path.join(src, 'image00050.jpg'), manual / f'{stem}.jpg')
+    mat = sio.loadmat(os.path.join(src, 'image00050.mat'))
+    mat['Pose_Para'][0, 1] = np.deg2rad(yaw_deg)
+    sio.savemat(str(manual / f'{stem}.mat'), {k: v for k, v in mat.items()
+                                             if not k.startswith('__')})
+  builder = build_lib.build('aflw2000_3d', data_dir=str(tmp_path / 'data'),
+                            manual_dir=str(tmp_path / 'manual'), num_workers=0, strict=True)
+  examples = {ex['file_name'].decode(): ex for ex in read_all(builder, 'test')}
+  assert sorted(examples) == ['image00050', 'image00430']
+  wrapped, plain = examples['image00050'], examples['image00430']
+  assert np.rad2deg(wrapped['pose'][1]) == pytest.approx(8.8, abs=1e-4)
+  np.testing.assert_allclose(wrapped['pose'], plain['pose'], atol=1e-6)
+  np.testing.assert_allclose(wrapped['landmarks_3d'], plain['landmarks_3d'])
+  assert (wrapped['yaw_bucket'], plain['yaw_bucket']) == (2, 0)
+  assert np.all(np.abs(data_io.wrap_angles(np.deg2rad([-351.2, 180, -180, 540, 10]))
+                       - np.deg2rad([8.8, 180, 180, 180, 10])) < 1e-9)
+
+
 def fixtures_shared_aflw():
   from conftest import shared_path
   return shared_path('aflw2000-samples')

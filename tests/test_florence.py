@@ -105,21 +105,23 @@ def oracle_prediction(m, assets, renderer, t, distort=None):
 
 def test_reconstruction_error_is_small_for_the_truth_and_grows_with_distortion(face):
   m, assets, renderer = face
-  opts = fl.FlorenceOptions(max_points=16000, icp_points=2000, icp_iterations=30)
+  opts = fl.FlorenceOptions(max_points=16000, icp_points=2000)
   nose = fl.nose_tip(m.mean)
   gt = fl.ground_truth_points(fl.Scan(m.mean, m.triangles, m.albedo), nose, opts)
   for yaw, pitch in ((0, 20), (60, -15)):
     t = fl.view_transform(nose, yaw, pitch, opts)
     good = fl.reconstruction_error(*oracle_prediction(m, assets, renderer, t), gt, nose, t, opts)
-    # The truth, sampled on the UV grid: sub-millimetre, scale ~1, interocular ~ the model's.
+    # The truth, sampled on the UV grid: sub-millimetre; rigid ICP (scale stays 1), converged
+    # before the cap; interocular ~ the model's.
     assert good['nme'] < 0.01 and good['error_mm'] < 1.0
-    assert good['scale'] == pytest.approx(1.0, abs=0.01)
+    assert good['scale'] == 1.0 and good['icp_iterations'] < opts.icp_iterations
     iod = np.linalg.norm(m.mean[m.landmarks[36]] - m.mean[m.landmarks[45]])
     assert good['interocular_mm'] == pytest.approx(iod, rel=0.01)
-    # A flatter face (depth x 0.6) is a worse reconstruction; a uniformly scaled one is not.
+    # A flatter face (depth x 0.6) and a face 10% too large are clearly worse reconstructions
+    # (with a fitted scale the large one scored as well as the truth).
     flat = fl.reconstruction_error(*oracle_prediction(
         m, assets, renderer, t, lambda p: p * [1, 1, 0.6]), gt, nose, t, opts)
     big = fl.reconstruction_error(*oracle_prediction(
-        m, assets, renderer, t, lambda p: p * 1.2), gt, nose, t, opts)
+        m, assets, renderer, t, lambda p: p * 1.1), gt, nose, t, opts)
     assert flat['nme'] > 2 * good['nme'] + 0.005
-    assert big['nme'] == pytest.approx(good['nme'], abs=0.002)
+    assert big['nme'] > 2 * good['nme'] and big['error_mm'] > 2 * good['error_mm']

@@ -75,13 +75,21 @@ def test_crop_then_uncrop_returns_the_points():
 
 
 def test_official_inference_crops():
-  box = geometry.box_crop([100, 50, 200, 170])  # w 100, h 120 -> old size 110
+  # PRNet's api.py, PRN.process: its own detector's box ...
+  box = geometry.box_crop([100, 50, 200, 170], 'detector')  # w 100, h 120 -> old size 110
   np.testing.assert_allclose(box.center, [150, 110 + 0.14 * 110])
   assert box.size == int(110 * 1.58)
+  # ... a box passed as image_info=[left, right, top, bottom] ...
+  box = geometry.box_crop([100, 50, 200, 170], 'image_info')
+  np.testing.assert_allclose(box.center, [150, 110])
+  assert box.size == int(110 * 1.6) == 176
+  # ... and 68 landmarks as image_info: the same rule on their bounding box.
   kpt = np.array([[10.0, 20.0], [50.0, 90.0]])
   box = geometry.landmark_crop(kpt)
   np.testing.assert_allclose(box.center, [30, 55])
   assert box.size == int(55 * 1.6)
+  with pytest.raises(ValueError, match="box convention must be one of"):
+    geometry.box_crop([100, 50, 200, 170], 'dlib')
 
 
 def test_warp_image_moves_a_point_where_the_transform_sends_it():

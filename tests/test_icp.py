@@ -65,7 +65,7 @@ def test_icp_recovers_a_known_random_transform(surface, with_scale):
     assert float(fit.transform.scale) == pytest.approx(s, rel=1e-4)
     moved = np.asarray(fit.transform.apply(src))
     assert np.abs(moved - surface[::4]).max() < 1e-2  # mm, on a 20 cm face
-    assert float(fit.rms[-1]) < 1e-2
+    assert float(fit.rms[int(fit.iterations) - 1]) < 1e-2
     start = src + (c - src.mean(0))  # where ICP starts: far from the answer
     assert np.abs(start - surface[::4]).max() > 5.0
 
@@ -79,3 +79,20 @@ def test_trimmed_icp_ignores_outliers(surface):
   trimmed = icp.icp(src, surface, iterations=60, with_scale=False, trim=0.1)
   err = lambda f: np.abs(np.asarray(f.transform.rotation) - r).max()
   assert err(trimmed) < 1e-3 < err(plain)
+
+
+def test_rigid_icp_from_a_20_degree_start_converges_and_stops(surface):
+  """Stops on convergence (an update moves no point by more than tol), well before the cap,
+  with the rotation recovered to a few hundredths of a degree."""
+  rng = np.random.default_rng(11)
+  r, t = icp.random_rotation(rng, np.deg2rad(20), np.deg2rad(20)), rng.normal(0, 5, 3)
+  src = ((surface - t) @ r).astype(np.float32)[::4]
+  init = icp.Similarity(np.float32(1), np.eye(3, dtype=np.float32),
+                        (surface.mean(0) - src.mean(0)).astype(np.float32))
+  fit = icp.icp(src, surface, init, iterations=300, with_scale=False, tol=1e-4)
+  done = int(fit.iterations)
+  assert 1 < done < 300
+  assert np.all(np.isfinite(np.asarray(fit.rms[:done])))
+  assert np.all(np.isnan(np.asarray(fit.rms[done:])))
+  cos = (np.trace(np.asarray(fit.transform.rotation).T @ r) - 1) / 2
+  assert np.rad2deg(np.arccos(np.clip(cos, -1, 1))) < 0.05

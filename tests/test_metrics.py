@@ -54,31 +54,39 @@ def test_z_alignment_removes_a_depth_offset_and_nothing_else():
                              rtol=1e-5)
 
 
-@pytest.mark.parametrize('dims,z_align', [(2, 'mean'), (3, 'mean'), (3, 'min')])
-def test_dense_nme_matches_float64_reference(dims, z_align):
+@pytest.mark.parametrize('dims,z_align,norm', [(2, 'mean', 'box'), (3, 'mean', 'box'),
+                                               (3, 'min', 'box'), (2, 'mean', 'face_box'),
+                                               (3, 'mean', 'face_box')])
+def test_dense_nme_matches_float64_reference(dims, z_align, norm):
   rng = np.random.default_rng(2)
   r = 16
   gt_map = rng.uniform(0, 64, (3, r, r, 3)).astype(np.float32)
   pred_map = (gt_map + rng.normal(0, 2, gt_map.shape) + [0, 0, 9]).astype(np.float32)
   mask = (rng.random((r, r)) < 0.4).astype(np.float32)
   gt_lms = rng.uniform(5, 60, (3, 68, 3)).astype(np.float32)
-  got = metrics.dense_nme(pred_map, gt_map, mask, gt_lms, dims, 'box', z_align)
+  got = metrics.dense_nme(pred_map, gt_map, mask, gt_lms, dims, norm, z_align)
   sel = mask.reshape(-1) > 0
   ref = []
   for b in range(3):
     p = np.float64(pred_map[b].reshape(-1, 3)[sel])
     g = np.float64(gt_map[b].reshape(-1, 3)[sel])
+    # 'box': the 68 landmarks' box; 'face_box': the box of the ground-truth face pixels.
+    box = np.float64(gt_lms[b]) if norm == 'box' else g.copy()
     if dims == 3:
       for x in (p, g):
         x[:, 2] -= x[:, 2].mean() if z_align == 'mean' else x[:, 2].min()
-    w, h = np.ptp(np.float64(gt_lms[b, :, 0])), np.ptp(np.float64(gt_lms[b, :, 1]))
+    w, h = np.ptp(box[:, 0]), np.ptp(box[:, 1])
     ref.append(np.linalg.norm(p[:, :dims] - g[:, :dims], axis=1).mean() / np.sqrt(w * h))
   np.testing.assert_allclose(got, ref, rtol=2e-5)
-  # Pixels outside the mask do not count.
+  # Pixels outside the mask do not count (not in the error, not in the face box).
   noisy = pred_map.copy()
   noisy[:, mask == 0] += 1e4
-  np.testing.assert_allclose(metrics.dense_nme(noisy, gt_map, mask, gt_lms, dims, 'box', z_align),
+  far_gt = gt_map.copy()
+  far_gt[:, mask == 0] = 1e4
+  np.testing.assert_allclose(metrics.dense_nme(noisy, far_gt, mask, gt_lms, dims, norm, z_align),
                              got, rtol=1e-5)
+  with pytest.raises(ValueError, match='unknown dense NME normaliser'):
+    metrics.dense_nme(pred_map, gt_map, mask, gt_lms, dims, 'eyes', z_align)
 
 
 def test_yaw_buckets_follow_the_protocol_boundaries():

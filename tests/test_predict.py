@@ -12,6 +12,7 @@ from PIL import Image
 
 import configs.prnet as prnet_config
 from prnet_jax import checkpointing, geometry, mesh_io, outputs, predict
+from prnet_jax.face_assets import uv_assets_for
 from prnet_jax.model import ModelConfig, PRNet, init_variables
 from prnet_jax.synthetic import SyntheticWorld
 
@@ -63,14 +64,39 @@ def test_results_are_mapped_back_to_the_original_image(predictor, sample, monkey
   assert np.median(np.abs(face.colors[face.visibility][::50] - pix)) < 0.1
 
 
-def test_box_crop_follows_the_official_convention(predictor, sample, monkeypatch):
+def test_given_boxes_crop_by_the_official_conventions(predictor, sample, monkeypatch):
+  """A given box crops like the official `PRN.process(image, image_info=[l, r, t, b])` (box
+  centre, side int(1.6 x size)) unless the detector rule is asked for; the detector's own boxes
+  always use the detector rule."""
+  monkeypatch.setattr(predictor, 'forward', lambda crops: crops * 0.0 + np.float32(1))
+  (face,) = predictor.predict(sample.image, boxes=[(60, 50, 180, 170)])
+  official = geometry.CropBox(np.array([120.0, 110.0]), float(int(1.6 * 120)))
+  np.testing.assert_allclose(face.crop_transform, geometry.crop_transform(official, 64),
+                             rtol=1e-6)
+  (face,) = predictor.predict(sample.image, boxes=[(60, 50, 180, 170)],
+                              box_convention='detector')
+  detector = geometry.CropBox(np.array([120.0, 110 + 0.14 * 120]), float(int(1.58 * 120)))
+  np.testing.assert_allclose(face.crop_transform, geometry.crop_transform(detector, 64),
+                             rtol=1e-6)
+  monkeypatch.setattr(predictor, '_detector', lambda image: np.array([[60, 50, 180, 170.0]]))
+  (face,) = predictor.predict(sample.image)
+  np.testing.assert_allclose(face.crop_transform, geometry.crop_transform(detector, 64),
+                             rtol=1e-6)
+  with pytest.raises(predict.PredictError, match='box_convention must be one of'):
+    predictor.predict(sample.image, boxes=[(60, 50, 180, 170)], box_convention='dlib')
+
+
+def test_the_network_sees_the_float_crop(predictor, sample, monkeypatch):
+  """As in the official code, the bilinear crop goes to the network unrounded."""
   seen = {}
   monkeypatch.setattr(predictor, 'forward',
                       lambda crops: seen.setdefault('c', crops) * 0.0 + np.float32(1))
-  (face,) = predictor.predict(sample.image, boxes=[(60, 50, 180, 170)])
-  box = geometry.box_crop((60, 50, 180, 170))
-  assert box.center[1] == pytest.approx(110 + 0.14 * 120) and box.size == int(1.58 * 120)
-  np.testing.assert_allclose(face.crop_transform, geometry.crop_transform(box, 64), rtol=1e-6)
+  (face,) = predictor.predict(sample.image, boxes=[(61.3, 50.7, 180.2, 170.9)])
+  expected = np.asarray(geometry.warp_image(sample.image.astype(np.float32),
+                                            face.crop_transform.astype(np.float64), 64, 64))
+  assert seen['c'].dtype == np.float32
+  np.testing.assert_allclose(seen['c'][0], expected, atol=1e-3)
+  assert np.abs(seen['c'] - np.round(seen['c'])).max() > 0.1  # not rounded to integers
 
 
 def test_input_forms(predictor, sample):
@@ -209,3 +235,44 @@ def test_export_reloads_without_flax_and_matches(ckpt, tmp_path):
                                                                                images))
   got = np.load(tmp_path / 'y.npy')
   assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_memory_stays_bounded_for_an_untrained_network_on_real_photos(monkeypatch, tmp_path):
+  """An untrained full-size network's position maps are not smooth: their meshes' triangles are
+  huge and scattered. The z-buffers (visibility, depth image) must still test at most
+  render.BUDGET_PER_PIXEL pixel centres per output pixel (memory bounded by the image size),
+  and every output is still written."""
+  from conftest import shared_path
+  from prnet_jax import render
+  photos = shared_path('photos')
+  model_config = ModelConfig()  # the official 256 px network, untrained
+  model = PRNet.from_config(model_config)
+  predictor = predict.Predictor(model, init_variables(model, jax.random.key(5)),
+                                uv_assets_for('procedural', 256))
+  real = render.rasterize
+  seen = []
+
+  def bounded(vertices, triangles, height, width, bbox):
+    w = bbox if isinstance(bbox, render.Windows) else render.Windows(bbox)
+    tested = (len(triangles) - w.num_big) * w.small ** 2 + w.num_big * w.big ** 2
+    seen.append(tested / (height * width))
+    assert tested <= render.BUDGET_PER_PIXEL * height * width, (w, height, width)
+    return real(vertices, triangles, height, width, bbox)
+  monkeypatch.setattr(render, 'rasterize', bounded)
+  assert predict.run(predictor, photos, str(tmp_path / 'untrained')) == 0
+  # Whatever the network outputs: position maps of uniform noise over the crop.
+  noise = np.random.default_rng(0)
+  monkeypatch.setattr(predictor, 'forward', lambda crops: noise.uniform(
+      0, 256, crops.shape[:1] + (256, 256, 3)).astype(np.float32))
+  assert predict.run(predictor, photos, str(tmp_path / 'noise')) == 0
+  assert len(seen) >= 8  # visibility and depth of at least one face per photo, twice
+  for run in ('untrained', 'noise'):
+    for name in sorted(os.listdir(photos)):
+      stem = os.path.splitext(name)[0]
+      assert (tmp_path / run / f'{stem}_depth.png').exists()
+      assert (tmp_path / run / f'{stem}_overlay.png').exists()
+  # Without the budget the noise meshes ask for far more (what the budget prevents).
+  image = predict.load_image(os.path.join(photos, sorted(os.listdir(photos))[0]))
+  face = predictor.predict(image)[0]
+  need = render.triangle_windows(face.vertices, face.triangles).astype(np.float64)
+  assert (need ** 2).sum() > 10 * render.BUDGET_PER_PIXEL * image.shape[0] * image.shape[1]

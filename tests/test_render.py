@@ -154,15 +154,21 @@ def test_vertex_visibility():
   np.testing.assert_array_equal(vis, [True, True, True, False, False])
 
 
-def test_two_tier_windows_equal_one_window():
-  # Many small triangles and a few large ones: the plan uses a big window for the large.
-  rng = np.random.RandomState(5)
-  centres = rng.uniform(0, 64, (300, 1, 2))
-  small = centres + rng.uniform(-1.5, 1.5, (300, 3, 2))
-  large = rng.uniform(-10, 74, (6, 3, 2))
+def small_and_large_triangles(seed, num_small, num_large, spread):
+  """`num_small` triangles of ~3 px in a 64 px image, then `num_large` with corners anywhere in
+  [-spread, 64 + spread]: (vertices (3T, 3) float32, triangles (T, 3))."""
+  rng = np.random.RandomState(seed)
+  centres = rng.uniform(0, 64, (num_small, 1, 2))
+  small = centres + rng.uniform(-1.5, 1.5, (num_small, 3, 2))
+  large = rng.uniform(-spread, 64 + spread, (num_large, 3, 2))
   xy = np.concatenate([small, large]).reshape(-1, 2)
   v = np.concatenate([xy, rng.uniform(-5, 5, (len(xy), 1))], 1).astype(np.float32)
-  tri = np.arange(len(v)).reshape(-1, 3)
+  return v, np.arange(len(v)).reshape(-1, 3)
+
+
+def test_two_tier_windows_equal_one_window():
+  # Many small triangles and a few large ones: the plan uses a big window for the large.
+  v, tri = small_and_large_triangles(5, 300, 6, 10)
   plan = render.plan_windows(v, tri)
   assert plan.num_big > 0 and plan.small <= 4 and plan.big >= render.required_bbox(v, tri)
   a = render.rasterize(v, tri, 64, 64, plan)
@@ -172,3 +178,35 @@ def test_two_tier_windows_equal_one_window():
   # A plan that is too small for the data misses pixels: the test can fail.
   c = render.rasterize(v, tri, 64, 64, render.Windows(plan.small))
   assert (np.asarray(c.triangle) != np.asarray(b.triangle)).any()
+
+
+def plan_cost(w: render.Windows, num_tri: int) -> int:
+  return (num_tri - w.num_big) * w.small ** 2 + w.num_big * w.big ** 2
+
+
+def test_a_budget_drops_only_the_largest_triangles():
+  # 1000 small triangles and 40 huge ones (an untrained network's mesh has thousands).
+  v, tri = small_and_large_triangles(7, 1000, 40, 20)
+  need = render.triangle_windows(v, tri)
+  # A budget the plan already fits: the same plan, every triangle kept.
+  free = plan_cost(render.plan_windows(v, tri), len(tri))
+  w, kept = render.plan_windows_within(v, tri, free)
+  assert w == render.plan_windows(v, tri) and np.array_equal(kept, tri)
+  # A tight budget: within it, and only the largest triangles dropped (made degenerate).
+  budget = 16 * 64 * 64
+  assert free > budget
+  w, kept = render.plan_windows_within(v, tri, budget)
+  assert plan_cost(w, len(tri)) <= budget
+  dropped = np.flatnonzero((kept != tri).any(1))
+  assert 0 < len(dropped) <= 40 and need[dropped].min() >= need[np.setdiff1d(
+      np.arange(len(tri)), dropped)].max()
+  assert np.all(kept[dropped] == kept[dropped][:, :1])  # degenerate: one vertex thrice
+  r = render.rasterize(v, kept, 64, 64, w)
+  owners = np.unique(np.asarray(r.triangle))
+  assert not set(owners.tolist()) & set(dropped.tolist())  # dropped ones draw nothing
+  # Every small triangle keeps its pixels: the full raster's owners among the small ones.
+  full = render.rasterize(v, tri, 64, 64, render.required_bbox(v, tri))
+  small_only = render.rasterize(v[:3000], tri[:1000], 64, 64, render.required_bbox(v, tri[:1000]))
+  mine = np.asarray(r.triangle)
+  np.testing.assert_array_equal(mine[mine < 1000], np.asarray(small_only.triangle)[mine < 1000])
+  assert (np.asarray(full.triangle) >= 1000).any()  # the huge ones did cover pixels

@@ -1,8 +1,9 @@
 """CI: the installed package (non-editable, in a fresh venv) works from outside the repository.
 
 Run by .ci/run with that venv's Python, from an empty folder: imports the training, evaluation,
-prediction and export modules, runs `python -m prnet_jax.predict --help`, and asks for an
-unbuilt dataset (expects the clear DatasetNotFoundError, not an import error).
+prediction and export modules, loads the shipped ICT face model (package data), runs
+`python -m prnet_jax.predict --help`, and asks for an unbuilt dataset (expects the clear
+DatasetNotFoundError, not an import error).
 """
 
 import importlib
@@ -18,6 +19,12 @@ for name in ('prnet_jax.train', 'prnet_jax.evaluate', 'prnet_jax.predict', 'prne
       f'{name} was imported from the repository ({module.__file__}), not from the install')
   print(f'import {name}: {module.__file__}')
 assert 'datasets' not in sys.modules, 'prnet_jax imported a package named datasets'
+
+from prnet_jax import ict_model  # noqa: E402  (package data travels with the install)
+
+ict = ict_model.load()
+assert ict_model.SHIPPED.startswith(os.path.dirname(os.path.dirname(ict_model.__file__)))
+print(f'shipped ICT model: {len(ict.neutral)} vertices from {ict_model.SHIPPED}')
 
 r = subprocess.run([sys.executable, '-m', 'prnet_jax.predict', '--help'], capture_output=True,
                    text=True, timeout=300)

@@ -1,0 +1,91 @@
+"""The ICT position-map FaceModel: its UV layout, the 300W-LP procedure on it, the samplers."""
+
+import numpy as np
+import pytest
+
+from prnet_jax import face_model as fm
+from prnet_jax import geometry, ict_face
+
+
+@pytest.fixture(scope='module')
+def model():
+  return ict_face.face_model()
+
+
+def signed_areas(px, tris):
+  a = px[tris]
+  return ((a[:, 1, 0] - a[:, 0, 0]) * (a[:, 2, 1] - a[:, 0, 1])
+          - (a[:, 2, 0] - a[:, 0, 0]) * (a[:, 1, 1] - a[:, 0, 1]))
+
+
+def test_uv_layout_is_face_centred_unfolded_and_fills_the_map(model):
+  px = geometry.uv_pixels(model.uv, 256)
+  assert np.all((px >= 0) & (px <= 255))
+  areas = signed_areas(px, model.triangles)
+  assert np.all(areas < 0)  # one orientation: no fold anywhere
+  k = px[model.landmarks]
+  np.testing.assert_allclose(k, np.round(k), atol=1e-4)  # landmarks on pixel centres
+  # Where PRNet's official layout puts them: jaw ends, brows, chin; left/right symmetric.
+  np.testing.assert_allclose(k[[0, 16], 0], [15, 240], atol=0.5)
+  np.testing.assert_allclose(k[[19, 24], 1].mean(), 39, atol=0.5)
+  np.testing.assert_allclose(k[8], [127.5, 193], atol=0.5)
+  assert k[36, 0] + k[45, 0] == pytest.approx(255, abs=1)
+  renderer = model.uv_renderer(256)
+  mask = np.asarray(renderer.mask)
+  assert mask.mean() > 0.9 and mask[k[:, 1].astype(int), k[:, 0].astype(int)].all()
+  # Only the face, forehead, ears and neck: eyes, teeth, mouth interior are rendering parts.
+  assert model.num_vertices < 9409 + 1839
+  # The eye and mouth openings are closed (one outer border, a few tiny holes at most).
+  loops = sorted(len(l) for l in ict_face.boundary_loops(model.triangles))
+  assert loops[-1] > 100 and all(n < 30 for n in loops[:-1])
+
+
+def test_the_300wlp_procedure_reads_every_landmark_from_the_map(model):
+  rng = np.random.default_rng(0)
+  renderer = model.uv_renderer(256)
+  assets = fm.derive_uv_assets(model, 256)
+  for k in range(4):
+    shape = ict_face.sample_identity(rng)
+    exp = ict_face.sample_expression(rng)
+    vertices = model.vertices(shape, exp)
+    pose = [np.deg2rad(rng.uniform(-20, 20)), np.deg2rad([-70, -30, 10, 60][k]),
+            np.deg2rad(rng.uniform(-20, 20)), 200, 220, 0, 8.0]  # cm -> pixels
+    sample = geometry.position_map_from_3dmm(vertices, pose, 450, model.landmarks, 256)
+    pos = np.asarray(renderer(sample.positions.astype(np.float32)))
+    np.testing.assert_allclose(assets.landmarks(pos), sample.positions[model.landmarks],
+                               atol=2e-3)
+    # The face fills the crop like a 300W-LP sample: landmarks well inside it.
+    lm = sample.positions[model.landmarks]
+    assert lm[:, :2].min() > 20 and lm[:, :2].max() < 236
+  weights = assets.weight_mask * assets.face_mask
+  assert set(np.unique(weights)) >= {0.0, 3.0, 4.0, 16.0}
+  assert 0.4 < assets.face_mask.mean() < 0.7
+
+
+def test_expressions_are_sparse_plausible_combinations():
+  model = ict_face.face_model()
+  names = model.exp_names
+  a = ict_face.sample_expression(np.random.default_rng(3))
+  np.testing.assert_array_equal(a, ict_face.sample_expression(np.random.default_rng(3)))
+  samples = np.stack([ict_face.sample_expression(np.random.default_rng(s)) for s in range(600)])
+  assert samples.min() >= 0 and samples.max() <= 1
+  active = (samples > 0).sum(1)
+  assert active.mean() < 8 and 0.05 < (active == 0).mean() < 0.4
+  col = lambda n: samples[:, names.index(n)]
+  for n in ('jawOpen', 'eyeBlink_L', 'eyeBlink_R', 'mouthSmile_L', 'mouthSmile_R',
+            'browInnerUp_L', 'mouthPucker', 'eyeSquint_R', 'noseSneer_L', 'mouthLeft'):
+    assert (col(n) > 0.2).mean() > 0.02, n
+  # Winks and one-sided smiles: strongly asymmetric samples exist; most are near symmetric.
+  blink = np.abs(col('eyeBlink_L') - col('eyeBlink_R'))
+  assert (blink > 0.6).mean() > 0.02 and np.median(blink[blink > 0]) < 0.6
+
+
+def test_identities_use_the_models_statistics(model):
+  rng = np.random.default_rng(1)
+  iods = []
+  for _ in range(50):
+    v = model.vertices(ict_face.sample_identity(rng))
+    iods.append(np.linalg.norm(v[model.landmarks[36]] - v[model.landmarks[45]]))
+  iods = np.asarray(iods)
+  # Centimetres: adult outer eye corners ~8-10.5 apart; identities differ.
+  assert 7.5 < iods.min() and iods.max() < 11 and iods.std() > 0.1

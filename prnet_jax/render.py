@@ -286,19 +286,25 @@ class UVRenderer:
     return jnp.any(self.weights != 0, -1)
 
   def __call__(self, values: jax.Array) -> jax.Array:
-    """(..., V, C) per-vertex values -> (..., R, R, C) UV map (0 outside the mesh)."""
-    values = jnp.asarray(values)
-    lead, (v, c) = values.shape[:-2], values.shape[-2:]
-    r = self.vertex_ids.shape[0]
-    # Vertices first, (batch x channels) contiguous: three row gathers and a weighted sum,
-    # which XLA:CPU runs ~3x faster than one gather + einsum (benchmarks/render_position_map).
-    table = jnp.moveaxis(values.reshape((-1, v, c)), 1, 0).reshape(v, -1)
-    ids = self.vertex_ids.reshape(-1, 3)
-    w = self.weights.reshape(-1, 3)
-    out = sum(w[:, k:k + 1] * jnp.take(table, ids[:, k], axis=0) for k in range(3))
-    out = jnp.moveaxis(out.reshape(r, r, -1, c), 2, 0)
-    return out.reshape(lead + (r, r, c))
+    """(..., V, C) per-vertex values -> (..., R, R, C) UV map (0 outside the mesh). Jitted,
+    also when called eagerly (dataset builders call it per sample: 8 ms eagerly, 0.3 ms
+    jitted for a BFM-size mesh)."""
+    return _render_uv(self, jnp.asarray(values))
 
 
 jax.tree_util.register_dataclass(UVRenderer, data_fields=['vertex_ids', 'weights'],
                                  meta_fields=[])
+
+
+@jax.jit
+def _render_uv(renderer: UVRenderer, values: jax.Array) -> jax.Array:
+  lead, (v, c) = values.shape[:-2], values.shape[-2:]
+  r = renderer.vertex_ids.shape[0]
+  # Vertices first, (batch x channels) contiguous: three row gathers and a weighted sum,
+  # which XLA:CPU runs ~3x faster than one gather + einsum (benchmarks/render_position_map).
+  table = jnp.moveaxis(values.reshape((-1, v, c)), 1, 0).reshape(v, -1)
+  ids = renderer.vertex_ids.reshape(-1, 3)
+  w = renderer.weights.reshape(-1, 3)
+  out = sum(w[:, k:k + 1] * jnp.take(table, ids[:, k], axis=0) for k in range(3))
+  out = jnp.moveaxis(out.reshape(r, r, -1, c), 2, 0)
+  return out.reshape(lead + (r, r, c))

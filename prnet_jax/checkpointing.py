@@ -155,7 +155,8 @@ def write_small_arrays_from_one_replica(
   layers) stay replica-parallel. Checkpoints written either way restore the same way.
   """
   handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=min_bytes)
-  ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+  with _quiet_absl():  # orbax warns that it overrides its own default handler: intended here
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
 
 
 def _grain():

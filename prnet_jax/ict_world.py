@@ -24,7 +24,8 @@ import numpy as np
 
 from prnet_jax import face_model as fm
 from prnet_jax import geometry, ict_face, ict_model, render
-from prnet_jax.synthetic import Sample, clutter_background, vertex_normals
+from prnet_jax.synthetic import (Sample, clutter_background, crop_frame_normals,
+                                 random_pose_and_crop)
 
 
 @functools.partial(jax.jit, static_argnames=('size', 'bbox'))
@@ -113,22 +114,14 @@ class ICTWorld:
     expression = ict_face.sample_expression(rng, m.exp_names)
     full = ict.vertices(identity, expression).astype(np.float64)
     vertices = full[self.keep]
-    angles = np.deg2rad([rng.uniform(-30, 30), rng.uniform(-90, 90), rng.uniform(-30, 30)])
-    span = np.ptp(vertices[m.landmarks, 0])
-    scale = rng.uniform(90, 200) / span
-    canvas = 2 * self.image_size
-    t = [rng.uniform(0.3, 0.7) * canvas, rng.uniform(0.3, 0.7) * canvas, 0.0]
-    pose = np.concatenate([angles, t, [scale]])
-    gt = geometry.position_map_from_3dmm(vertices, pose, canvas, m.landmarks, self.image_size,
-                                         geometry.random_perturbation(rng))
+    pose, gt = random_pose_and_crop(rng, vertices, m.landmarks, self.image_size)
     positions = gt.positions.astype(np.float32)
-    # The whole head through the same crop (and the same depth shift).
-    head = geometry.to_image_frame(geometry.transform_3ddfa(full, scale, angles, t), canvas)
+    # The whole head through the same pose, crop and depth shift.
+    head = geometry.to_image_frame(geometry.transform_3ddfa(full, pose[6], pose[:3], pose[3:6]),
+                                   2 * self.image_size)
     head = geometry.transform_points(gt.transform, head)
     head[:, 2] -= geometry.transform_points(gt.transform, gt.image_vertices)[:, 2].min()
-    r = geometry.angles_to_matrix(angles)
-    normals = np.asarray(vertex_normals(jnp.asarray(full @ r.T, jnp.float32),
-                                        self._triangles)) * np.array([1, -1, 1], np.float32)
+    normals = crop_frame_normals(full, pose[:3], self._triangles)
     albedo, specular = self._albedo(rng)
     lights = []
     for k in range(rng.integers(1, 3) + 1):

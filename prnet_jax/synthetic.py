@@ -64,9 +64,27 @@ def shade_and_render(positions, normals, albedo, light_dir, ambient, diffuse, ba
   return jnp.where(raster.mask[..., None], image, background)
 
 
-@jax.jit
-def _render_uv(renderer: render.UVRenderer, values: jax.Array) -> jax.Array:
-  return renderer(values)
+def random_pose_and_crop(rng: np.random.Generator, vertices: np.ndarray,
+                         landmarks: np.ndarray, image_size: int):
+  """A pose over the 300W-LP range (pitch, roll +-30, yaw +-90 degrees; the face ~90..200 px
+  across its landmarks, anywhere in a canvas of twice `image_size`) and the 300W-LP ground-truth
+  crop of `vertices` (V, 3) under it: (Pose_Para (7,), geometry.PositionMapSample)."""
+  angles = np.deg2rad([rng.uniform(-30, 30), rng.uniform(-90, 90), rng.uniform(-30, 30)])
+  scale = rng.uniform(90, 200) / np.ptp(vertices[landmarks, 0])
+  canvas = 2 * image_size
+  t = [rng.uniform(0.3, 0.7) * canvas, rng.uniform(0.3, 0.7) * canvas, 0.0]
+  pose = np.concatenate([angles, t, [scale]])
+  gt = geometry.position_map_from_3dmm(vertices, pose, canvas, landmarks, image_size,
+                                       geometry.random_perturbation(rng))
+  return pose, gt
+
+
+def crop_frame_normals(vertices: np.ndarray, angles, triangles: jax.Array) -> np.ndarray:
+  """(V, 3) unit normals of the posed mesh in the crop frame (rotated, then y flipped like
+  the vertices)."""
+  r = geometry.angles_to_matrix(angles)
+  return np.asarray(vertex_normals(jnp.asarray(vertices @ r.T, jnp.float32),
+                                   triangles)) * np.array([1, -1, 1], np.float32)
 
 
 def clutter_background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -127,20 +145,9 @@ class SyntheticWorld:
     shape = rng.normal(0, 0.8, m.shape_ev.shape) * m.shape_ev
     exp = self._expression(rng)
     vertices = m.vertices(shape, exp)
-    angles = np.deg2rad([rng.uniform(-30, 30), rng.uniform(-90, 90), rng.uniform(-30, 30)])
-    # Original image: a face ~90..200 px across the landmarks, anywhere in a 2S canvas.
-    span = np.ptp(vertices[m.landmarks, 0])
-    scale = rng.uniform(90, 200) / span
-    canvas = 2 * self.image_size
-    t = [rng.uniform(0.3, 0.7) * canvas, rng.uniform(0.3, 0.7) * canvas, 0.0]
-    pose = np.concatenate([angles, t, [scale]])
-    gt = geometry.position_map_from_3dmm(vertices, pose, canvas, m.landmarks, self.image_size,
-                                         geometry.random_perturbation(rng))
+    pose, gt = random_pose_and_crop(rng, vertices, m.landmarks, self.image_size)
     positions = gt.positions.astype(np.float32)
-    # Normals in the crop frame: rotate model normals, then flip y like the vertices.
-    r = geometry.angles_to_matrix(angles)
-    normals = np.asarray(vertex_normals(jnp.asarray(vertices @ r.T, jnp.float32),
-                                        self._triangles)) * np.array([1, -1, 1], np.float32)
+    normals = crop_frame_normals(vertices, pose[:3], self._triangles)
     tone = rng.uniform(0.55, 1.15) * np.array([1.0, rng.uniform(0.93, 1.0), rng.uniform(0.88, 1.0)])
     hair = rng.uniform(0.3, 2.5)
     albedo = m.albedo * tone
@@ -154,7 +161,7 @@ class SyntheticWorld:
                              light.astype(np.float32), rng.uniform(0.25, 0.45),
                              rng.uniform(0.6, 0.9), background, self._triangles,
                              self.image_size, windows)
-    pos_map = np.asarray(_render_uv(self.uv_renderer, positions))
+    pos_map = np.asarray(self.uv_renderer(positions))
     return Sample(image=np.round(np.asarray(image) * 255).astype(np.uint8),
                   position_map=pos_map.astype(np.float32),
                   landmarks=positions[m.landmarks].astype(np.float32),

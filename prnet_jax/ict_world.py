@@ -7,7 +7,7 @@ Each sample: an identity (ICT's N(0, 1) weights) and a sparse expression (`ict_f
 over the 300W-LP range (yaw +-90, pitch and roll +-30 degrees), the whole head rendered
 (face, eyes, teeth and mouth interior when the jaw opens) with a per-vertex skin albedo (tone,
 redder lips, cheeks and nose, darker brows), white sclera and a coloured iris, ambient light and
-two directional lights with a specular highlight, over a cluttered background. The ground truth
+two or three directional lights with a specular highlight, over a cluttered background. The ground truth
 follows the project's 300W-LP procedure exactly (`geometry.position_map_from_3dmm` on the
 position-map model `ict_face.face_model()`, its crop applied to the rendered head too).
 
@@ -42,6 +42,9 @@ def shade_and_render(positions, normals, albedo, specular, lights, ambient, back
   raster = render.rasterize(positions, triangles, size, size, bbox)
   image = render.interpolate(raster, triangles, jnp.clip(colour, 0.0, 1.0))
   return jnp.where(raster.mask[..., None], image, background), raster
+
+
+MAX_LIGHTS = 3
 
 
 class ICTWorld:
@@ -123,14 +126,16 @@ class ICTWorld:
     head[:, 2] -= geometry.transform_points(gt.transform, gt.image_vertices)[:, 2].min()
     normals = crop_frame_normals(full, pose[:3], self._triangles)
     albedo, specular = self._albedo(rng)
-    lights = []
-    for k in range(rng.integers(1, 3) + 1):
+    # Always three lights (unused ones dark), so the shading compiles once.
+    lights = np.zeros((MAX_LIGHTS, 4), np.float32)
+    lights[:, 2] = 1.0
+    for k in range(rng.integers(1, MAX_LIGHTS) + 1):
       d = np.array([rng.uniform(-1, 1), rng.uniform(-1, 0.4), rng.uniform(0.3, 1.0)])
-      lights.append(np.concatenate([d / np.linalg.norm(d), [rng.uniform(0.3, 0.8) / (k + 1)]]))
+      lights[k] = np.concatenate([d / np.linalg.norm(d), [rng.uniform(0.3, 0.8) / (k + 1)]])
     background = clutter_background(rng, self.image_size)
     windows = render.plan_windows(head, ict.triangles)
     image, raster = shade_and_render(head.astype(np.float32), normals, albedo, specular,
-                                np.asarray(lights, np.float32), rng.uniform(0.2, 0.45),
+                                lights, rng.uniform(0.2, 0.45),
                                 background, self._triangles, self.image_size, windows)
     sample = Sample(image=np.round(np.asarray(image) * 255).astype(np.uint8),
                     position_map=np.asarray(self.uv_renderer(positions), np.float32),

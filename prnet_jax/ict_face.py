@@ -185,34 +185,33 @@ def sample_identity(rng: np.random.Generator, components: int = ict_model.IDENTI
   return rng.normal(size=components).astype(np.float32)
 
 
-# Expression "moves": (probability, {blendshape: weight range}), each side-specific move also
-# appears mirrored. A sample draws a few moves; their weights add (clipped to [0, 1]).
+# Expression "moves": (probability, {blendshape: weight range}, one-sided). A sided shape
+# (`_L` / `_R`) acts on both sides, the second slightly weaker, unless the move is one-sided
+# (winks, half smiles). A sample draws a few moves; their weights add (clipped to [0, 1]).
 _SIDES = ('_L', '_R')
 MOVES = (
-    (0.35, {'mouthSmile': (0.3, 1.0), 'cheekSquint': (0.0, 0.5), 'eyeSquint': (0.0, 0.4)}),
-    (0.25, {'jawOpen': (0.1, 0.9)}),
-    (0.20, {'eyeBlink': (0.6, 1.0)}),               # both eyes, below
-    (0.10, {'eyeBlink': (0.7, 1.0)}),               # a wink: one side
-    (0.20, {'browInnerUp': (0.3, 1.0), 'browOuterUp': (0.2, 1.0)}),
-    (0.15, {'browDown': (0.3, 1.0)}),
-    (0.10, {'mouthPucker': (0.3, 1.0)}),
-    (0.10, {'mouthFunnel': (0.2, 0.8), 'jawOpen': (0.1, 0.4)}),
-    (0.15, {'eyeSquint': (0.3, 1.0)}),
-    (0.10, {'eyeWide': (0.3, 1.0)}),
-    (0.10, {'mouthFrown': (0.3, 1.0), 'mouthStretch': (0.0, 0.5)}),
-    (0.10, {'mouthSmile': (0.3, 0.9)}),             # a one-sided smile
-    (0.08, {'noseSneer': (0.3, 1.0), 'mouthUpperUp': (0.0, 0.6)}),
-    (0.08, {'cheekPuff': (0.3, 1.0), 'mouthClose': (0.0, 0.3)}),
-    (0.08, {'mouthLeft': (0.2, 0.8)}),
-    (0.08, {'jawLeft': (0.2, 0.7)}),
-    (0.06, {'mouthRollLower': (0.2, 0.8), 'mouthRollUpper': (0.2, 0.8)}),
-    (0.06, {'mouthPress': (0.3, 1.0)}),
-    (0.10, {'eyeLookUp': (0.2, 0.8)}),
-    (0.10, {'eyeLookDown': (0.2, 0.8)}),
-    (0.10, {'eyeLookIn': (0.2, 0.8)}),
+    (0.35, {'mouthSmile': (0.3, 1.0), 'cheekSquint': (0.0, 0.5), 'eyeSquint': (0.0, 0.4)}, False),
+    (0.25, {'jawOpen': (0.1, 0.9)}, False),
+    (0.20, {'eyeBlink': (0.6, 1.0)}, False),
+    (0.10, {'eyeBlink': (0.7, 1.0)}, True),                # a wink
+    (0.20, {'browInnerUp': (0.3, 1.0), 'browOuterUp': (0.2, 1.0)}, False),
+    (0.15, {'browDown': (0.3, 1.0)}, False),
+    (0.10, {'mouthPucker': (0.3, 1.0)}, False),
+    (0.10, {'mouthFunnel': (0.2, 0.8), 'jawOpen': (0.1, 0.4)}, False),
+    (0.15, {'eyeSquint': (0.3, 1.0)}, False),
+    (0.10, {'eyeWide': (0.3, 1.0)}, False),
+    (0.10, {'mouthFrown': (0.3, 1.0), 'mouthStretch': (0.0, 0.5)}, False),
+    (0.10, {'mouthSmile': (0.3, 0.9)}, True),              # a half smile
+    (0.08, {'noseSneer': (0.3, 1.0), 'mouthUpperUp': (0.0, 0.6)}, False),
+    (0.08, {'cheekPuff': (0.3, 1.0), 'mouthClose': (0.0, 0.3)}, False),
+    (0.08, {'mouthLeft': (0.2, 0.8)}, False),
+    (0.08, {'jawLeft': (0.2, 0.7)}, False),
+    (0.06, {'mouthRollLower': (0.2, 0.8), 'mouthRollUpper': (0.2, 0.8)}, False),
+    (0.06, {'mouthPress': (0.3, 1.0)}, False),
+    (0.10, {'eyeLookUp': (0.2, 0.8)}, False),
+    (0.10, {'eyeLookDown': (0.2, 0.8)}, False),
+    (0.10, {'eyeLookIn': (0.2, 0.8)}, False),
 )
-# Which moves act on one side only (the others act on both sides alike where a shape is sided).
-_ONE_SIDED = {3, 11}
 _MIRRORED_SWAP = {'mouthLeft': 'mouthRight', 'jawLeft': 'jawRight'}
 
 
@@ -227,18 +226,18 @@ def sample_expression(rng: np.random.Generator, names: tuple[str, ...] = ()) -> 
   names = names or face_model().exp_names
   index = {n: i for i, n in enumerate(names)}
   out = np.zeros(len(names), np.float32)
-  for k, (p, shapes) in enumerate(MOVES):
+  for p, shapes, one_sided in MOVES:
     if rng.random() >= p:
       continue
     side = _SIDES[rng.integers(2)]
-    asym = 1.0 if k in _ONE_SIDED else rng.uniform(0.7, 1.0)  # a little asymmetry always
+    asym = 1.0 if one_sided else rng.uniform(0.7, 1.0)  # a little asymmetry always
     for shape, (lo, hi) in shapes.items():
       w = rng.uniform(lo, hi)
       if shape in _MIRRORED_SWAP:
         _apply(out, index, shape if side == '_L' else _MIRRORED_SWAP[shape], w)
       elif shape in index:
         _apply(out, index, shape, w)
-      elif k in _ONE_SIDED:
+      elif one_sided:
         _apply(out, index, shape + side, w)
       else:
         other = _SIDES[1 - _SIDES.index(side)]

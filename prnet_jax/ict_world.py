@@ -59,10 +59,9 @@ class ICTWorld:
     self._triangles = jnp.asarray(self.ict.triangles)
     ict = self.ict
     n = len(ict.neutral)
-    part = np.zeros(n, np.int32)
-    for k, name in enumerate(ict_model.KEPT_PARTS):
-      part[ict.part(name)] = k
-    self._part = part
+    self._part = np.empty(n, object)
+    for name in ict_model.KEPT_PARTS:
+      self._part[ict.part(name)] = name
     # Skin regions of the whole head from the position-map model's regions (others: skin).
     regions = np.full(n, fm.OTHER, np.int8)
     regions[self.keep] = self.model.regions
@@ -79,7 +78,11 @@ class ICTWorld:
     # Brows: face vertices above the eyes near the brow landmarks.
     brow = face_lm[17:27]
     d = np.linalg.norm(ict.neutral[:, None, :2] - brow[None, :, :2], axis=-1).min(1)
-    self._brow = (part == 0) & (d < 0.6) & (ict.neutral[:, 2] > 5)
+    self._brow = self._is('face') & (d < 0.6) & (ict.neutral[:, 2] > 5)
+
+  def _is(self, *parts: str) -> np.ndarray:
+    """(V,) bool: the vertices of the named ICT parts."""
+    return np.isin(self._part, parts)
 
   def _albedo(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(V, 3) albedo and (V,) specular strength for a random person."""
@@ -95,15 +98,14 @@ class ICTWorld:
     albedo[self._regions == fm.NOSE] *= 1 + (red - 1) * rng.uniform(0, 0.5)
     albedo[self._brow] *= rng.uniform(0.25, 0.6)
     albedo *= 1 + rng.normal(0, 0.03, (n, 1))  # fine mottling
-    part = self._part
-    eye = (part == 7) | (part == 8)
+    eye = self._is('eyeball_left', 'eyeball_right')
     albedo[eye] = rng.uniform(0.85, 0.95) * np.array([1.0, 0.97, 0.95])
     iris = rng.choice([[0.25, 0.15, 0.08], [0.35, 0.45, 0.6], [0.3, 0.4, 0.25],
                        [0.12, 0.08, 0.05]]) * rng.uniform(0.8, 1.2)
     albedo[self._iris] = iris
-    albedo[part == 6] = [0.9, 0.87, 0.78]                  # teeth
-    albedo[(part == 5) | (part == 2)] = [0.45, 0.12, 0.12]  # gums, tongue, mouth socket
-    albedo[(part == 3) | (part == 4)] = skin * 0.6          # eye sockets
+    albedo[self._is('teeth')] = [0.9, 0.87, 0.78]
+    albedo[self._is('gums_and_tongue', 'mouth_socket')] = [0.45, 0.12, 0.12]
+    albedo[self._is('eye_socket_left', 'eye_socket_right')] = skin * 0.6
     specular = np.full(n, rng.uniform(0.05, 0.25), np.float32)
     specular[eye] = 0.6
     return np.clip(albedo, 0, 1).astype(np.float32), specular

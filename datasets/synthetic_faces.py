@@ -1,8 +1,12 @@
-"""`synthetic_faces`: the embedded synthetic face world as a TFDS dataset (no downloads).
+"""`synthetic_faces`: the embedded face worlds as a TFDS dataset (no downloads).
 
-Configs: `default` (256 px, 4,000 train / 200 test), `small` (64 px, 2,000 / 200, for the
-CPU demo) and `tiny` (64 px, 64 / 16, for tests). Size and seed are configurable by making a `SyntheticFacesConfig`. Sample i of
-the train split is `SyntheticWorld.sample(seed + i)`; test samples use seeds offset by 10^8.
+Configs of the procedural world (`synthetic.SyntheticWorld`): `default` (256 px, 4,000 train /
+200 test), `small` (64 px, 2,000 / 200, for the CPU demo) and `tiny` (64 px, 64 / 16, for tests).
+Configs of the ICT world (`ict_world.ICTWorld`, faces rendered toward photographs): `ict`
+(256 px, 20,000 / 500), `ict_small` (128 px, 4,000 / 200) and `ict_tiny` (64 px, 16 / 8, for
+tests). Size and seed are configurable by making a `SyntheticFacesConfig`. Sample i of the train
+split is the world's sample of seed + i; test samples use seeds offset by 10^8. The ICT world
+renders batches of `ICT_BATCH` seeds in each worker process.
 """
 
 from __future__ import annotations
@@ -24,20 +28,38 @@ class SyntheticFacesConfig(tfds.core.BuilderConfig):
   num_train: int = 4000
   num_test: int = 200
   seed: int = 0
+  world: str = 'procedural'  # or 'ict'
 
 
 _WORLD = None
+ICT_BATCH = 8
 
 
-def _init_world(image_size: int) -> None:
+def _init_world(image_size: int, world: str = 'procedural') -> None:
   global _WORLD
-  from prnet_jax.synthetic import SyntheticWorld
-  _WORLD = SyntheticWorld(image_size=image_size, uv_resolution=image_size)
+  if world == 'ict':
+    import dataclasses as dc
+    from prnet_jax.ict_world import ICTWorld, ICTWorldConfig
+    _WORLD = ICTWorld(dc.replace(ICTWorldConfig(), image_size=image_size,
+                                 uv_resolution=image_size))
+  elif world == 'procedural':
+    from prnet_jax.synthetic import SyntheticWorld
+    _WORLD = SyntheticWorld(image_size=image_size, uv_resolution=image_size)
+  else:
+    raise ValueError(f"unknown world {world!r}: 'procedural' or 'ict'")
 
 
 def _example(seed: int):
+  return _record(_WORLD.sample(seed))
+
+
+def _examples(seeds):
+  return [_record(s) for s in _WORLD.sample_batch(seeds)]
+
+
+def _record(s):
   from prnet_jax import data_io, posmap_codec
-  s = _WORLD.sample(seed)
+  seed = s.seed
   return f'{seed:09d}', {
       'image': data_io.encode_jpeg(s.image),
       'position_map': posmap_codec.encode(s.position_map),
@@ -61,6 +83,12 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
                            image_size=64, num_train=2000, num_test=200),
       SyntheticFacesConfig(name='tiny', description='64 px, 64 train / 16 test (tests)',
                            image_size=64, num_train=64, num_test=16),
+      SyntheticFacesConfig(name='ict', description='ICT world, 256 px, 20000 train / 500 test',
+                           world='ict', num_train=20000, num_test=500),
+      SyntheticFacesConfig(name='ict_small', world='ict', image_size=128, num_train=4000,
+                           num_test=200, description='ICT world, 128 px, 4000 train / 200 test'),
+      SyntheticFacesConfig(name='ict_tiny', world='ict', image_size=64, num_train=16,
+                           num_test=8, description='ICT world, 64 px, 16 train / 8 test (tests)'),
   ]
 
   def __init__(self, *, num_workers: Optional[int] = None, **kwargs):
@@ -79,6 +107,14 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
                                                    c.seed + TEST_SEED_OFFSET + c.num_test))}
 
   def _generate_examples(self, seeds):
-    yield from common.parallel_map(_example, list(seeds), self._num_workers,
-                                   initializer=_init_world,
-                                   initargs=(self.builder_config.image_size,))
+    c = self.builder_config
+    initargs = (c.image_size, c.world)
+    if c.world == 'procedural':
+      yield from common.parallel_map(_example, list(seeds), self._num_workers,
+                                     initializer=_init_world, initargs=initargs)
+      return
+    seeds = list(seeds)
+    chunks = [seeds[k:k + ICT_BATCH] for k in range(0, len(seeds), ICT_BATCH)]
+    for examples in common.parallel_map(_examples, chunks, self._num_workers,
+                                        initializer=_init_world, initargs=initargs):
+      yield from examples

@@ -65,12 +65,18 @@ def shade_and_render(positions, normals, albedo, light_dir, ambient, diffuse, ba
 
 
 def random_pose_and_crop(rng: np.random.Generator, vertices: np.ndarray,
-                         landmarks: np.ndarray, image_size: int):
-  """A pose over the 300W-LP range (pitch, roll +-30, yaw +-90 degrees; the face ~90..200 px
-  across its landmarks, anywhere in a canvas of twice `image_size`) and the 300W-LP ground-truth
-  crop of `vertices` (V, 3) under it: (Pose_Para (7,), geometry.PositionMapSample)."""
-  angles = np.deg2rad([rng.uniform(-30, 30), rng.uniform(-90, 90), rng.uniform(-30, 30)])
-  scale = rng.uniform(90, 200) / np.ptp(vertices[landmarks, 0])
+                         landmarks: np.ndarray, image_size: int,
+                         max_angles=(30.0, 90.0, 30.0), face_px=(90.0, 200.0), warp=None):
+  """A pose over the 300W-LP range (pitch, yaw, roll within +-`max_angles` degrees; the face
+  `face_px` pixels across its landmarks, anywhere in a canvas of twice `image_size`) and the
+  300W-LP ground-truth crop of `vertices` (V, 3) under it: (Pose_Para (7,),
+  geometry.PositionMapSample). `warp(vertices, angles)`, if given, deforms the model-frame
+  vertices before the procedure (a perspective camera, `ict_world`)."""
+  p, y, r = max_angles
+  angles = np.deg2rad([rng.uniform(-p, p), rng.uniform(-y, y), rng.uniform(-r, r)])
+  if warp is not None:
+    vertices = warp(vertices, angles)
+  scale = rng.uniform(*face_px) / np.ptp(vertices[landmarks, 0])
   canvas = 2 * image_size
   t = [rng.uniform(0.3, 0.7) * canvas, rng.uniform(0.3, 0.7) * canvas, 0.0]
   pose = np.concatenate([angles, t, [scale]])

@@ -11,6 +11,10 @@ built, XLA computes the same function (BENCHMARKS.md has the numbers):
   GFLOP/s, native 50-80) or fewer input channels than the vector width (the first conv, and the
   input gradient of the 16 -> 3 layer) (``forward_kind``).
 
+And triangle rasterisation with a z-buffer (``raster.cc``, ``rasterize``): the function of
+``render.rasterize`` visiting each triangle's clipped bounding box (no window plan), used by
+``render.rasterize_auto`` on CPU: ~40x faster for a 49k-triangle head at 256 px.
+
 The library is built with ``$CXX`` (else ``c++``, ``g++`` or ``clang++``) with
 ``-O3 -march=native`` into ``$PRNET_JAX_CACHE`` (default ``~/.cache/prnet_jax``) under a name that
 hashes the source, compiler, jaxlib version and CPU, so machines sharing a home folder do not
@@ -37,7 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-SOURCE = pathlib.Path(__file__).with_name('conv_kernels.cc')
+SOURCES = tuple(pathlib.Path(__file__).with_name(n) for n in ('conv_kernels.cc', 'raster.cc'))
+HEADERS = (pathlib.Path(__file__).with_name('parallel.h'),)
+RASTER_TARGET = 'prnet_rasterize'
 TARGET = 'prnet_conv_kernel_grad'
 FORWARD_TARGETS = {'small_co': 'prnet_conv_forward_small_co', 'few_ci': 'prnet_conv_forward'}
 # Kernels with more elements than this (deep layers: short reductions into large kernels) are
@@ -104,7 +110,7 @@ def build(compiler: Optional[str] = None) -> pathlib.Path:
                              timeout=60).stdout
   except (OSError, subprocess.SubprocessError) as e:
     raise NativeBuildError(f'cannot run the C++ compiler {compiler}: {e}') from e
-  source = SOURCE.read_bytes()
+  source = b'\0'.join(p.read_bytes() for p in SOURCES + HEADERS)
   include = jax.ffi.include_dir()
   errors = []
   for arch in _arch_flags():
@@ -123,7 +129,7 @@ def build(compiler: Optional[str] = None) -> pathlib.Path:
     except OSError as e:
       raise NativeBuildError(f'cannot write the native library to {out.parent} ({e}); set '
                              'PRNET_JAX_CACHE to a writable folder') from e
-    cmd = [compiler, *flags, f'-I{include}', str(SOURCE), '-o', tmp]
+    cmd = [compiler, *flags, f'-I{include}', *map(str, SOURCES), '-o', tmp]
     try:
       proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.SubprocessError) as e:
@@ -135,7 +141,7 @@ def build(compiler: Optional[str] = None) -> pathlib.Path:
     if proc is not None:
       errors.append(f'{" ".join(cmd)}:\n{proc.stderr[-2000:]}')
     pathlib.Path(tmp).unlink(missing_ok=True)
-  raise NativeBuildError(f'compiling {SOURCE} failed:\n' + '\n'.join(errors))
+  raise NativeBuildError(f'compiling {", ".join(map(str, SOURCES))} failed:\n' + '\n'.join(errors))
 
 
 def load() -> int:
@@ -153,7 +159,8 @@ def load() -> int:
         lanes = int(lib.prnet_native_lanes())
         for name, symbol in ((TARGET, lib.PrnetConvKernelGrad),
                              (FORWARD_TARGETS['small_co'], lib.PrnetConvForwardSmallCo),
-                             (FORWARD_TARGETS['few_ci'], lib.PrnetConvForward)):
+                             (FORWARD_TARGETS['few_ci'], lib.PrnetConvForward),
+                             (RASTER_TARGET, lib.PrnetRasterize)):
           jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform='cpu')
       except (OSError, AttributeError) as e:
         raise NativeBuildError(f'cannot load {path}: {e}') from e
@@ -261,6 +268,25 @@ def conv_forward(x: jax.Array, kernel: jax.Array, padding: Sequence[tuple[int, i
                                     dimension_numbers=_DN)
 
   return lax.platform_dependent(xp, kernel, cpu=native, default=xla)
+
+
+def rasterize(vertices: jax.Array, triangles: jax.Array, height: int, width: int):
+  """The native z-buffer rasteriser (CPU only; call ``available()`` first).
+
+  vertices (..., V, 3) float32 pixels (x column, y row, z larger nearer), triangles (T, 3) int32
+  -> (triangle (..., H, W) int32, bary (..., H, W, 3) float32, depth (..., H, W) float32),
+  the fields of ``render.Raster``. Leading dimensions are rasterised in parallel."""
+  vertices = jnp.asarray(vertices, jnp.float32)
+  lead = vertices.shape[:-2]
+  flat = vertices.reshape((-1,) + vertices.shape[-2:])
+  b = flat.shape[0]
+  out = (jax.ShapeDtypeStruct((b, height, width), jnp.int32),
+         jax.ShapeDtypeStruct((b, height, width, 3), jnp.float32),
+         jax.ShapeDtypeStruct((b, height, width), jnp.float32))
+  owner, bary, depth = jax.ffi.ffi_call(RASTER_TARGET, out, vmap_method='sequential')(
+      flat, jnp.asarray(triangles, jnp.int32))
+  return (owner.reshape(lead + (height, width)), bary.reshape(lead + (height, width, 3)),
+          depth.reshape(lead + (height, width)))
 
 
 def xla_conv_kernel_grad(x: jax.Array, dy: jax.Array, kernel_size: tuple[int, int],

@@ -1,0 +1,318 @@
+"""Image-space parts of the face world: backgrounds, long hair, occluders, camera effects.
+
+Host functions (numpy and PIL) of a `np.random.Generator`, so a seed fixes every draw. Images
+are (S, S, 3) float32 in [0, 1]; points are pixels (x = column, y = row). None of these change the
+ground truth: a face behind a hand or under a hat keeps its full position map, as in 300W-LP.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+# ---------------------------------------------------------------------------- backgrounds
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int, channels: int = 1
+                  ) -> np.ndarray:
+  """(S, S, C) bilinearly upsampled uniform noise from a `cells` x `cells` grid, in [0, 1]."""
+  grid = rng.random((cells + 1, cells + 1, channels)).astype(np.float32)
+  img = Image.fromarray(np.uint8(grid * 255).reshape(cells + 1, cells + 1, channels).squeeze(-1)
+                        if channels == 1 else np.uint8(grid * 255))
+  out = np.asarray(img.resize((size, size), Image.BILINEAR), np.float32) / 255
+  return out.reshape(size, size, channels)
+
+
+def fractal_background(rng: np.random.Generator, size: int) -> np.ndarray:
+  """Natural-looking texture: colour noise at several scales (about 1/f), two tinted colours."""
+  t = sum(_smooth_noise(rng, size, c) * w for c, w in ((3, 0.5), (8, 0.25), (24, 0.15),
+                                                       (64, 0.1)))
+  t = (t - t.min()) / max(np.ptp(t), 1e-6)
+  c0, c1 = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+  img = c0 * (1 - t) + c1 * t
+  return img + 0.15 * (_smooth_noise(rng, size, 5, 3) - 0.5)
+
+
+def indoor_background(rng: np.random.Generator, size: int) -> np.ndarray:
+  """A room seen behind a person: a lit wall, a floor or ceiling line, doors, windows, shelves
+  and frames as rectangles, with a light falloff."""
+  wall = rng.uniform(0.2, 0.95, 3) * rng.uniform(0.5, 1.0)
+  ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) / size
+  lx, ly = rng.uniform(-0.5, 1.5, 2)
+  fall = 1.0 - rng.uniform(0.2, 0.6) * np.clip(np.hypot(xs - lx, ys - ly), 0, 1.5) / 1.5
+  img = np.ones((size, size, 3), np.float32) * wall * fall[..., None]
+  im = Image.fromarray(np.uint8(np.clip(img, 0, 1) * 255))
+  d = ImageDraw.Draw(im)
+  if rng.random() < 0.6:
+    y = int(rng.uniform(0.5, 0.95) * size)
+    d.rectangle([0, y, size, size], fill=tuple(int(v) for v in rng.uniform(20, 200, 3)))
+  for _ in range(rng.integers(2, 8)):
+    x0, y0 = rng.uniform(-0.2, 1.0, 2) * size
+    w, h = rng.uniform(0.08, 0.6, 2) * size
+    grey = rng.uniform(0, 255)
+    fill = tuple(int(v) for v in grey + rng.uniform(0.1, 0.6) * (rng.uniform(0, 255, 3) - grey))
+    if rng.random() < 0.4:  # a frame or window: outline with a lighter inside
+      d.rectangle([x0, y0, x0 + w, y0 + h], fill=tuple(min(255, int(v * 1.4) + 30) for v in fill),
+                  outline=fill, width=int(rng.integers(2, 8)))
+    else:
+      d.rectangle([x0, y0, x0 + w, y0 + h], fill=fill)
+  return np.asarray(im, np.float32) / 255
+
+
+def clutter_background(rng: np.random.Generator, size: int) -> np.ndarray:
+  """Overlapping shapes of random colours over a gradient."""
+  from prnet_jax.synthetic import clutter_background as clutter
+  return clutter(rng, size)
+
+
+BACKGROUNDS = {'fractal': fractal_background, 'indoor': indoor_background,
+               'clutter': clutter_background}
+
+
+def background(rng: np.random.Generator, size: int, kinds=('fractal', 'indoor', 'clutter'),
+               max_blur: float = 3.0) -> np.ndarray:
+  """(S, S, 3) float32: a background of a random kind, defocused by up to `max_blur` px."""
+  img = BACKGROUNDS[kinds[rng.integers(len(kinds))]](rng, size)
+  img = np.clip(img + rng.normal(0, 0.01, img.shape), 0, 1)
+  radius = rng.uniform(0, max_blur)
+  if radius > 0.3:
+    img = _blur(img, radius)
+  return img.astype(np.float32)
+
+
+def _to_pil(img: np.ndarray) -> Image.Image:
+  return Image.fromarray(np.uint8(np.clip(img, 0, 1) * 255 + 0.5))
+
+
+def _blur(img: np.ndarray, radius: float) -> np.ndarray:
+  return np.asarray(_to_pil(img).filter(ImageFilter.GaussianBlur(radius)), np.float32) / 255
+
+def smooth_silhouette(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """Anti-aliases the edge of a rendered object: pixels whose 3 x 3 neighbourhood is part
+  inside, part outside `mask` (S, S) take their neighbourhood's mean."""
+  m = np.pad(mask.astype(np.float32), 1, mode='edge')
+  p = np.pad(img, ((1, 1), (1, 1), (0, 0)), mode='edge')
+  s = img.shape[0]
+  box = lambda a: sum(a[i:i + s, j:j + s] for i in range(3) for j in range(3)) / 9
+  frac = box(m)
+  edge = (frac > 0) & (frac < 1)
+  return np.where(edge[..., None], box(p), img)
+
+# ---------------------------------------------------------------------------- hair
+
+
+def strand_texture(rng: np.random.Generator, size: int, colour: np.ndarray,
+                   angle: float = 0.0) -> np.ndarray:
+  """(S, S, 3) hair: `colour` with strands (stripes of random brightness) along `angle`
+  (radians from the image's vertical)."""
+  cells = size // 2
+  stripes = rng.uniform(0.55, 1.35, cells + 1)
+  xs = np.linspace(0, cells, size * 2)
+  line = np.interp(xs, np.arange(cells + 1), stripes)
+  tex = np.tile(line[None, :], (size * 2, 1)) * (0.85 + 0.3 * _smooth_noise(rng, size * 2, 6)[..., 0])
+  im = Image.fromarray(np.uint8(np.clip(tex / 1.6, 0, 1) * 255)).rotate(np.rad2deg(angle),
+                                                                      Image.BILINEAR)
+  c = size // 2
+  tex = np.asarray(im, np.float32)[c:c + size, c:c + size] / 255 * 1.6
+  return np.clip(colour[None, None, :] * tex[..., None], 0, 1).astype(np.float32)
+
+
+def long_hair(rng: np.random.Generator, img: np.ndarray, scalp_xy: np.ndarray,
+              colour: np.ndarray, down: np.ndarray) -> np.ndarray:
+  """Paints long hair behind a head onto `img` (the background, before the head is drawn): the
+  convex outline of the hair-covered scalp `scalp_xy` (N, 2), widened, falling along the unit
+  image direction `down` (the head's chin direction) to the shoulders."""
+  size = img.shape[0]
+  if len(scalp_xy) < 3:
+    return img
+  centre = scalp_xy.mean(0)
+  spread = np.ptp(scalp_xy, axis=0).max()
+  pts = centre + (scalp_xy - centre) * rng.uniform(1.08, 1.25)
+  length = spread * rng.uniform(0.6, 1.6)
+  side = np.array([-down[1], down[0]])
+  proj = (pts - centre) @ side
+  left, right = pts[np.argmin(proj)], pts[np.argmax(proj)]
+  flare = rng.uniform(0.0, 0.25) * spread
+  drape = [right + down * length + side * flare, left + down * length - side * flare]
+  poly = np.concatenate([_hull(pts), drape])
+  mask = Image.new('L', (size * 2, size * 2), 0)
+  ImageDraw.Draw(mask).polygon([tuple(p) for p in poly * 2], fill=255)
+  mask = mask.filter(ImageFilter.GaussianBlur(2)).resize((size, size), Image.BILINEAR)
+  alpha = np.asarray(mask, np.float32)[..., None] / 255
+  tex = strand_texture(rng, size, colour, np.arctan2(-down[0], down[1]))
+  return img * (1 - alpha) + tex * alpha
+
+
+def _hull(points: np.ndarray) -> np.ndarray:
+  """Convex hull (monotone chain) of (N, 2) points, counter-clockwise."""
+  pts = sorted(map(tuple, np.round(points, 2)))
+  if len(pts) < 3:
+    return np.asarray(pts)
+
+  def half(seq):
+    out = []
+    for p in seq:
+      while len(out) >= 2 and ((out[-1][0] - out[-2][0]) * (p[1] - out[-2][1])
+                               - (out[-1][1] - out[-2][1]) * (p[0] - out[-2][0])) <= 0:
+        out.pop()
+      out.append(p)
+    return out
+  lower, upper = half(pts), half(reversed(pts))
+  return np.asarray(lower[:-1] + upper[:-1])
+
+# ---------------------------------------------------------------------------- occluders
+
+
+def _colour(rng, lo=0, hi=255):
+  return tuple(int(v) for v in rng.uniform(lo, hi, 3))
+
+
+def _glasses(rng, d: ImageDraw.ImageDraw, lm: np.ndarray, k: float):
+  frame = _colour(rng, 0, 120) if rng.random() < 0.7 else _colour(rng)
+  tint = rng.random() < 0.3
+  width = max(1, int(rng.uniform(1.0, 3.5) * k))
+  eye_w = np.linalg.norm(lm[39] - lm[36])
+  centres = [lm[36:42].mean(0), lm[42:48].mean(0)]
+  rx, ry = eye_w * rng.uniform(0.75, 1.0), eye_w * rng.uniform(0.45, 0.7)
+  for c in centres:
+    box = [(c[0] - rx) * k, (c[1] - ry) * k, (c[0] + rx) * k, (c[1] + ry) * k]
+    fill = (*_colour(rng, 0, 80), int(rng.uniform(120, 220))) if tint else None
+    if rng.random() < 0.5:
+      d.ellipse(box, outline=(*frame, 255), width=width, fill=fill)
+    else:
+      d.rounded_rectangle(box, radius=ry * k * 0.5, outline=(*frame, 255), width=width, fill=fill)
+  a, b = centres[0] + [rx, 0], centres[1] - [rx, 0]
+  d.line([tuple(a * k), tuple(b * k)], fill=(*frame, 255), width=width)
+  for c, s, jaw in ((centres[0], -1, lm[0]), (centres[1], 1, lm[16])):
+    d.line([((c[0] + s * rx) * k, c[1] * k), (jaw[0] * k, jaw[1] * k)], fill=(*frame, 255),
+           width=width)
+
+
+def _hand(rng, d, lm, k, skin):
+  face = np.ptp(lm[:, 0]) + 1
+  c = lm[rng.choice([8, 57, 3, 13, 30, 5, 11])] + rng.normal(0, 0.15 * face, 2)
+  ang = rng.uniform(0, 2 * np.pi)
+  u = np.array([np.cos(ang), np.sin(ang)])
+  v = np.array([-u[1], u[0]])
+  palm = face * rng.uniform(0.3, 0.45)
+  tone = tuple(int(255 * min(1, x * rng.uniform(0.85, 1.1))) for x in skin)
+  pts = [c + palm * (np.cos(t) * u * 0.9 + np.sin(t) * v * 0.75) for t in np.linspace(0, 2 * np.pi, 24)]
+  d.polygon([tuple(p * k) for p in pts], fill=(*tone, 255))
+  fw = palm * 0.32
+  for i in range(4):
+    base = c + u * palm * 0.7 + v * palm * (-0.6 + 0.4 * i)
+    tip = base + u * palm * rng.uniform(0.8, 1.3)
+    d.line([tuple(base * k), tuple(tip * k)], fill=(*tone, 255), width=int(fw * k))
+    d.ellipse([(tip[0] - fw / 2) * k, (tip[1] - fw / 2) * k, (tip[0] + fw / 2) * k,
+               (tip[1] + fw / 2) * k], fill=(*tone, 255))
+  thumb = c - v * palm * 0.9 + u * palm * 0.2
+  d.line([tuple((c - v * palm * 0.5) * k), tuple(thumb * k)], fill=(*tone, 255),
+         width=int(fw * 1.1 * k))
+
+
+def _hat(rng, d, lm, k):
+  col = _colour(rng, 0, 220)
+  brow = lm[17:27]
+  up = brow.mean(0) - lm[8]
+  up = up / (np.linalg.norm(up) + 1e-6)
+  width = np.linalg.norm(lm[16] - lm[0])
+  lift = width * rng.uniform(0.05, 0.3)
+  left, right = lm[0] + up * (np.linalg.norm(lm[0] - brow[0]) + lift), \
+      lm[16] + up * (np.linalg.norm(lm[16] - brow[-1]) + lift)
+  side = (right - left) * rng.uniform(0.1, 0.3)
+  crown = [left - side, right + side, right + up * width * 0.9, left + up * width * 0.9]
+  d.polygon([tuple(p * k) for p in crown], fill=(*col, 255))
+  if rng.random() < 0.6:  # a brim or peak
+    brim = [left - side * 1.6, right + side * 1.6, right + side - up * width * 0.08,
+            left - side - up * width * 0.08]
+    d.polygon([tuple(p * k) for p in brim], fill=(*tuple(int(c * 0.8) for c in col), 255))
+
+
+def _microphone(rng, d, lm, k):
+  face = np.ptp(lm[:, 0]) + 1
+  c = lm[rng.choice([57, 8, 54, 48])] + rng.normal(0, 0.1 * face, 2) + [0, face * 0.15]
+  r = face * rng.uniform(0.1, 0.2)
+  ang = rng.uniform(0.3, 2.8)
+  end = c + np.array([np.cos(ang), np.sin(ang)]) * face * 1.5
+  d.line([tuple(c * k), tuple(end * k)], fill=(*_colour(rng, 0, 60), 255), width=int(r * 0.7 * k))
+  grey = int(rng.uniform(40, 160))
+  d.ellipse([(c[0] - r) * k, (c[1] - r) * k, (c[0] + r) * k, (c[1] + r) * k],
+            fill=(grey, grey, grey, 255))
+
+
+def _object(rng, d, lm, k):
+  face = np.ptp(lm[:, 0]) + 1
+  c = lm[rng.integers(68)] + rng.normal(0, 0.3 * face, 2)
+  w, h = rng.uniform(0.15, 0.6, 2) * face
+  box = [(c[0] - w) * k, (c[1] - h) * k, (c[0] + w) * k, (c[1] + h) * k]
+  (d.ellipse if rng.random() < 0.5 else d.rectangle)(box, fill=(*_colour(rng), 255))
+
+
+OCCLUDERS = ('glasses', 'hand', 'hat', 'microphone', 'object')
+
+
+def occlude(rng: np.random.Generator, img: np.ndarray, landmarks: np.ndarray,
+            skin: np.ndarray, probabilities: dict[str, float]) -> tuple[np.ndarray, list[str]]:
+  """Draws each occluder with its probability near the 68 2D `landmarks` (68, 2+): glasses on
+  the eyes, a hand, a hat, a microphone, a plain object. Returns (image, names drawn)."""
+  size, k = img.shape[0], 2  # drawn at 2x and reduced: smooth edges
+  lm = np.asarray(landmarks, np.float64)[:, :2]
+  drawn = [n for n in OCCLUDERS if rng.random() < probabilities.get(n, 0.0)]
+  if not drawn:
+    return img, drawn
+  layer = Image.new('RGBA', (size * k, size * k), (0, 0, 0, 0))
+  d = ImageDraw.Draw(layer)
+  for name in drawn:
+    if name == 'glasses':
+      _glasses(rng, d, lm, k)
+    elif name == 'hand':
+      _hand(rng, d, lm, k, skin)
+    elif name == 'hat':
+      _hat(rng, d, lm, k)
+    elif name == 'microphone':
+      _microphone(rng, d, lm, k)
+    else:
+      _object(rng, d, lm, k)
+  layer = np.asarray(layer.resize((size, size), Image.BOX), np.float32) / 255
+  alpha = layer[..., 3:]
+  # Occluders are lit too: a soft gradient across each.
+  shade = 0.75 + 0.35 * _smooth_noise(rng, size, 3)
+  out = img * (1 - alpha) + np.clip(layer[..., :3] * shade, 0, 1) * alpha
+  return out, drawn
+
+# ---------------------------------------------------------------------------- camera
+
+
+def camera(rng: np.random.Generator, img: np.ndarray, cfg) -> np.uint8:
+  """(S, S, 3) uint8: `img` through a random camera (see `ICTWorldConfig`'s camera fields):
+  colour cast and contrast, defocus or motion blur, low resolution, sensor noise, JPEG."""
+  size = img.shape[0]
+  gain = 1 + rng.uniform(-cfg.colour_cast, cfg.colour_cast, 3)
+  img = np.clip(img * gain, 0, 1) ** rng.uniform(1 / cfg.gamma, cfg.gamma)
+  r = rng.random()
+  if r < cfg.p_defocus:
+    img = _blur(img, rng.uniform(0.5, cfg.max_defocus))
+  elif r < cfg.p_defocus + cfg.p_motion_blur:
+    n = int(rng.integers(3, cfg.max_motion + 1))
+    ang = rng.uniform(0, np.pi)
+    acc = np.zeros_like(img)
+    for t in np.linspace(-0.5, 0.5, n):
+      dx, dy = np.round(t * n * np.array([np.cos(ang), np.sin(ang)])).astype(int)
+      acc += np.roll(img, (dy, dx), axis=(0, 1))
+    img = acc / n
+  pil = _to_pil(img)
+  if rng.random() < cfg.p_low_resolution:
+    small = int(size * rng.uniform(cfg.min_resolution, 0.8))
+    pil = pil.resize((small, small), Image.BILINEAR).resize((size, size), Image.BILINEAR)
+  arr = np.asarray(pil, np.float32)
+  sigma = rng.uniform(0, cfg.max_noise) * 255
+  if sigma > 0.5:
+    arr = arr + rng.normal(0, sigma, arr.shape).astype(np.float32)
+  pil = Image.fromarray(np.uint8(np.clip(arr, 0, 255) + 0.5))
+  if rng.random() < cfg.p_jpeg:
+    buf = io.BytesIO()
+    pil.save(buf, 'JPEG', quality=int(rng.integers(cfg.min_jpeg_quality, 96)))
+    pil = Image.open(io.BytesIO(buf.getvalue())).convert('RGB')
+  return np.asarray(pil, np.uint8)

@@ -25,11 +25,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import median, report, time_calls  # noqa: E402
-from prnet_jax import ict_render, render  # noqa: E402
+from prnet_jax import ict_render, render, runtime  # noqa: E402
 from prnet_jax.ict_world import FACTORS, ICTWorld  # noqa: E402
 
 
 def main():
+  runtime.restart_tuned()
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--num', type=int, default=128, help='train samples of the timed build')
   p.add_argument('--batch', type=int, default=8)

@@ -6,7 +6,8 @@ Mesh: a 231 x 231 vertex grid = 53,361 vertices and 105,800 triangles (the size 
 ANCHORS.md's face3d measurement), UV = the grid, 3D shape = a bumpy hemisphere.
 * UV plan: `UVRenderer.create` (rasterise the UV layout once; reused by every sample).
 * position map: render (V, 3) positions through the plan, batch 1 and batched (vmap).
-* image: rasterise the posed mesh into 256 x 256 with a z-buffer and interpolate colours.
+* image: rasterise the posed mesh into 256 x 256 with a z-buffer and interpolate colours (the
+  JAX rasteriser with its window plan, and the native one where it builds).
 Times are medians of --repeats calls after a warm-up; compile time is reported separately.
 """
 
@@ -86,6 +87,15 @@ def main():
   ms = 1e3 * median(time_calls(lambda: image(pos).block_until_ready(), a.repeats))
   rows.append({'what': f'z-buffer image (bbox {bbox})', 'batch': 1, 'ms_per_map': ms,
                'compile_s': c, 'x_vs_face3d': ANCHOR_FACE3D_IMAGE_MS / ms})
+  if render.native_available():
+    native = jax.jit(lambda p: render.interpolate(render.rasterize_auto(p, tri, 256, 256), tri,
+                                                  colours))
+    t = time.perf_counter()
+    native(pos).block_until_ready()
+    c = time.perf_counter() - t
+    ms = 1e3 * median(time_calls(lambda: native(pos).block_until_ready(), a.repeats))
+    rows.append({'what': 'z-buffer image (native rasteriser)', 'batch': 1, 'ms_per_map': ms,
+                 'compile_s': c, 'x_vs_face3d': ANCHOR_FACE3D_IMAGE_MS / ms})
   report('render_position_map', rows, ['what', 'batch', 'ms_per_map', 'compile_s',
                                        'x_vs_face3d'], a.output)
 

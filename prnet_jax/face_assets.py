@@ -1,6 +1,7 @@
 """The UV assets a run uses, by name: the embedded face model's or an official uv-data folder.
 
-    uv_assets_for('procedural', 64)                 # derived from the embedded face model
+    uv_assets_for('procedural', 64)                 # derived from the embedded procedural model
+    uv_assets_for('ict', 256)                       # derived from the ICT model (the ICT world)
     uv_assets_for('PRNet/Data/uv-data', 256)        # PRNet's official assets (the BFM layout)
 
 Training, evaluation and prediction all resolve `config.uv_assets` (or `--uv_assets`) here.
@@ -15,21 +16,26 @@ from prnet_jax.procedural_face import procedural_face_model
 from prnet_jax.uv_assets import AssetError, UVAssets, load_uv_assets
 
 PROCEDURAL = 'procedural'
+ICT = 'ict'
 
 
 def uv_assets_for(name: str, resolution: int) -> UVAssets:
   """Loss weights, landmark pixels and mesh of `resolution`-px position maps for `name`:
-  'procedural' (the embedded synthetic face model) or an official-format uv-data folder.
-  Raises AssetError naming the problem."""
+  'procedural' (the embedded procedural face model: `synthetic_faces` default/small/tiny),
+  'ict' (the ICT position-map model: `synthetic_faces/ict*`) or an official-format uv-data
+  folder. Raises AssetError naming the problem."""
   if name == PROCEDURAL:
     return derive_uv_assets(procedural_face_model(), resolution)
+  if name == ICT:
+    from prnet_jax.ict_face import face_model
+    return derive_uv_assets(face_model(), resolution)
   if not name:
     raise AssetError('no UV assets given: set config.uv_assets (or --uv_assets) to an official '
-                     f'uv-data folder (PRNet/Data/uv-data) or to "{PROCEDURAL}" for models '
-                     'trained on the synthetic faces')
+                     f'uv-data folder (PRNet/Data/uv-data), to "{PROCEDURAL}" for models '
+                     f'trained on the procedural synthetic faces or to "{ICT}" for the ICT world')
   if not os.path.isdir(name):
-    raise AssetError(f'{name}: UV assets folder not found (expected "{PROCEDURAL}" or an '
-                     'official uv-data folder such as PRNet/Data/uv-data)')
+    raise AssetError(f'{name}: UV assets folder not found (expected "{PROCEDURAL}", "{ICT}" '
+                     'or an official uv-data folder such as PRNet/Data/uv-data)')
   assets = load_uv_assets(name)
   if assets.resolution != resolution:
     raise AssetError(f'{name}: the UV assets are for {assets.resolution} px maps, the model '

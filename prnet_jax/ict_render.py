@@ -102,19 +102,52 @@ def ambient_occlusion(vertices: np.ndarray, triangles: np.ndarray, normals: np.n
   return (np.sum(weight * seen, 0) / np.maximum(weight.sum(0), 1e-6)).astype(np.float32)
 
 
-def _vertex_detail(rest, params):
-  """(V, 4) low-frequency detail per vertex (cheaper than per pixel, and as smooth as the
-  mesh allows): mottling, freckles, moles, hairline raggedness."""
+def _vertex_albedo(rest, channels, params):
+  """(V, 3) skin albedo with its low-frequency detail per vertex (as smooth as the mesh
+  allows, and cheaper than per pixel): mottling and redness, freckles, moles."""
   p = rest + params[PARAMS['noise_offset']]
   mottle = fbm(p * 0.6, 3) - 0.5
   freck = jnp.clip((value_noise(p * 2.5 + 3.1) - 1 + params[PARAMS['freckles']]) * 8, 0, 1)
   mole = jnp.clip((value_noise(p * 0.9 + 7.7) - 1 + 0.02 * params[PARAMS['moles']]) * 60, 0, 1)
-  ragged = fbm(p * 1.2 + 9.0, 2) - 0.5
-  return jnp.stack([mottle, freck, mole, ragged], -1)
+  skin = channels[:, CH['skin']]
+  albedo = channels[:, :3] * (1 + (skin * params[PARAMS['mottle']] * mottle)[:, None]
+                              * jnp.array([1.0, 1.3, 1.3]))
+  spot = jnp.clip(0.35 * freck + 0.7 * mole, 0, 0.8) * skin
+  return albedo * (1 - spot[:, None] * jnp.array([0.45, 0.6, 0.7]))
+
+
+# Channels the pixels read (the rest only feed the per-vertex albedo and lighting).
+_PIXEL_CHANNELS = ('hair', 'brow', 'beard', 'lash', 'eye')
+
+
+def _vertex_lighting(normals, channels, params):
+  """(V, 6) light and highlight colour per vertex (Gouraud: the mesh is dense enough at these
+  image sizes, and per-pixel lighting doubled the shading time): hemispherical ambient (the
+  crop frame's y points down) scaled by ambient occlusion, wrapped diffuse (light through
+  skin), Blinn-Phong highlights in Schlick's rational form (no exp/log)."""
+  c = lambda name: channels[:, CH[name]][:, None]
+  n = normals / jnp.maximum(jnp.linalg.norm(normals, axis=-1, keepdims=True), 1e-6)
+  hair = jnp.clip(c('hair') * 2 - 0.5, 0, 1)
+  shininess = c('shininess') * 100.0 * (1 - 0.7 * hair)
+  up = 0.5 - 0.5 * n[:, 1:2]
+  ao = c('occlusion')
+  light = ao * (up * params[PARAMS['sky']] + (1 - up) * params[PARAMS['ground']])
+  wrap = params[PARAMS['wrap']]
+  lights = params[PARAMS['lights']].reshape(MAX_LIGHTS, 6)
+  spec = 0.0
+  for k in range(MAX_LIGHTS):
+    d, col = lights[k, :3], lights[k, 3:]
+    ndl = jnp.sum(n * d, -1, keepdims=True)
+    light = light + jnp.clip((ndl + wrap) / (1 + wrap), 0, 1) * (0.4 + 0.6 * ao) * col
+    h = d + jnp.array([0.0, 0.0, 1.0])
+    h = h / jnp.maximum(jnp.linalg.norm(h), 1e-6)
+    x = jnp.clip(jnp.sum(n * h, -1, keepdims=True), 0, 1)
+    spec = spec + x / jnp.maximum(shininess - shininess * x + x, 1e-6) * (ndl > 0) * col
+  return jnp.concatenate([light, spec * c('specular') * (1 - 0.6 * hair)], -1)
 
 
 def _planar_noise(x, y, z):
-  """`value_noise` of points given as three coordinate arrays (contiguous, fast)."""
+  """`value_noise` of points given as three coordinate arrays."""
   return value_noise(jnp.stack([x, y, z], -1))
 
 
@@ -123,13 +156,21 @@ def _mix(a, b, t):
   return a * (1 - t) + b * t
 
 
-def _shade_one(raster: render.Raster, triangles, rest, normals, channels, params, background):
-  """One sample: (S, S, 3) image in [0, 1]. Inputs as in `render_heads`, without the batch axis.
+def _vertex_attributes(rest, normals, channels, params):
+  """(V, 18) what the pixels interpolate: rest position, light, highlight, albedo, the pixel
+  channels and the hairline's raggedness."""
+  ragged = fbm((rest + params[PARAMS['noise_offset']]) * 1.2 + 9.0, 2) - 0.5
+  return jnp.concatenate([
+      rest, _vertex_lighting(normals, channels, params), _vertex_albedo(rest, channels, params),
+      channels[:, [CH[n] for n in _PIXEL_CHANNELS]], ragged[:, None]], -1)
+
+
+def _shade_one(raster: render.Raster, triangles, attrs, params, background):
+  """One sample: (S, S, 3) image in [0, 1] from its raster and `_vertex_attributes`.
 
   Pixels are planar, (channels, S * S): XLA:CPU reads a channel of a pixel-major array with a
   stride, which made this shading 3x slower."""
   size = raster.triangle.shape[0]
-  attrs = jnp.concatenate([rest, normals, channels, _vertex_detail(rest, params)], -1)
   ids = jnp.asarray(triangles, jnp.int32)[jnp.maximum(raster.triangle, 0)].reshape(-1, 3)
   bary = raster.bary.reshape(-1, 3)
   # Row gathers (contiguous vertex rows), then one transpose to planes.
@@ -138,15 +179,9 @@ def _shade_one(raster: render.Raster, triangles, rest, normals, channels, params
   rest = pix[0:3]
   off = params[PARAMS['noise_offset']]
   p = [rest[k] + off[k] for k in range(3)]
-  n = pix[3:6] / jnp.maximum(jnp.sqrt(jnp.sum(pix[3:6] ** 2, 0)), 1e-6)
-  c = lambda name: pix[6 + CH[name]]
-  mottle, freck, mole, ragged = (pix[6 + len(CHANNELS) + k] for k in range(4))
-  albedo = pix[6:9]
-  skin = c('skin')
-  # Skin: low-frequency mottling and redness, freckles, moles.
-  albedo = albedo * (1 + skin * par('mottle') * mottle * jnp.array([[1.0], [1.3], [1.3]]))
-  spot = jnp.clip(0.35 * freck + 0.7 * mole, 0, 0.8) * skin
-  albedo = albedo * (1 - spot * jnp.array([[0.45], [0.6], [0.7]]))
+  light, spec, albedo = pix[3:6], pix[6:9], pix[9:12]
+  c = lambda name: pix[12 + _PIXEL_CHANNELS.index(name)]
+  ragged = pix[12 + len(_PIXEL_CHANNELS)]
   hair_colour = par('hair_colour')
   # Eyes (the inner eyeball mesh): sclera, an iris with radial streaks and a dark rim, pupil.
   eyes = params[PARAMS['eye_geometry']].reshape(2, 2, 3)
@@ -157,7 +192,9 @@ def _shade_one(raster: render.Raster, triangles, rest, normals, channels, params
   radial = jnp.sqrt(jnp.maximum(sum(rel[k] ** 2 for k in range(3)) - along ** 2, 0))
   ri, rp = params[PARAMS['iris_radius']][0], params[PARAMS['pupil_radius']][0]
   u = radial / ri
-  streaks = _planar_noise(jnp.arctan2(rel[1], rel[0]) * 6.0, u * 3.0, jnp.zeros_like(u))
+  # Radial streaks: noise of the direction around the axis (no per-pixel arctan2).
+  inv = 6.0 / jnp.maximum(jnp.sqrt(rel[0] ** 2 + rel[1] ** 2), 1e-6)
+  streaks = _planar_noise(rel[0] * inv, rel[1] * inv, u * 3.0)
   iris = par('iris_colour') * (0.6 + 0.8 * streaks) * (1 - 0.6 * jnp.clip((u - 0.8) * 5, 0, 1))
   eye = c('eye') > 0.5
   albedo = jnp.where(eye & (along > 0) & (radial < ri), iris, albedo)
@@ -176,30 +213,11 @@ def _shade_one(raster: render.Raster, triangles, rest, normals, channels, params
   cover = jnp.clip((c('hair') - 0.5 + par('hair_edge')[0] * ragged) * 6 + 0.5, 0, 1)
   strands = _planar_noise(p[0] * 8.0 + 2.0, p[1] * 0.6 + 2.0, p[2] * 8.0 + 2.0)
   albedo = _mix(albedo, hair_colour * (0.55 + 0.8 * strands), cover)
-  specular = c('specular') * (1 - cover * 0.6)
-  shininess = c('shininess') * 100.0 * (1 - 0.7 * cover)
-  # Light: hemispherical ambient (crop-frame y points down), wrapped diffuse, Blinn-Phong.
-  up = 0.5 - 0.5 * n[1]
-  ao = c('occlusion')
-  light = ao * (up * par('sky') + (1 - up) * par('ground'))
-  wrap = params[PARAMS['wrap']][0]
-  lights = params[PARAMS['lights']].reshape(MAX_LIGHTS, 6)
-  spec = 0.0
-  for k in range(MAX_LIGHTS):
-    d, col = lights[k, :3], lights[k, 3:, None]
-    ndl = n[0] * d[0] + n[1] * d[1] + n[2] * d[2]
-    light = light + jnp.clip((ndl + wrap) / (1 + wrap), 0, 1) * (0.4 + 0.6 * ao) * col
-    h = d + jnp.array([0.0, 0.0, 1.0])
-    h = h / jnp.maximum(jnp.linalg.norm(h), 1e-6)
-    # Schlick's rational form of x ** shininess (no per-pixel exp and log).
-    x = jnp.clip(n[0] * h[0] + n[1] * h[1] + n[2] * h[2], 0, 1)
-    spec = spec + (x / jnp.maximum(shininess - shininess * x + x, 1e-6) * (ndl > 0)) * col
-  colour = jnp.clip((albedo * light + specular * spec) * params[PARAMS['exposure']][0], 0, 1)
+  colour = jnp.clip((albedo * light + spec) * params[PARAMS['exposure']][0], 0, 1)
   colour = colour.T.reshape(size, size, 3)
   return jnp.where(raster.mask[..., None], colour, background)
 
 
-@functools.partial(jax.jit, static_argnames=('size', 'use_native', 'windows'))
 def render_heads(vertices, triangles, rest, normals, channels, params, background, size: int,
                  use_native: bool = True, windows: render.Windows | None = None):
   """Rasterise and shade a batch of heads.
@@ -219,11 +237,24 @@ def render_heads(vertices, triangles, rest, normals, channels, params, backgroun
   Returns:
     (images (B, S, S, 3) in [0, 1], depth (B, S, S): z-buffer, -inf where nothing is drawn).
   """
+  # Two executables: inside one, XLA fuses the per-vertex work into the per-pixel gathers and
+  # recomputes it at every pixel corner (measured 2.5x slower).
+  attrs = _vertex_stage(rest, normals, channels, params)
+  return _pixel_stage(vertices, triangles, attrs, params, background, size, use_native, windows)
+
+
+@jax.jit
+def _vertex_stage(rest, normals, channels, params):
+  return jax.vmap(_vertex_attributes, in_axes=(None, 0, 0, 0))(rest, normals, channels, params)
+
+
+@functools.partial(jax.jit, static_argnames=('size', 'use_native', 'windows'))
+def _pixel_stage(vertices, triangles, attrs, params, background, size, use_native, windows):
   if use_native:
     raster = render.rasterize_auto(vertices, triangles, size, size)
   else:
     raster = jax.vmap(lambda v: render.rasterize(v, triangles, size, size, windows))(vertices)
   # One sample at a time (lax.map): XLA:CPU runs the vmapped shading ~2x slower.
-  images = jax.lax.map(lambda a: _shade_one(a[0], triangles, rest, *a[1:]),
-                       (raster, normals, channels, params, background))
+  images = jax.lax.map(lambda a: _shade_one(a[0], triangles, *a[1:]),
+                       (raster, attrs, params, background))
   return images, raster.depth

@@ -27,6 +27,7 @@ Every range is a field of `ICTWorldConfig`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional, Sequence
 
 import jax.numpy as jnp
@@ -34,8 +35,7 @@ import numpy as np
 
 from prnet_jax import face_model as fm
 from prnet_jax import geometry, ict_face, ict_model, ict_render, image_effects, render
-from prnet_jax.synthetic import (Sample, crop_frame_normals, random_pose_and_crop,
-                                 vertex_normals)
+from prnet_jax.synthetic import Sample, random_pose_and_crop, vertex_normals
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,8 +187,9 @@ class ICTWorld:
     self._face_width = np.ptp(lm[:, 0])
     self._use_native = render.native_available()
 
+  @functools.lru_cache(maxsize=None)
   def _is(self, *parts: str) -> np.ndarray:
-    """(V,) bool: the vertices of the named ICT parts."""
+    """(V,) bool: the vertices of the named ICT parts (cached; do not modify)."""
     return np.isin(self._part, parts)
 
   # -------------------------------------------------------------------- per-sample draws
@@ -307,7 +308,9 @@ class ICTWorld:
                                                             pose[3:6]), 2 * self.image_size)
     head = geometry.transform_points(gt.transform, head)
     head[:, 2] -= geometry.transform_points(gt.transform, gt.image_vertices)[:, 2].min()
-    normals = crop_frame_normals(haired, pose[:3], self._triangles)
+    # Shading normals: the head's, rotated into the crop frame (y flipped like the vertices).
+    normals = (model_normals @ geometry.angles_to_matrix(pose[:3]).T
+               * np.array([1, -1, 1])).astype(np.float32)
     return identity, expression, pose, gt, head.astype(np.float32), normals
 
   # -------------------------------------------------------------------- sampling

@@ -89,3 +89,16 @@ def test_identities_use_the_models_statistics(model):
   iods = np.asarray(iods)
   # Centimetres: adult outer eye corners ~8-10.5 apart; identities differ.
   assert 7.5 < iods.min() and iods.max() < 11 and iods.std() > 0.1
+
+
+def test_runs_name_the_ict_assets(model):
+  """`uv_assets_for('ict', R)` (config.uv_assets / --uv_assets) gives the ICT model's assets,
+  weighted like the official mask (landmarks 16 with a halo, eyes/nose/mouth 4, face 3),
+  at the training resolutions."""
+  from prnet_jax.face_assets import uv_assets_for
+  a = uv_assets_for('ict', 256)
+  np.testing.assert_array_equal(a.kpt_uv, fm.derive_uv_assets(model, 256).kpt_uv)
+  assert sorted(np.unique(a.weight_mask)) == [3, 4, 7.5, 16]
+  assert np.sum(a.weight_mask == 16) == 68
+  small = uv_assets_for('ict', 64)
+  assert small.face_mask.shape == (64, 64) and small.kpt_uv.max() < 64

@@ -1,13 +1,15 @@
-"""Per-pixel shading of ICT heads: procedural skin, hair and brow detail, lights (jitted, batched).
+"""Shading of ICT heads: procedural skin, hair and brow detail, lights, ambient occlusion.
 
-`shade` turns a raster of the posed head into an image. Everything it draws comes from three
-per-vertex inputs interpolated to each pixel: the head's rest-pose position (a solid-texture
-coordinate, so detail stays attached to the skin whatever the pose or expression), its crop-frame
-normal, and a vector of material channels (`CHANNELS`) the world fills per sample; and from a
-vector of per-sample scalars (`PARAMS`: colours, detail strengths, lights). Detail is value
-noise of the rest position in centimetres: mottling, freckles and moles, stubble, brow hairs and
-hair strands; lighting is hemispherical ambient plus directional lights with wrapped diffuse
-(light bleeding through skin) and Blinn-Phong highlights.
+`render_heads` rasterises a batch of posed heads and shades them. Everything drawn comes from
+per-vertex inputs and a vector of per-sample scalars (`PARAMS`: colours, detail strengths,
+lights, eye geometry). Per vertex (`_vertex_attributes`): the light (hemispherical ambient scaled
+by ambient occlusion, directional lights with wrapped diffuse, i.e. light bleeding through skin,
+and Blinn-Phong highlights) and the skin albedo with its low-frequency detail (mottling,
+freckles, moles). Per pixel (`_shade_one`): fine detail as value noise of the head's rest-pose
+position in centimetres (a solid texture, so it stays on the skin whatever the pose and
+expression): brow hairs, stubble and beards, hair strands with a ragged hairline, the iris with
+its streaks and pupil, and the lash line. `ambient_occlusion` computes the per-vertex
+visibility once per world by z-buffering the mesh from many directions.
 
 Shapes: B samples, V vertices, S x S pixels.
 """

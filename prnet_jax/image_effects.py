@@ -1,6 +1,6 @@
 """Image-space parts of the face world: backgrounds, long hair, occluders, camera effects.
 
-Host functions (numpy and PIL) of a `np.random.Generator`, so a seed fixes every draw. Images
+Host functions (numpy, PIL and OpenCV) of a `np.random.Generator`, so a seed fixes every draw. Images
 are (S, S, 3) float32 in [0, 1]; points are pixels (x = column, y = row). None of these change the
 ground truth: a face behind a hand or under a hat keeps its full position map, as in 300W-LP.
 """
@@ -83,13 +83,10 @@ def background(rng: np.random.Generator, size: int, kinds=('fractal', 'indoor', 
   return np.clip(img, 0, 1)
 
 
-def _to_pil(img: np.ndarray) -> Image.Image:
-  return Image.fromarray(np.uint8(np.clip(img, 0, 1) * 255 + 0.5))
-
-
 def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
-  import cv2  # opencv: 3-5x faster than PIL's blur here
+  import cv2
   return cv2.GaussianBlur(np.asarray(img, np.float32), (0, 0), sigma)
+
 
 def smooth_silhouette(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
   """Anti-aliases the edge of a rendered object: pixels whose 3 x 3 neighbourhood is part

@@ -260,7 +260,7 @@ class ICTWorld:
                   beard_density=[beard], freckles=[rng.uniform(0, cfg.max_freckles) ** 1.5 * 5],
                   moles=[rng.uniform(0, 1)], mottle=[rng.uniform(0.05, 0.2)],
                   sky=amb * light.uniform(0.93, 1.07, 3), ground=amb * light.uniform(0.3, 0.8) * light.uniform(0.9, 1.1, 3),
-                  wrap=[light.uniform(0.0, 0.4)], exposure=[light.uniform(0.85, 1.25)],
+                  wrap=[light.uniform(0.0, 0.4)], exposure=[light.uniform(0.8, 1.15)],
                   noise_offset=rng.uniform(0, 1000, 3), lights=lights.reshape(-1),
                   eye_geometry=self._eye_geometry,
                   iris_colour=IRIS[rng.integers(len(IRIS))] * rng.uniform(0.8, 1.2),

@@ -60,9 +60,12 @@ def indoor_background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def clutter_background(rng: np.random.Generator, size: int) -> np.ndarray:
-  """Overlapping shapes of random colours over a gradient."""
+  """Overlapping shapes of random colours over a gradient, desaturated towards the colours of
+  real scenes."""
   from prnet_jax.synthetic import clutter_background as clutter
-  return clutter(rng, size)
+  img = clutter(rng, size)
+  grey = img.mean(-1, keepdims=True)
+  return grey + rng.uniform(0.3, 0.8) * (img - grey)
 
 
 BACKGROUNDS = {'fractal': fractal_background, 'indoor': indoor_background,

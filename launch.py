@@ -104,7 +104,7 @@ def main(argv):
       raise app.UsageError('--checkpoint or --workdir is required for --mode=predict')
     output = _OUTPUT.value or os.path.join(_WORKDIR.value or '.', 'predict')
     try:
-      predictor = predict.Predictor.from_checkpoint(checkpoint, config.uv_assets or 'procedural')
+      predictor = predict.Predictor.from_checkpoint(checkpoint, config.uv_assets or None)
     except predict.PredictError as e:
       print(f'error: {e}', file=sys.stderr)
       return 1

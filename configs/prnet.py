@@ -25,8 +25,10 @@ Variants:
   '' (default): the paper — full PRNet (256 px, width 16) on `prnet_300wlp`, Adam 1e-4 halved
       every 5 epochs, batch 16, L2 2e-4 on kernels, augmentation as in the paper.
   synthetic: the same model and recipe on the embedded `synthetic_faces` dataset.
-  small: a CPU-sized model (64 px, width 4) on `synthetic_faces/small`, for demos and tests
-      (1500 steps, lighter augmentation and L2 so that it learns within minutes).
+  small: a CPU-sized model (64 px, width 4) on the ICT face world (`synthetic_faces/ict_small`,
+      UV assets 'ict'), the quick start (1500 steps, lighter augmentation and L2 so that it
+      learns within minutes). Tests that train it on the procedural world's `synthetic_faces/tiny`
+      set `uv_assets='procedural'` with it.
 """
 
 import ml_collections
@@ -92,7 +94,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.uv_assets = 'procedural'
     c.eval_every = 2000
   if arg == 'small':
-    c.dataset = 'synthetic_faces/small'
+    c.dataset = 'synthetic_faces/ict_small'
+    c.uv_assets = 'ict'
     c.model.resolution = 64
     c.model.width = 4
     c.model.bn_momentum = 0.99  # ~1k steps: moving statistics must converge within the run

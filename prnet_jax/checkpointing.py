@@ -81,6 +81,21 @@ def resolve_directory(path: str) -> str:
   return path
 
 
+def run_config(path: str) -> Optional[dict]:
+  """The training config (``config.json``) of the run a checkpoint belongs to, when `path` is a
+  run's workdir or its ``checkpoints/`` folder; None for other checkpoints (converted weights)."""
+  path = os.path.abspath(os.path.expanduser(path))
+  for folder in (path, os.path.dirname(path)):
+    f = os.path.join(folder, 'config.json')
+    if os.path.isfile(f) and (folder == path or os.path.basename(path) == CHECKPOINTS_SUBDIR):
+      try:
+        with open(f) as fh:
+          return json.load(fh)
+      except (OSError, ValueError):
+        return None
+  return None
+
+
 def load_variables(directory: str, step: Optional[int] = None
                    ) -> tuple[dict[str, Any], ModelConfig, int]:
   """Restores (variables as NumPy arrays, model config, step) from a checkpoint directory.

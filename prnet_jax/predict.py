@@ -199,15 +199,18 @@ class Predictor:
     self._forward = jax.jit(forward)
 
   @classmethod
-  def from_checkpoint(cls, path: str, uv_assets: str = 'procedural',
+  def from_checkpoint(cls, path: str, uv_assets: Optional[str] = None,
                       detector: Optional[FaceDetector] = None) -> 'Predictor':
     """`path`: a checkpoint directory or a training run's workdir (ours or converted official
-    weights); `uv_assets`: 'procedural' (models trained on the synthetic faces) or an official
-    uv-data folder."""
+    weights); `uv_assets`: 'ict' or 'procedural' (models trained on the ICT or the procedural
+    world) or an official uv-data folder; by default the run's own (its `config.json`), else
+    'procedural'."""
     try:
       variables, model_config, _ = checkpointing.load_variables(path)
     except checkpointing.CheckpointError as e:
       raise PredictError(str(e)) from e
+    if uv_assets is None:
+      uv_assets = (checkpointing.run_config(path) or {}).get('uv_assets') or 'procedural'
     model = PRNet.from_config(model_config)
     try:
       assets = uv_assets_for(uv_assets, model.resolution)
@@ -412,8 +415,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  help="checkpoint directory, or a training run's workdir")
   p.add_argument('--input', required=True, help='image, folder of images, or video')
   p.add_argument('--output', required=True, help='output folder')
-  p.add_argument('--uv_assets', default='procedural',
-                 help="'procedural' or an official uv-data folder (for official weights)")
+  p.add_argument('--uv_assets', default=None,
+                 help="'ict', 'procedural' or an official uv-data folder (for official weights); "
+                      "default: the training run's own, else 'procedural'")
   p.add_argument('--batch', type=int, default=16, help='video frames per forward pass')
   a = p.parse_args(argv)
   try:

@@ -29,7 +29,7 @@ def tiny(tmp_path_factory):
   data_dir = str(root / 'data')
   build_lib.build('synthetic_faces/tiny', data_dir=data_dir, num_workers=0)
   config = prnet_config.get_config('small')
-  config.dataset = 'synthetic_faces/tiny'
+  config.dataset, config.uv_assets = 'synthetic_faces/tiny', 'procedural'
   config.data_dir = data_dir
   model_config = ModelConfig.from_mapping(dict(config.model))
   model = PRNet.from_config(model_config)
@@ -154,6 +154,7 @@ def test_florence_build_and_evaluate(tmp_path):
   image = data_io.decode_image(ex['image'])
   assert image.shape == (256, 256, 3) and image.std() > 10  # a face, not a blank canvas
   config = prnet_config.get_config('small')
+  config.uv_assets = 'procedural'  # the scan is the procedural face
   config.data_dir = str(tmp_path / 'data')
   config.eval.dataset = 'florence/tiny'
   config.eval.batch_size = 2
@@ -179,6 +180,7 @@ def run_launch(args, devices=1):
 def test_launch_eval_on_four_devices_equals_one_device(tiny, tmp_path):
   config, ckpt, _, _ = tiny
   common = ['--mode=eval', f'--checkpoint={ckpt}', '--config.dataset=synthetic_faces/tiny',
+            '--config.uv_assets=procedural',
             f'--config.data_dir={config.data_dir}', '--config.eval.batch_size=8']
   out = {}
   for d in (1, 4):
@@ -206,7 +208,7 @@ def test_evaluation_errors_name_the_problem(tiny, tmp_path):
   # 4 devices cannot split a global batch of 6.
   config, ckpt, _, _ = tiny
   r = run_launch([f'--workdir={tmp_path / "wd"}', '--mode=eval', f'--checkpoint={ckpt}',
-                  '--config.dataset=synthetic_faces/tiny', f'--config.data_dir={config.data_dir}',
-                  '--config.eval.batch_size=6'], devices=4)
+                  '--config.dataset=synthetic_faces/tiny', '--config.uv_assets=procedural',
+                  f'--config.data_dir={config.data_dir}', '--config.eval.batch_size=6'], devices=4)
   assert r.returncode == 1 and 'not divisible by the 4 devices' in r.stderr
   assert 'Traceback' not in r.stderr

@@ -36,7 +36,7 @@ def test_unknown_variant_is_rejected_with_the_choices():
 
 @pytest.mark.parametrize('variant,dataset,resolution', [
     ('', 'prnet_300wlp', 256), ('synthetic', 'synthetic_faces', 256),
-    ('small', 'synthetic_faces/small', 64)])
+    ('small', 'synthetic_faces/ict_small', 64)])
 def test_config_variants(variant, dataset, resolution):
   sys.path.insert(0, os.path.join(ROOT, 'configs'))
   try:
@@ -51,15 +51,15 @@ def test_config_variants(variant, dataset, resolution):
 
 
 def test_train_builds_the_synthetic_dataset_on_first_use(tmp_path):
-  """The quick start's path: launch.py builds an unbuilt synthetic dataset, then trains on it
-  (the library itself only reads built datasets)."""
+  """The quick start's path: launch.py builds an unbuilt synthetic dataset of the ICT world
+  (with worker processes), then trains on it (the library itself only reads built datasets)."""
   args = ['--config=configs/prnet.py:small', f'--workdir={tmp_path / "w"}',
-          '--config.dataset=synthetic_faces/tiny', f'--config.data_dir={tmp_path / "data"}',
+          '--config.dataset=synthetic_faces/ict_tiny', f'--config.data_dir={tmp_path / "data"}',
           '--config.model.width=2', '--config.batch_size=8', '--config.num_train_steps=2',
           '--config.log_every=1', '--config.eval_every=0']
   r = run_launch(*args)
   assert r.returncode == 0, r.stderr[-3000:]
-  assert 'building synthetic_faces/tiny (first run only)' in r.stdout
+  assert 'building synthetic_faces/ict_tiny (first run only)' in r.stdout
   assert 'step 2/2' in r.stdout
-  assert (tmp_path / 'data' / 'synthetic_faces' / 'tiny').is_dir()
+  assert (tmp_path / 'data' / 'synthetic_faces' / 'ict_tiny').is_dir()
   assert 'overriding' not in r.stderr  # orbax's handler override is intended, not a warning

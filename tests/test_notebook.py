@@ -1,4 +1,4 @@
-"""notebooks/quickstart.ipynb runs headless, start to end (nbclient), on the tiny dataset."""
+"""notebooks/quickstart.ipynb runs headless, start to end (nbclient), on the ICT world's tiny dataset."""
 
 import os
 
@@ -24,4 +24,4 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
   assert 'face_face0.obj' in text
   images = [o for o in outputs if 'image/png' in o.get('data', {})]
   assert len(images) >= 2  # the evaluation plots and the landmarks / depth / mesh figure
-  assert os.path.exists(tmp_path / 'run' / 'eval' / 'synthetic_faces-tiny.json')
+  assert os.path.exists(tmp_path / 'run' / 'eval' / 'synthetic_faces-ict_tiny.json')

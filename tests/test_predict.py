@@ -35,6 +35,24 @@ def predictor(ckpt):
   return predict.Predictor.from_checkpoint(ckpt)
 
 
+def test_a_run_predicts_with_the_uv_assets_it_trained_with(ckpt, tmp_path):
+  """Without --uv_assets a run's workdir (or its checkpoints/ folder) brings its own UV assets
+  (config.json); a checkpoint without a run config falls back to 'procedural'."""
+  import json
+  import shutil
+  from prnet_jax.face_assets import uv_assets_for
+  run = tmp_path / 'run'
+  shutil.copytree(ckpt, run)
+  (run / 'config.json').write_text(json.dumps({'uv_assets': 'ict'}))
+  ict, procedural = uv_assets_for('ict', 64).kpt_uv, uv_assets_for('procedural', 64).kpt_uv
+  assert not np.array_equal(ict, procedural)
+  for path in (run, run / 'checkpoints'):
+    np.testing.assert_array_equal(predict.Predictor.from_checkpoint(str(path)).assets.kpt_uv, ict)
+  np.testing.assert_array_equal(
+      predict.Predictor.from_checkpoint(str(run), 'procedural').assets.kpt_uv, procedural)
+  np.testing.assert_array_equal(predict.Predictor.from_checkpoint(ckpt).assets.kpt_uv, procedural)
+
+
 @pytest.fixture(scope='module')
 def sample():
   return SyntheticWorld(image_size=256, uv_resolution=64).sample(11)

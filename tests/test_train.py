@@ -185,7 +185,7 @@ def small_config(data_dir, steps):
     sys.path.pop(0)
   c = config_module.get_config('small')
   c.model.width = 2
-  c.dataset = 'synthetic_faces/tiny'
+  c.dataset, c.uv_assets = 'synthetic_faces/tiny', 'procedural'
   c.data_dir = data_dir
   c.batch_size = 8
   c.num_train_steps = steps

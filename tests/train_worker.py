@@ -27,7 +27,7 @@ def tiny_config():
   c.weight_decay = paper.weight_decay
   c.augment = paper.augment
   c.model.width = 2
-  c.dataset = 'synthetic_faces/tiny'
+  c.dataset, c.uv_assets = 'synthetic_faces/tiny', 'procedural'
   c.batch_size = 8
   c.log_every = int(os.environ.get('LOG_EVERY', 2))
   c.checkpoint_every = int(os.environ.get('CKPT_EVERY', 2))

@@ -173,10 +173,8 @@ def _shade_one(raster: render.Raster, triangles, attrs, params, background):
   Pixels are planar, (channels, S * S): XLA:CPU reads a channel of a pixel-major array with a
   stride, which made this shading 3x slower."""
   size = raster.triangle.shape[0]
-  ids = jnp.asarray(triangles, jnp.int32)[jnp.maximum(raster.triangle, 0)].reshape(-1, 3)
-  bary = raster.bary.reshape(-1, 3)
-  # Row gathers (contiguous vertex rows), then one transpose to planes.
-  pix = sum(bary[:, k:k + 1] * jnp.take(attrs, ids[:, k], axis=0) for k in range(3)).T
+  # Interpolated pixel-major (contiguous vertex rows), then one transpose to planes.
+  pix = render.interpolate(raster, triangles, attrs).reshape(-1, attrs.shape[-1]).T
   par = lambda name: params[PARAMS[name]][:, None]  # (k, 1) per-sample scalars
   rest = pix[0:3]
   off = params[PARAMS['noise_offset']]

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -81,6 +81,22 @@ class ICTWorldConfig:
 # What a sample draws, each from its own generator (`sample_batch`'s factor_seeds).
 FACTORS = ('identity', 'expression', 'pose', 'appearance', 'lighting', 'scene', 'occlusion',
            'camera')
+
+class _Draw(NamedTuple):
+  """What `sample_batch` draws for one sample before rendering the batch."""
+  rngs: dict
+  seed: int
+  identity: np.ndarray
+  expression: np.ndarray
+  pose: np.ndarray
+  gt: geometry.PositionMapSample
+  head: np.ndarray
+  normals: np.ndarray
+  channels: np.ndarray
+  params: np.ndarray
+  skin: np.ndarray
+  background: np.ndarray
+
 
 SKIN_LIGHT = np.array([0.93, 0.76, 0.66])
 SKIN_DARK = np.array([0.24, 0.15, 0.11])
@@ -336,39 +352,37 @@ class ICTWorld:
       channels, params, skin, hair_colour, long_hair, thickness = self._person(
           rngs['appearance'], rngs['lighting'])
       identity, expression, pose, gt, head, normals = self._geometry(rngs, thickness)
-      rng = rngs['appearance']
       bg = image_effects.background(rngs['scene'], size, cfg.backgrounds,
                                     cfg.max_background_blur)
       if long_hair:
         scalp = channels[:, ict_render.CH['hair']] > 0.5
         down = head[self.ict.landmarks[8], :2] - head[self.ict.landmarks[27], :2]
         down = down / max(np.linalg.norm(down), 1e-6)
-        bg = image_effects.long_hair(rng, bg, head[scalp, :2], hair_colour * 0.9, down)
-      draws.append((rngs, seed, identity, expression, pose, gt, head, normals, channels, params,
-                    skin, bg))
-    stack = lambda k: np.stack([d[k] for d in draws])
-    heads = stack(6)
+        bg = image_effects.long_hair(rngs['appearance'], bg, head[scalp, :2], hair_colour * 0.9,
+                                     down)
+      draws.append(_Draw(rngs, seed, identity, expression, pose, gt, head, normals, channels,
+                         params, skin, bg))
+    stack = lambda field: np.stack([getattr(d, field) for d in draws])
+    heads = stack('head')
     windows = (None if self._use_native
                else render.plan_windows(heads, np.asarray(self._render_triangles)))
-    images, depth = ict_render.render_heads(heads, self._render_triangles, self._rest, stack(7),
-                                            stack(8), stack(9), stack(11), size,
-                                            self._use_native, windows)
+    images, depth = ict_render.render_heads(heads, self._render_triangles, self._rest,
+                                            stack('normals'), stack('channels'), stack('params'),
+                                            stack('background'), size, self._use_native, windows)
     images = np.asarray(images)
     covered = np.isfinite(np.asarray(depth))
-    positions = np.stack([d[5].positions for d in draws]).astype(np.float32)
+    positions = np.stack([d.gt.positions for d in draws]).astype(np.float32)
     pos_maps = np.asarray(self.uv_renderer(positions), np.float32)
     samples = []
-    for k, (rngs, seed, identity, expression, pose, gt, *_rest) in enumerate(draws):
-      skin = _rest[-2]
+    for k, d in enumerate(draws):
       lm = positions[k][self.model.landmarks]
       img = image_effects.smooth_silhouette(images[k], covered[k])
-      img, _ = image_effects.occlude(rngs['occlusion'], img, lm, skin,
-                                     dict(cfg.occluders))
-      img = image_effects.camera(rngs['camera'], img, cfg)
+      img, _ = image_effects.occlude(d.rngs['occlusion'], img, lm, d.skin, dict(cfg.occluders))
+      img = image_effects.camera(d.rngs['camera'], img, cfg)
       samples.append(Sample(image=img, position_map=pos_maps[k], landmarks=lm,
-                            pose=pose.astype(np.float32),
-                            crop_transform=gt.transform.astype(np.float32),
-                            shape_para=identity, exp_para=expression, seed=seed))
+                            pose=d.pose.astype(np.float32),
+                            crop_transform=d.gt.transform.astype(np.float32),
+                            shape_para=d.identity, exp_para=d.expression, seed=d.seed))
     return (samples, np.asarray(depth)) if return_depth else samples
 
 

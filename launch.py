@@ -96,15 +96,16 @@ def main(argv):
     print(model_lib.format_layer_table(model))
     return 0
   if mode == 'predict':
-    from prnet_jax import predict
+    from prnet_jax import checkpointing, predict
     if not _INPUT.value:
       raise app.UsageError('--input (an image, folder or video) is required for --mode=predict')
-    checkpoint = _CHECKPOINT.value or _WORKDIR.value
-    if not checkpoint:
-      raise app.UsageError('--checkpoint or --workdir is required for --mode=predict')
+    # Without a checkpoint or a run: the bundled pretrained model, with its own UV assets.
+    checkpoint = _CHECKPOINT.value or _WORKDIR.value or checkpointing.PRETRAINED
+    pretrained = checkpoint == checkpointing.PRETRAINED
     output = _OUTPUT.value or os.path.join(_WORKDIR.value or '.', 'predict')
     try:
-      predictor = predict.Predictor.from_checkpoint(checkpoint, config.uv_assets or None)
+      predictor = predict.Predictor.from_checkpoint(
+          checkpoint, None if pretrained else (config.uv_assets or None))
     except predict.PredictError as e:
       print(f'error: {e}', file=sys.stderr)
       return 1

@@ -37,6 +37,8 @@ def main():
   p.add_argument('--steps', type=int, default=5)
   p.add_argument('--dtype', default='float32')
   p.add_argument('--impl', default='fast')
+  p.add_argument('--width', type=int, default=0, help='> 0: override the model width')
+  p.add_argument('--resolution', type=int, default=0, help='> 0: override the input size')
   p.add_argument('--no_augment', action='store_true', help='time the step without augmentation')
   p.add_argument('--output', default='benchmarks/results/train_step.json')
   a = p.parse_args()
@@ -44,6 +46,10 @@ def main():
   c.batch_size = a.batch
   c.model.dtype = a.dtype
   c.model.impl = a.impl
+  if a.width:
+    c.model.width = a.width
+  if a.resolution:
+    c.model.resolution = a.resolution
   if a.no_augment:
     c.augment = None
   res = c.model.resolution

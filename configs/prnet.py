@@ -33,7 +33,7 @@ Variants:
 
 import ml_collections
 
-VARIANTS = ('', 'synthetic', 'small')
+VARIANTS = ('', 'synthetic', 'small', 'ict')
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -64,6 +64,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.learning_rate = 1e-4
   c.lr_decay_every_epochs = 5
   c.lr_decay_factor = 0.5
+  c.lr_schedule = 'step'  # or 'cosine': warm-up over warmup_steps, then to 1% at the last step
+  c.warmup_steps = 0
   c.weight_decay = 2e-4
 
   # Augmentation (paper): rotation, translation (fraction of the input), scale, colour, occlusion.
@@ -113,4 +115,24 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.log_every = 50
     c.checkpoint_every = 300
     c.eval_every = 300
+  if arg == 'ict':
+    c.dataset = 'synthetic_faces/ict_128'
+    c.uv_assets = 'ict'
+    c.model.resolution = 128
+    c.model.width = 8
+    c.model.bn_momentum = 0.99
+    c.batch_size = 16
+    c.num_epochs = 0
+    c.num_train_steps = 20000
+    c.learning_rate = 1e-3
+    c.lr_schedule = 'cosine'
+    c.warmup_steps = 500
+    c.weight_decay = 1e-5
+    c.augment = ml_collections.ConfigDict(dict(
+        rotation_deg=30.0, translation=0.1, scale=(0.9, 1.2), color=(0.6, 1.4),
+        occlusion=True, grayscale_prob=0.1, blur_prob=0.3, blur_sigma=(0.4, 1.5),
+        noise_std=0.04))
+    c.log_every = 100
+    c.checkpoint_every = 2000
+    c.eval_every = 2000
   return c

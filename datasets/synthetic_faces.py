@@ -3,7 +3,8 @@
 Configs of the procedural world (`synthetic.SyntheticWorld`): `default` (256 px, 4,000 train /
 200 test), `small` (64 px, 2,000 / 200, for the CPU demo) and `tiny` (64 px, 64 / 16, for tests).
 Configs of the ICT world (`ict_world.ICTWorld`, faces rendered toward photographs): `ict`
-(256 px, 20,000 / 500), `ict_small` (128 px, 4,000 / 200) and `ict_tiny` (64 px, 16 / 8, for
+(256 px, 20,000 / 500), `ict_128` (128 px, 32,000 / 500: the bundled pretrained model's
+data), `ict_small` (128 px, 4,000 / 200) and `ict_tiny` (64 px, 16 / 8, for
 tests). Size and seed are configurable by making a `SyntheticFacesConfig`. Sample i of the train
 split is the world's sample of seed + i; test samples use seeds offset by 10^8. The ICT world
 renders batches of `ICT_BATCH` seeds in each worker process.
@@ -85,6 +86,9 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
                            image_size=64, num_train=64, num_test=16),
       SyntheticFacesConfig(name='ict', description='ICT world, 256 px, 20000 train / 500 test',
                            world='ict', num_train=20000, num_test=500),
+      SyntheticFacesConfig(name='ict_128', world='ict', image_size=128, num_train=32000,
+                           num_test=500, description='ICT world, 128 px, 32000 train / 500 '
+                           'test (the pretrained model\'s data)'),
       SyntheticFacesConfig(name='ict_small', world='ict', image_size=128, num_train=4000,
                            num_test=200, description='ICT world, 128 px, 4000 train / 200 test'),
       SyntheticFacesConfig(name='ict_tiny', world='ict', image_size=64, num_train=16,

@@ -3,7 +3,8 @@
 Per example (paper's recipe, ranges configurable): rotation in [-45, 45] deg, translation up to
 10% of the side, scale in [0.9, 1.2] (all one similarity about the image centre), per-channel
 colour scale in [0.6, 1.4], and synthetic occlusion (a noise-textured rectangle pasted on the
-image). The image is resampled through the similarity and the position map's x, y go through
+image). Off by default, for synthetic-to-real transfer: grayscale, Gaussian blur and Gaussian
+noise, applied last (after the occluder, so it is blurred and noisy too). The image is resampled through the similarity and the position map's x, y go through
 the same similarity (z is scaled by its scale), so image and ground truth stay consistent;
 pixels outside the mesh (all-zero) stay zero.
 """
@@ -25,11 +26,16 @@ class AugmentConfig:
   color: tuple[float, float] = (0.6, 1.4)   # per-channel multiplier
   occlusion_prob: float = 0.5
   occlusion_size: tuple[float, float] = (0.1, 0.4)  # rectangle side, fraction of the image
+  grayscale_prob: float = 0.0
+  blur_prob: float = 0.0
+  blur_sigma: tuple[float, float] = (0.4, 1.5)  # pixels of the network's input
+  noise_std: float = 0.0                         # per image, uniform in [0, noise_std]
 
   @property
   def is_identity(self) -> bool:
     return (self.rotation_deg == 0 and self.translation == 0 and tuple(self.scale) == (1, 1)
-            and tuple(self.color) == (1, 1) and self.occlusion_prob == 0)
+            and tuple(self.color) == (1, 1) and self.occlusion_prob == 0
+            and self.grayscale_prob == 0 and self.blur_prob == 0 and self.noise_std == 0)
 
   @classmethod
   def from_mapping(cls, m) -> 'AugmentConfig':
@@ -94,6 +100,33 @@ def occlude(rng: jax.Array, image: jax.Array, config: AugmentConfig) -> jax.Arra
   return jnp.where(on & inside, texture, image)
 
 
+def gaussian_blur(image: jax.Array, sigma: jax.Array, radius: int = 3) -> jax.Array:
+  """(H, W, C) blurred by a separable Gaussian of std `sigma` pixels (traced), edges clamped."""
+  taps = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+  w = jnp.exp(-0.5 * (taps / jnp.maximum(sigma, 1e-3)) ** 2)
+  w = w / w.sum()
+  h, wd, _ = image.shape
+  p = jnp.pad(image, ((radius, radius), (0, 0), (0, 0)), mode='edge')
+  image = sum(w[i] * p[i:i + h] for i in range(2 * radius + 1))
+  p = jnp.pad(image, ((0, 0), (radius, radius), (0, 0)), mode='edge')
+  return sum(w[i] * p[:, i:i + wd] for i in range(2 * radius + 1))
+
+
+def degrade(rng: jax.Array, image: jax.Array, config: AugmentConfig) -> jax.Array:
+  """Grayscale, blur and noise, each drawn per example with its own key."""
+  k_g, k_b, k_s, k_n, k_ns = jax.random.split(rng, 5)
+  if config.grayscale_prob > 0:
+    grey = jnp.broadcast_to(image @ jnp.array([0.299, 0.587, 0.114]), image.shape[:2])
+    image = jnp.where(_uniform(k_g) < config.grayscale_prob, grey[..., None], image)
+  if config.blur_prob > 0:
+    sigma = _uniform(k_s, (), minval=config.blur_sigma[0], maxval=config.blur_sigma[1])
+    image = jnp.where(_uniform(k_b) < config.blur_prob, gaussian_blur(image, sigma), image)
+  if config.noise_std > 0:
+    std = _uniform(k_ns, (), maxval=config.noise_std)
+    image = image + std * jax.random.normal(k_n, image.shape, jnp.float32)
+  return jnp.clip(image, 0.0, 1.0)
+
+
 def augment_example(rng: jax.Array, image: jax.Array, pos: jax.Array,
                     config: AugmentConfig) -> tuple[jax.Array, jax.Array]:
   """image (R, R, 3) in [0, 1], pos (R, R, 3) -> augmented (image, pos)."""
@@ -106,6 +139,8 @@ def augment_example(rng: jax.Array, image: jax.Array, pos: jax.Array,
   image = jnp.clip(image * colour, 0.0, 1.0)
   if config.occlusion_prob > 0:
     image = occlude(k_o, image, config)
+  if config.grayscale_prob > 0 or config.blur_prob > 0 or config.noise_std > 0:
+    image = degrade(jax.random.fold_in(rng, 1), image, config)
   return image, pos
 
 

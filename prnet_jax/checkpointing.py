@@ -9,6 +9,12 @@ Layout: a `CheckpointManager` directory with one folder per step; each step hold
 
 `load_variables` restores only the first two, so converted official weights and our training
 checkpoints load the same way; it takes the checkpoint folder or the run's workdir around it.
+
+Compact checkpoints (`save_compact`): one ``.npz`` file of the variables in float16 with the
+model config and the training run's config, for shipping a model inside the package (the
+bundled pretrained model, `PRETRAINED`). `load_variables` and `run_config` read them too, and
+take the name ``pretrained`` for the bundled one, so every command that takes a checkpoint
+takes it.
 """
 
 from __future__ import annotations
@@ -34,6 +40,13 @@ TRAIN = 'train'
 DATA_ITER = 'data_iter'
 # Training writes its checkpoints here, inside the run's workdir.
 CHECKPOINTS_SUBDIR = 'checkpoints'
+# The bundled model (trained on the ICT face world: README, "The pretrained model"), and the
+# name that stands for it wherever a checkpoint is taken.
+PRETRAINED = 'pretrained'
+PRETRAINED_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
+                               'pretrained_ict128.npz')
+_COMPACT_META = '__meta__'
+_FLOAT16_MAX = 6e4  # leaves beyond float16's range stay float32
 
 
 class CheckpointError(RuntimeError):
@@ -81,9 +94,65 @@ def resolve_directory(path: str) -> str:
   return path
 
 
+def _compact_path(path: str) -> Optional[str]:
+  """The .npz file `path` names ('pretrained' is the bundled one), or None for directories."""
+  if path == PRETRAINED:
+    if not os.path.isfile(PRETRAINED_FILE):
+      raise CheckpointError(f'{PRETRAINED_FILE}: the bundled pretrained model is missing from '
+                            f'this installation (reinstall the package)')
+    return PRETRAINED_FILE
+  path = os.path.abspath(os.path.expanduser(path))
+  return path if path.endswith('.npz') and not os.path.isdir(path) else None
+
+
+def save_compact(path: str, variables: Mapping[str, Any], model_config: ModelConfig,
+                 step: int, run: Optional[dict] = None) -> str:
+  """Writes `variables` as one .npz at `path`: float leaves in float16 (float32 where out of
+  its range), with the model config, the step and the run's config `run` as JSON."""
+  flat = {}
+  for collection, tree in variables.items():
+    for keys, leaf in jax.tree_util.tree_flatten_with_path(dict(tree))[0]:
+      name = '/'.join([collection] + [str(getattr(k, 'key', k)) for k in keys])
+      leaf = np.asarray(leaf)
+      if leaf.dtype.kind == 'f' and np.abs(leaf).max(initial=0) < _FLOAT16_MAX:
+        leaf = leaf.astype(np.float16)
+      flat[name] = leaf
+  meta = {'model_config': model_config.to_dict(), 'step': int(step), 'run_config': run or {}}
+  flat[_COMPACT_META] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + '.tmp.npz'
+  np.savez(tmp, **flat)
+  os.replace(tmp, path)
+  return path
+
+
+def _load_compact(path: str) -> tuple[dict[str, Any], ModelConfig, int, dict]:
+  try:
+    with np.load(path) as f:
+      meta = json.loads(f[_COMPACT_META].tobytes().decode())
+      variables: dict[str, Any] = {}
+      for name in f.files:
+        if name == _COMPACT_META:
+          continue
+        *parents, leaf = name.split('/')
+        node = variables
+        for p in parents:
+          node = node.setdefault(p, {})
+        a = f[name]
+        node[leaf] = a.astype(np.float32) if a.dtype.kind == 'f' else a
+  except (OSError, ValueError, KeyError) as e:
+    raise CheckpointError(f'{path}: not a readable compact checkpoint ({e})') from e
+  return (variables, ModelConfig.from_mapping(meta['model_config']), meta['step'],
+          meta.get('run_config') or {})
+
+
 def run_config(path: str) -> Optional[dict]:
   """The training config (``config.json``) of the run a checkpoint belongs to, when `path` is a
-  run's workdir or its ``checkpoints/`` folder; None for other checkpoints (converted weights)."""
+  run's workdir or its ``checkpoints/`` folder, or the one stored in a compact checkpoint; None
+  for other checkpoints (converted weights)."""
+  compact = _compact_path(path)
+  if compact is not None:
+    return _load_compact(compact)[3] or None
   path = os.path.abspath(os.path.expanduser(path))
   for folder in (path, os.path.dirname(path)):
     f = os.path.join(folder, 'config.json')
@@ -101,8 +170,15 @@ def load_variables(directory: str, step: Optional[int] = None
   """Restores (variables as NumPy arrays, model config, step) from a checkpoint directory.
 
   `directory` is a CheckpointManager folder or a training run's workdir (see
-  `resolve_directory`); the newest step is used unless `step` is given.
+  `resolve_directory`), a compact .npz file, or 'pretrained' (the bundled model); the newest
+  step is used unless `step` is given.
   """
+  compact = _compact_path(directory)
+  if compact is not None:
+    variables, model_config, saved_step, _ = _load_compact(compact)
+    if step is not None and step != saved_step:
+      raise CheckpointError(f'{compact}: holds step {saved_step} only, not {step}')
+    return variables, model_config, saved_step
   directory = resolve_directory(directory)
   handlers = {VARIABLES: ocp.StandardCheckpointHandler(),
               MODEL_CONFIG: ocp.JsonCheckpointHandler()}

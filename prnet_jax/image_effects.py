@@ -169,7 +169,8 @@ def _glasses(rng, d: ImageDraw.ImageDraw, lm: np.ndarray, k: float):
   for c in centres:
     box = [(c[0] - rx) * k, (c[1] - ry) * k, (c[0] + rx) * k, (c[1] + ry) * k]
     fill = (*_colour(rng, 0, 80), int(rng.uniform(120, 220))) if tint else None
-    if rng.random() < 0.5:
+    # Pillow's rounded_rectangle fails on lenses only a few outline widths across (far profiles).
+    if rng.random() < 0.5 or min(rx, ry) * k < 2 * width + 2:
       d.ellipse(box, outline=(*frame, 255), width=width, fill=fill)
     else:
       d.rounded_rectangle(box, radius=ry * k * 0.5, outline=(*frame, 255), width=width, fill=fill)

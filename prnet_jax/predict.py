@@ -218,6 +218,11 @@ class Predictor:
       raise PredictError(str(e)) from e
     return cls(model, variables, assets, detector)
 
+  @classmethod
+  def from_pretrained(cls, detector: Optional[FaceDetector] = None) -> 'Predictor':
+    """The bundled model, trained on the ICT face world (`prnet_jax.pretrained`)."""
+    return cls.from_checkpoint(checkpointing.PRETRAINED, None, detector)
+
   @property
   def detector(self) -> FaceDetector:
     if self._detector is None:
@@ -411,8 +416,9 @@ def run(predictor: Predictor, inputs: str, out_dir: str, batch: int = 16) -> int
 def main(argv: Optional[Sequence[str]] = None) -> int:
   import argparse
   p = argparse.ArgumentParser(description='PRNet prediction: meshes, landmarks, poses.')
-  p.add_argument('--checkpoint', required=True,
-                 help="checkpoint directory, or a training run's workdir")
+  p.add_argument('--checkpoint', default=checkpointing.PRETRAINED,
+                 help="checkpoint directory, a training run's workdir, or 'pretrained' (the "
+                      "bundled model; the default)")
   p.add_argument('--input', required=True, help='image, folder of images, or video')
   p.add_argument('--output', required=True, help='output folder')
   p.add_argument('--uv_assets', default=None,

@@ -60,7 +60,18 @@ def training_data(config):
 # ------------------------------------------------------------------------------------ step
 
 def make_schedule(config, steps_per_epoch: int) -> optax.Schedule:
-  """Learning rate multiplied by `lr_decay_factor` every `lr_decay_every_epochs`."""
+  """`lr_schedule` 'step' (the paper's): the learning rate multiplied by `lr_decay_factor` every
+  `lr_decay_every_epochs`; 'cosine': linear warm-up over `warmup_steps`, then a cosine decay to
+  1% of it at the run's last step."""
+  kind = config.get('lr_schedule', 'step')
+  if kind == 'cosine':
+    total = config.num_train_steps or config.num_epochs * steps_per_epoch
+    warmup = min(config.get('warmup_steps', 0), total // 2)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, warmup, max(total, warmup + 1),
+        end_value=0.01 * config.learning_rate)
+  if kind != 'step':
+    raise ValueError(f"config.lr_schedule must be 'step' or 'cosine', got {kind!r}")
   return optax.exponential_decay(
       config.learning_rate, transition_steps=config.lr_decay_every_epochs * steps_per_epoch,
       decay_rate=config.lr_decay_factor, staircase=True)

@@ -75,3 +75,19 @@ def test_long_hair_paints_behind_and_below_the_scalp():
   assert painted[18:26, 28:36].all()        # over the scalp (inside the arc)
   assert painted[40:, :].any()              # falling below it
   assert not painted[:8, :8].any()          # not everywhere
+
+def test_glasses_on_far_profiles_with_narrow_eyes_draw_without_error():
+  # A far profile: an eye's corners (36 and 39, 42 and 45) a pixel or two apart. Pillow cannot
+  # draw rounded lenses only a few pixels across, so such lenses are ellipses.
+  from prnet_jax.ict_face import face_model
+  base = face_model().mean[face_model().landmarks][:, :2] * [1, -1]
+  base = (base - base.min(0)) / np.ptp(base, 0) * 60 + 34
+  img = np.zeros((128, 128, 3), np.float32)
+  for eye_w in np.linspace(0.3, 3.0, 10):
+    lm = base.copy()
+    lm[39] = lm[36] + [eye_w, 0.0]
+    lm[45] = lm[42] + [eye_w, 0.0]
+    for seed in range(20):
+      out, drawn = fx.occlude(np.random.default_rng(seed), img, lm, np.array([0.8, 0.6, 0.5]),
+                              {'glasses': 1.0})
+      assert drawn == ['glasses'] and np.any(out > 0), (eye_w, seed)

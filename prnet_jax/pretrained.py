@@ -1,0 +1,45 @@
+"""The bundled pretrained model: a PRNet trained only on the ICT face world, shipped inside the
+package as a compact float16 checkpoint (`checkpointing.PRETRAINED_FILE`, ~7 MB).
+
+Use it by name wherever a checkpoint is taken (``--checkpoint=pretrained``), from Python with
+`predict.Predictor.from_pretrained()`, or by running ``launch.py --mode=predict`` without a
+checkpoint. Re-create it (README, "The pretrained model", says what it took):
+
+  python launch.py --config=configs/prnet.py:ict --workdir=workdirs/ict
+  python -m prnet_jax.pretrained --workdir=workdirs/ict    # writes the bundled file
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+from prnet_jax import checkpointing
+
+
+def package(workdir: str, output: str = checkpointing.PRETRAINED_FILE) -> str:
+  """Writes the newest checkpoint of the training run in `workdir` as a compact checkpoint
+  carrying the run's config (so its UV assets travel with it)."""
+  variables, model_config, step = checkpointing.load_variables(workdir)
+  run = checkpointing.run_config(workdir) or {}
+  return checkpointing.save_compact(output, variables, model_config, step, run)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  p = argparse.ArgumentParser(description='Package a training run as the bundled model.')
+  p.add_argument('--workdir', required=True, help="the training run's workdir")
+  p.add_argument('--output', default=checkpointing.PRETRAINED_FILE)
+  a = p.parse_args(argv)
+  try:
+    path = package(a.workdir, a.output)
+  except checkpointing.CheckpointError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  print(f'wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB)')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

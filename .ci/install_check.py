@@ -1,7 +1,8 @@
 """CI: the installed package (non-editable, in a fresh venv) works from outside the repository.
 
 Run by .ci/run with that venv's Python, from an empty folder: imports the training, evaluation,
-prediction and export modules, loads the shipped ICT face model (package data), runs
+prediction and export modules, loads the shipped ICT face model and the bundled pretrained
+model (package data), runs
 `python -m prnet_jax.predict --help`, and asks for an unbuilt dataset (expects the clear
 DatasetNotFoundError, not an import error).
 """
@@ -25,6 +26,13 @@ from prnet_jax import ict_model  # noqa: E402  (package data travels with the in
 ict = ict_model.load()
 assert ict_model.SHIPPED.startswith(os.path.dirname(os.path.dirname(ict_model.__file__)))
 print(f'shipped ICT model: {len(ict.neutral)} vertices from {ict_model.SHIPPED}')
+
+from prnet_jax import checkpointing  # noqa: E402
+
+_, model_config, step = checkpointing.load_variables('pretrained')
+assert checkpointing.PRETRAINED_FILE.startswith(os.path.dirname(checkpointing.__file__))
+print(f'bundled pretrained model: {model_config.resolution} px, width {model_config.width}, '
+      f'step {step}, from {checkpointing.PRETRAINED_FILE}')
 
 r = subprocess.run([sys.executable, '-m', 'prnet_jax.predict', '--help'], capture_output=True,
                    text=True, timeout=300)

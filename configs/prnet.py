@@ -2,6 +2,9 @@ r"""PRNet configs: the paper's recipe, and variants chosen by the argument after
 
 Commands (from the repository root):
 
+  # The bundled pretrained model's run (~85 min on 2 cores; then python -m prnet_jax.pretrained
+  # --workdir=workdirs/ict packages it):
+  python launch.py --config=configs/prnet.py:ict --workdir=workdirs/ict
   # CPU demo on the embedded synthetic faces (builds the data on first use, ~5 min on 2 cores):
   python launch.py --config=configs/prnet.py:small --workdir=workdirs/small
   # The full model on synthetic faces (256 px):
@@ -29,6 +32,15 @@ Variants:
       UV assets 'ict'), the quick start (1500 steps, lighter augmentation and L2 so that it
       learns within minutes). Tests that train it on the procedural world's `synthetic_faces/tiny`
       set `uv_assets='procedural'` with it.
+  ict: the bundled pretrained model's recipe (`prnet_jax.pretrained`): 64 px, width 8 on
+      `synthetic_faces/ict_128` (32k ICT-world faces at 128 px, resized on loading; UV assets
+      'ict'), 40k steps of batch 16 (20 epochs), Adam 1e-3 with warm-up and cosine decay, L2
+      1e-5, the paper's augmentation plus grayscale, blur and noise (for photographs). ~80 min
+      on a 2-core CPU. Why this size: on that CPU the full network at 256 px trains at ~6
+      images/s, width 8 at 128 px at ~60 and at 64 px at ~130 (BENCHMARKS.md); at 128 px the
+      network was still far from fitting the world after 64k images (held-out NME 17.5%), so
+      the 2 hours buy more images instead of more pixels. Photos are low-passed before their
+      crop shrinks them (`predict_antialias`), like the renders it saw.
 """
 
 import ml_collections
@@ -81,6 +93,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.eval_every = 0  # > 0: evaluate on eval_split every so many steps
   c.eval_split = 'test'
+  # Prediction: low-pass a photo before its crop shrinks it (models trained on renders).
+  c.predict_antialias = False
 
   # Evaluation (--mode=eval and the periodic hook; prnet_jax.evaluate / prnet_jax.metrics):
   # dataset '' = the training dataset; NME normaliser 'box' (sqrt(w*h) of the ground-truth 2D
@@ -118,12 +132,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   if arg == 'ict':
     c.dataset = 'synthetic_faces/ict_128'
     c.uv_assets = 'ict'
-    c.model.resolution = 128
+    c.model.resolution = 64
     c.model.width = 8
     c.model.bn_momentum = 0.99
     c.batch_size = 16
     c.num_epochs = 0
-    c.num_train_steps = 20000
+    c.num_train_steps = 40000
     c.learning_rate = 1e-3
     c.lr_schedule = 'cosine'
     c.warmup_steps = 500
@@ -133,6 +147,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
         occlusion=True, grayscale_prob=0.1, blur_prob=0.3, blur_sigma=(0.4, 1.5),
         noise_std=0.04))
     c.log_every = 100
-    c.checkpoint_every = 2000
-    c.eval_every = 2000
+    c.checkpoint_every = 4000
+    c.eval_every = 4000
+    c.predict_antialias = True
   return c

@@ -44,7 +44,7 @@ CHECKPOINTS_SUBDIR = 'checkpoints'
 # name that stands for it wherever a checkpoint is taken.
 PRETRAINED = 'pretrained'
 PRETRAINED_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
-                               'pretrained_ict128.npz')
+                               'pretrained_ict.npz')
 _COMPACT_META = '__meta__'
 _FLOAT16_MAX = 6e4  # leaves beyond float16's range stay float32
 

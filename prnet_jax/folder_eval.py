@@ -72,7 +72,8 @@ def untrained_predictor(predictor, seed: int = 0):
   from prnet_jax.model import init_variables
   from prnet_jax.predict import Predictor
   variables = jax.jit(lambda k: init_variables(predictor.model, k))(jax.random.key(seed))
-  return Predictor(predictor.model, variables, predictor.assets, predictor._detector)  # pylint: disable=protected-access
+  return Predictor(predictor.model, variables, predictor.assets, predictor._detector,  # pylint: disable=protected-access
+                   predictor.antialias)
 
 
 def _load(image_path: str, mat_path: str) -> tuple[np.ndarray, np.ndarray]:

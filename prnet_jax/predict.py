@@ -189,7 +189,11 @@ class Predictor:
   """A model, its UV assets and a detector; `predict` returns a `Face` per face."""
 
   def __init__(self, model: PRNet, variables, assets: UVAssets,
-               detector: Optional[FaceDetector] = None):
+               detector: Optional[FaceDetector] = None, antialias: bool = False):
+    """`antialias`: low-pass the photo before a crop shrinks it (Gaussian, sigma (s - 1) / 2
+    for a shrink by s, as skimage's rescale), for models trained on band-limited renders; off,
+    the crop is bilinear like the official code's."""
+    self.antialias = antialias
     if assets.resolution != model.resolution:
       raise PredictError(f'UV assets are {assets.resolution} px, the model {model.resolution} px')
     self.model, self.assets = model, assets
@@ -209,14 +213,16 @@ class Predictor:
       variables, model_config, _ = checkpointing.load_variables(path)
     except checkpointing.CheckpointError as e:
       raise PredictError(str(e)) from e
+    run = checkpointing.run_config(path) or {}
     if uv_assets is None:
-      uv_assets = (checkpointing.run_config(path) or {}).get('uv_assets') or 'procedural'
+      uv_assets = run.get('uv_assets') or 'procedural'
     model = PRNet.from_config(model_config)
     try:
       assets = uv_assets_for(uv_assets, model.resolution)
     except AssetError as e:
       raise PredictError(str(e)) from e
-    return cls(model, variables, assets, detector)
+    # A run trained on band-limited renders (the ICT world) says so in its config.
+    return cls(model, variables, assets, detector, bool(run.get('predict_antialias', False)))
 
   @classmethod
   def from_pretrained(cls, detector: Optional[FaceDetector] = None) -> 'Predictor':
@@ -284,12 +290,20 @@ class Predictor:
       return out
     # The float crop, as the official code feeds it (bilinear; rounding it to uint8 moves
     # landmarks by 0.2-0.4 px).
-    crops = np.stack([np.asarray(geometry.warp_image(images[i].astype(np.float32), t, r, r),
+    crops = np.stack([np.asarray(geometry.warp_image(self._prefilter(images[i], t), t, r, r),
                                  np.float32) for i, _, t in jobs])
     maps = self.forward(crops)
     for (i, sb, t), pos, crop in zip(jobs, maps, crops):
       out[i].append(self._face(images[i], pos, crop, sb, t))
     return out
+
+  def _prefilter(self, image: np.ndarray, t: np.ndarray) -> np.ndarray:
+    image = image.astype(np.float32)
+    shrink = 1.0 / float(np.sqrt(abs(np.linalg.det(t[:2, :2]))))
+    if not self.antialias or shrink <= 1.0:
+      return image
+    import cv2
+    return cv2.GaussianBlur(image, (0, 0), (shrink - 1.0) / 2.0, borderType=cv2.BORDER_REFLECT)
 
   def _face(self, image, pos_crop, crop, source_box, t) -> Face:
     a = self.assets

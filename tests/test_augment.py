@@ -115,3 +115,38 @@ def test_identity_config_is_skipped_and_skipping_changes_nothing():
       k, i, p, augment.NO_AUGMENT))(keys, images, pos)
   np.testing.assert_allclose(warped_i, images, atol=1e-6)
   np.testing.assert_allclose(warped_p, pos, atol=1e-5)
+
+
+def test_degradations_grey_blur_noise_each_do_their_job_and_only_when_on():
+  r = np.random.RandomState(3)
+  images = jnp.asarray(r.uniform(0.2, 0.8, (4, 32, 32, 3)), jnp.float32)
+  pos = jnp.asarray(r.uniform(1, 30, (4, 32, 32, 3)), jnp.float32)
+  base = dict(rotation_deg=0.0, translation=0.0, scale=(1.0, 1.0), color=(1.0, 1.0),
+              occlusion_prob=0.0)
+  grey, gpos = augment.augment_batch(jax.random.key(1), images, pos,
+                                     AugmentConfig(**base, grayscale_prob=1.0))
+  grey = np.asarray(grey)
+  np.testing.assert_allclose(grey[..., 0], grey[..., 2], atol=1e-6)
+  np.testing.assert_allclose(grey[..., 1], np.asarray(images) @ [0.299, 0.587, 0.114],
+                             atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(gpos), np.asarray(pos))  # images only
+  blur, _ = augment.augment_batch(jax.random.key(1), images, pos,
+                                  AugmentConfig(**base, blur_prob=1.0, blur_sigma=(1.0, 1.0)))
+  blur = np.asarray(blur)
+  # A normalised kernel keeps the mean (edges clamped: away from them) and lowers the variance.
+  inner = (slice(None), slice(4, -4), slice(4, -4))
+  assert abs(blur[inner].mean() - np.asarray(images)[inner].mean()) < 0.01
+  assert blur.std() < 0.6 * np.asarray(images).std()
+  # Against a float64 brute-force 7-tap Gaussian at one interior pixel.
+  taps = np.exp(-0.5 * np.arange(-3, 4) ** 2)
+  taps /= taps.sum()
+  patch = np.asarray(images, np.float64)[0, 13:20, 13:20, 0]
+  assert abs(taps @ patch @ taps - blur[0, 16, 16, 0]) < 1e-5
+  noisy, _ = augment.augment_batch(jax.random.key(1), images, pos,
+                                   AugmentConfig(**base, noise_std=0.1))
+  d = np.asarray(noisy) - np.asarray(images)
+  assert 0.0 < d.std() < 0.1 and abs(d.mean()) < 0.01
+  assert not AugmentConfig(**base, noise_std=0.1).is_identity
+  # Probability 0 of each: nothing happens (the identity path).
+  off = AugmentConfig(**base, grayscale_prob=0.0, blur_prob=0.0, noise_std=0.0)
+  assert off.is_identity

@@ -1,5 +1,7 @@
 """Checkpoints of model variables: exact round trip, newest step, clear errors."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -70,3 +72,36 @@ def test_a_runs_workdir_loads_like_its_checkpoints_folder(tmp_path):
   with pytest.raises(checkpointing.CheckpointError,
                      match=r"fresh/checkpoints: no checkpoint steps found.*workdir"):
     checkpointing.load_variables(str(tmp_path / 'fresh'))
+
+
+def test_compact_checkpoint_round_trip_in_float16(tmp_path):
+  cfg = ModelConfig(64, 4, 'float32')
+  v = fake_variables(2)
+  v['batch_stats']['conv0']['bn']['var'][0] = 1e6  # beyond float16: kept in float32
+  path = checkpointing.save_compact(str(tmp_path / 'm.npz'), v, cfg, 1500, {'uv_assets': 'ict'})
+  variables, config, step = checkpointing.load_variables(path)
+  assert (config, step) == (cfg, 1500)
+  assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(v)
+  for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(v)):
+    assert a.dtype == np.float32
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)  # float16: 11 significant bits
+  assert variables['batch_stats']['conv0']['bn']['var'][0] == 1e6
+  with np.load(path) as f:
+    assert f['params/conv0/conv/kernel'].dtype == np.float16
+  assert checkpointing.run_config(path) == {'uv_assets': 'ict'}
+  with pytest.raises(checkpointing.CheckpointError, match='holds step 1500 only'):
+    checkpointing.load_variables(path, step=3)
+  bad = tmp_path / 'bad.npz'
+  bad.write_bytes(b'not a zip')
+  with pytest.raises(checkpointing.CheckpointError, match='bad.npz'):
+    checkpointing.load_variables(str(bad))
+
+
+def test_pretrained_names_the_bundled_model():
+  variables, config, step = checkpointing.load_variables(checkpointing.PRETRAINED)
+  run = checkpointing.run_config(checkpointing.PRETRAINED)
+  assert run['uv_assets'] == 'ict' and run['dataset'] == 'synthetic_faces/ict_128'
+  assert (config.resolution, config.width) == (run['model']['resolution'], run['model']['width'])
+  assert step == run['num_train_steps']
+  assert os.path.getsize(checkpointing.PRETRAINED_FILE) < 10e6
+  assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(variables))

@@ -36,7 +36,7 @@ def test_unknown_variant_is_rejected_with_the_choices():
 
 @pytest.mark.parametrize('variant,dataset,resolution', [
     ('', 'prnet_300wlp', 256), ('synthetic', 'synthetic_faces', 256),
-    ('small', 'synthetic_faces/ict_small', 64)])
+    ('small', 'synthetic_faces/ict_small', 64), ('ict', 'synthetic_faces/ict_128', 64)])
 def test_config_variants(variant, dataset, resolution):
   sys.path.insert(0, os.path.join(ROOT, 'configs'))
   try:

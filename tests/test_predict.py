@@ -294,3 +294,64 @@ def test_memory_stays_bounded_for_an_untrained_network_on_real_photos(monkeypatc
   face = predictor.predict(image)[0]
   need = render.triangle_windows(face.vertices, face.triangles).astype(np.float64)
   assert (need ** 2).sum() > 10 * render.BUDGET_PER_PIXEL * image.shape[0] * image.shape[1]
+
+
+def test_antialias_low_passes_only_crops_that_shrink(predictor, monkeypatch):
+  """A one-pixel checkerboard shrunk 4x aliases to a pattern under the bilinear crop; the
+  low-pass gives its mean grey. Crops that enlarge are the same either way."""
+  seen = []
+  r = predictor.model.resolution
+  monkeypatch.setattr(predictor, 'forward', lambda c: (seen.append(c), np.zeros(
+      c.shape[:3] + (3,), np.float32))[1])
+  board = ((np.indices((4 * r, 4 * r)).sum(0) % 2) * 255).astype(np.uint8)
+  board = np.repeat(board[..., None], 3, -1)
+  small = np.full((r // 2, r // 2, 3), 128, np.uint8)
+  small[::2, ::2] = 0
+  for antialias in (False, True):
+    monkeypatch.setattr(predictor, 'antialias', antialias)
+    predictor.predict_batch([board, small], boxes=[[[0, 0, 4 * r, 4 * r]],
+                                                   [[0, 0, r // 2, r // 2]]])
+  (aliased, big0), (filtered, big1) = seen[0], seen[1]
+  inner = (slice(r // 3, -r // 3), slice(r // 3, -r // 3))
+  assert aliased[inner].std() > 20 and filtered[inner].std() < 3
+  assert abs(filtered[inner].mean() - 127.5) < 5
+  np.testing.assert_array_equal(big0, big1)
+
+
+def test_the_pretrained_model_on_real_photos_finds_the_face_parts():
+  """The bundled model, detector boxes, real portraits: in the face's own frame, brows above
+  the eyes, eyes level and above the nose, the nose above the mouth, the mouth above the chin,
+  the jaw's ends either side of the eyes."""
+  from conftest import shared_path
+  folder = shared_path('photos')
+  p = predict.Predictor.from_pretrained()
+  assert p.antialias and p.model.resolution == 64
+  for name in sorted(os.listdir(folder)):
+    faces = p.predict(os.path.join(folder, name))
+    assert faces, name
+    lm = max(faces, key=lambda f: np.ptp(f.landmarks[:, 0])).landmarks[:, :2]
+    # In the face's own frame (heads tilt): "down" from the eyes' centre to the mouth's.
+    down = lm[48:68].mean(0) - lm[36:48].mean(0)
+    down /= np.linalg.norm(down)
+    across = np.array([-down[1], down[0]])
+    d = lambda s: (lm[s] @ down).mean()
+    eyes, nose, mouth, brows = slice(36, 48), slice(27, 36), slice(48, 68), slice(17, 27)
+    assert d(brows) < d(eyes) < d(nose) < d(mouth) < lm[8] @ down, name
+    a = lm @ across
+    assert min(a[0], a[16]) < a[36:48].min() and max(a[0], a[16]) > a[36:48].max(), name
+    assert abs(d(slice(36, 42)) - d(slice(42, 48))) < 0.15 * np.ptp(a), name  # eyes level
+
+
+def test_launch_predicts_with_the_pretrained_model_without_a_checkpoint(tmp_path, sample):
+  Image.fromarray(sample.image).save(tmp_path / 'face.png')
+  out = tmp_path / 'out'
+  r = subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'),
+                      '--config=configs/prnet.py', '--mode=predict',
+                      f'--input={tmp_path / "face.png"}', f'--output={out}'],
+                     capture_output=True, text=True, cwd=ROOT, timeout=600)
+  assert r.returncode == 0, r.stdout + r.stderr
+  lm = np.loadtxt(out / 'face_face0_landmarks.txt')
+  assert lm.shape == (68, 3)
+  # The bundled model's assets (ICT, 64 px): a dense mesh of the ICT face's UV layout.
+  mesh = mesh_io.load_obj(str(out / 'face_face0.obj'))
+  assert len(mesh.vertices) == len(uv_assets_for('ict', 64).face_indices)

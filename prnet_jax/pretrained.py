@@ -19,10 +19,11 @@ from typing import Optional, Sequence
 from prnet_jax import checkpointing
 
 
-def package(workdir: str, output: str = checkpointing.PRETRAINED_FILE) -> str:
-  """Writes the newest checkpoint of the training run in `workdir` as a compact checkpoint
-  carrying the run's config (so its UV assets travel with it)."""
-  variables, model_config, step = checkpointing.load_variables(workdir)
+def package(workdir: str, output: str = checkpointing.PRETRAINED_FILE,
+            step: Optional[int] = None) -> str:
+  """Writes checkpoint `step` (default: the newest) of the training run in `workdir` as a
+  compact checkpoint carrying the run's config (so its UV assets travel with it)."""
+  variables, model_config, step = checkpointing.load_variables(workdir, step)
   run = checkpointing.run_config(workdir) or {}
   return checkpointing.save_compact(output, variables, model_config, step, run)
 
@@ -31,9 +32,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p = argparse.ArgumentParser(description='Package a training run as the bundled model.')
   p.add_argument('--workdir', required=True, help="the training run's workdir")
   p.add_argument('--output', default=checkpointing.PRETRAINED_FILE)
+  p.add_argument('--step', type=int, default=None, help='a saved step (default: the newest)')
   a = p.parse_args(argv)
   try:
-    path = package(a.workdir, a.output)
+    path = package(a.workdir, a.output, a.step)
   except checkpointing.CheckpointError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

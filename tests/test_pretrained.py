@@ -26,4 +26,10 @@ def test_package_carries_the_newest_weights_and_the_runs_config(tmp_path, capsys
   assert checkpointing.run_config(str(out)) == {'uv_assets': 'ict', 'predict_antialias': True}
   for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(new)):
     np.testing.assert_allclose(a, np.asarray(b), rtol=1e-3, atol=1e-4)
+  assert pretrained.main([f'--workdir={run}', f'--output={out}', '--step=100']) == 0
+  variables, _, step = checkpointing.load_variables(str(out))
+  assert step == 100
+  np.testing.assert_allclose(jax.tree_util.tree_leaves(variables)[0],
+                             np.asarray(jax.tree_util.tree_leaves(old)[0]), rtol=1e-3, atol=1e-4)
+  assert pretrained.main([f'--workdir={run}', f'--output={out}', '--step=150']) == 1
   assert pretrained.main([f'--workdir={tmp_path / "nothing"}', f'--output={out}']) == 1

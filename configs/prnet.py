@@ -95,6 +95,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.eval_split = 'test'
   # Prediction: low-pass a photo before its crop shrinks it (models trained on renders).
   c.predict_antialias = False
+  # ... and re-crop detector/box crops around the predicted landmarks so many times.
+  c.predict_refine = 0
 
   # Evaluation (--mode=eval and the periodic hook; prnet_jax.evaluate / prnet_jax.metrics):
   # dataset '' = the training dataset; NME normaliser 'box' (sqrt(w*h) of the ground-truth 2D
@@ -150,4 +152,5 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.checkpoint_every = 4000
     c.eval_every = 4000
     c.predict_antialias = True
+    c.predict_refine = 1  # it learned from landmark crops; Haar boxes frame faces otherwise
   return c

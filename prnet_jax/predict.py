@@ -189,11 +189,15 @@ class Predictor:
   """A model, its UV assets and a detector; `predict` returns a `Face` per face."""
 
   def __init__(self, model: PRNet, variables, assets: UVAssets,
-               detector: Optional[FaceDetector] = None, antialias: bool = False):
+               detector: Optional[FaceDetector] = None, antialias: bool = False,
+               refine: int = 0):
     """`antialias`: low-pass the photo before a crop shrinks it (Gaussian, sigma (s - 1) / 2
     for a shrink by s, as skimage's rescale), for models trained on band-limited renders; off,
     the crop is bilinear like the official code's."""
     self.antialias = antialias
+    # `refine`: after detector or box crops, re-crop around the predicted landmarks so many
+    # times (models trained on landmark crops; the run's config says `predict_refine`).
+    self.refine = refine
     if assets.resolution != model.resolution:
       raise PredictError(f'UV assets are {assets.resolution} px, the model {model.resolution} px')
     self.model, self.assets = model, assets
@@ -222,7 +226,8 @@ class Predictor:
     except AssetError as e:
       raise PredictError(str(e)) from e
     # A run trained on band-limited renders (the ICT world) says so in its config.
-    return cls(model, variables, assets, detector, bool(run.get('predict_antialias', False)))
+    return cls(model, variables, assets, detector, bool(run.get('predict_antialias', False)),
+               int(run.get('predict_refine', 0)))
 
   @classmethod
   def from_pretrained(cls, detector: Optional[FaceDetector] = None) -> 'Predictor':
@@ -290,12 +295,25 @@ class Predictor:
       return out
     # The float crop, as the official code feeds it (bilinear; rounding it to uint8 moves
     # landmarks by 0.2-0.4 px).
-    crops = np.stack([np.asarray(geometry.warp_image(self._prefilter(images[i], t), t, r, r),
-                                 np.float32) for i, _, t in jobs])
-    maps = self.forward(crops)
+    crops, maps = self._run(images, jobs)
+    # Detector or given boxes frame faces differently from the landmark crops a model may have
+    # trained on: crop again around its own 68 landmarks (the official landmark rule).
+    boxed = [landmarks is None or landmarks[i] is None for i, _, _ in jobs]
+    for _ in range(self.refine if any(boxed) else 0):
+      jobs = [(i, sb, geometry.crop_transform(geometry.landmark_crop(self.assets.landmarks(
+          geometry.transform_points(geometry.invert(t), pos.reshape(-1, 3)).reshape(
+              pos.shape))), r)) if b else (i, sb, t)
+              for (i, sb, t), pos, b in zip(jobs, maps, boxed)]
+      crops, maps = self._run(images, jobs)
     for (i, sb, t), pos, crop in zip(jobs, maps, crops):
       out[i].append(self._face(images[i], pos, crop, sb, t))
     return out
+
+  def _run(self, images, jobs):
+    crops = np.stack([np.asarray(geometry.warp_image(self._prefilter(images[i], t), t, r, r),
+                                 np.float32) for i, _, t in jobs
+                      for r in (self.model.resolution,)])
+    return crops, self.forward(crops)
 
   def _prefilter(self, image: np.ndarray, t: np.ndarray) -> np.ndarray:
     image = image.astype(np.float32)

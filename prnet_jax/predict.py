@@ -300,19 +300,23 @@ class Predictor:
     # trained on: crop again around its own 68 landmarks (the official landmark rule).
     boxed = [landmarks is None or landmarks[i] is None for i, _, _ in jobs]
     for _ in range(self.refine if any(boxed) else 0):
-      jobs = [(i, sb, geometry.crop_transform(geometry.landmark_crop(self.assets.landmarks(
-          geometry.transform_points(geometry.invert(t), pos.reshape(-1, 3)).reshape(
-              pos.shape))), r)) if b else (i, sb, t)
+      jobs = [(i, sb, self._landmark_transform(pos, t)) if b else (i, sb, t)
               for (i, sb, t), pos, b in zip(jobs, maps, boxed)]
       crops, maps = self._run(images, jobs)
     for (i, sb, t), pos, crop in zip(jobs, maps, crops):
       out[i].append(self._face(images[i], pos, crop, sb, t))
     return out
 
+  def _landmark_transform(self, pos_crop: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The landmark crop's transform around the 68 landmarks of a map predicted in crop `t`."""
+    pos = geometry.transform_points(geometry.invert(t), pos_crop.reshape(-1, 3))
+    return geometry.crop_transform(geometry.landmark_crop(
+        self.assets.landmarks(pos.reshape(pos_crop.shape))), self.model.resolution)
+
   def _run(self, images, jobs):
+    r = self.model.resolution
     crops = np.stack([np.asarray(geometry.warp_image(self._prefilter(images[i], t), t, r, r),
-                                 np.float32) for i, _, t in jobs
-                      for r in (self.model.resolution,)])
+                                 np.float32) for i, _, t in jobs])
     return crops, self.forward(crops)
 
   def _prefilter(self, image: np.ndarray, t: np.ndarray) -> np.ndarray:

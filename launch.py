@@ -39,6 +39,8 @@ _CHECKPOINT = flags.DEFINE_string(
     'converted official weights), or "untrained" for the baseline; default WORKDIR.')
 _INPUT = flags.DEFINE_string('input', None, 'predict: an image, a folder of images or a video.')
 _OUTPUT = flags.DEFINE_string('output', None, 'predict: output folder (default WORKDIR/predict).')
+_DETECTOR = flags.DEFINE_enum('detector', 'auto', ['auto', 'dlib_cnn', 'dlib_hog', 'haar'],
+                              'predict: face detector (auto: dlib_cnn if installed, else haar).')
 _ORACLE = flags.DEFINE_bool('oracle', False, 'eval: score the ground truth against itself '
                             '(checks the data and the protocol; NME must be 0).')
 
@@ -105,7 +107,8 @@ def main(argv):
     output = _OUTPUT.value or os.path.join(_WORKDIR.value or '.', 'predict')
     try:
       predictor = predict.Predictor.from_checkpoint(
-          checkpoint, None if pretrained else (config.uv_assets or None))
+          checkpoint, None if pretrained else (config.uv_assets or None), _DETECTOR.value)
+      predictor.detector  # pylint: disable=pointless-statement  # fail now if it can't be made
     except predict.PredictError as e:
       print(f'error: {e}', file=sys.stderr)
       return 1

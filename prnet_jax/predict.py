@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prnet_jax import checkpointing, geometry, icp, render
+from prnet_jax import checkpointing, detectors, geometry, icp, render
+# Detectors live in their own module; the names stay importable from here.
+from prnet_jax.detectors import (DetectorError, FaceDetector, OpenCVCascadeDetector,  # noqa: F401
+                                 get_detector)
 from prnet_jax.face_assets import uv_assets_for
 from prnet_jax.model import PRNet, inference_fn
 from prnet_jax.uv_assets import AssetError, UVAssets
@@ -35,67 +38,11 @@ from prnet_jax.uv_assets import AssetError, UVAssets
 MAX_PIXELS = 50_000_000  # larger photos are refused with a message (not an out-of-memory crash)
 
 
+DetectorArg = Union[str, FaceDetector, None]
+
+
 class PredictError(ValueError):
   """Bad input for prediction; the message names the input and the problem."""
-
-
-# ------------------------------------------------------------------------------- detection
-
-class FaceDetector(Protocol):
-  def __call__(self, image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (K, 4) float boxes (left, top, right, bottom), best first."""
-
-
-def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float = 0.3) -> np.ndarray:
-  order = np.argsort(-scores)
-  keep = []
-  for i in order:
-    if all(_iou(boxes[i], boxes[j]) < iou for j in keep):
-      keep.append(i)
-  return boxes[keep]
-
-
-def _iou(a, b) -> float:
-  w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-  h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-  inter = w * h
-  union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-  return inter / max(union, 1e-9)
-
-
-class OpenCVCascadeDetector:
-  """OpenCV's bundled Haar cascades (frontal, profile and mirrored profile), merged by NMS.
-
-  Installable from PyPI (opencv-python-headless 4.x) with the models inside the wheel, so no
-  download at run time. Misses strongly rotated faces and faces filling the whole image: pass
-  boxes (or use a whole-image box) for pre-cropped faces."""
-
-  def __init__(self, min_size_fraction: float = 0.08):
-    import cv2
-    root = cv2.data.haarcascades
-    self._cv2 = cv2
-    self._frontal = cv2.CascadeClassifier(os.path.join(root, 'haarcascade_frontalface_alt2.xml'))
-    self._profile = cv2.CascadeClassifier(os.path.join(root, 'haarcascade_profileface.xml'))
-    self.min_size_fraction = min_size_fraction
-
-  def __call__(self, image: np.ndarray) -> np.ndarray:
-    cv2 = self._cv2
-    gray = cv2.equalizeHist(cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY))
-    h, w = gray.shape
-    m = max(int(min(h, w) * self.min_size_fraction), 20)
-    found = []
-    for cascade, flip in ((self._frontal, False), (self._profile, False), (self._profile, True)):
-      g = gray[:, ::-1] if flip else gray
-      rects, _, weights = cascade.detectMultiScale3(np.ascontiguousarray(g), 1.1, 4,
-                                                    minSize=(m, m), outputRejectLevels=True)
-      for (x, y, bw, bh), s in zip(np.asarray(rects).reshape(-1, 4),
-                                   np.asarray(weights).reshape(-1)):
-        x0 = w - x - bw if flip else x
-        found.append((x0, y, x0 + bw, y + bh, float(s) + (1.0 if cascade is self._frontal else 0)))
-    if not found:
-      return np.zeros((0, 4), np.float32)
-    arr = np.asarray(found, np.float64)
-    return _nms(arr[:, :4], arr[:, 4]).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------- images
@@ -189,9 +136,11 @@ class Predictor:
   """A model, its UV assets and a detector; `predict` returns a `Face` per face."""
 
   def __init__(self, model: PRNet, variables, assets: UVAssets,
-               detector: Optional[FaceDetector] = None, antialias: bool = False,
+               detector: DetectorArg = None, antialias: bool = False,
                refine: int = 0):
-    """`antialias`: low-pass the photo before a crop shrinks it (Gaussian, sigma (s - 1) / 2
+    """`detector`: a name of `detectors.NAMES` or a callable image -> boxes (default 'auto':
+    dlib's CNN detector when installed, else OpenCV's Haar cascades); made on first use.
+    `antialias`: low-pass the photo before a crop shrinks it (Gaussian, sigma (s - 1) / 2
     for a shrink by s, as skimage's rescale), for models trained on band-limited renders; off,
     the crop is bilinear like the official code's."""
     self.antialias = antialias
@@ -208,7 +157,7 @@ class Predictor:
 
   @classmethod
   def from_checkpoint(cls, path: str, uv_assets: Optional[str] = None,
-                      detector: Optional[FaceDetector] = None) -> 'Predictor':
+                      detector: DetectorArg = None) -> 'Predictor':
     """`path`: a checkpoint directory or a training run's workdir (ours or converted official
     weights); `uv_assets`: 'ict' or 'procedural' (models trained on the ICT or the procedural
     world) or an official uv-data folder; by default the run's own (its `config.json`), else
@@ -230,14 +179,17 @@ class Predictor:
                int(run.get('predict_refine', 0)))
 
   @classmethod
-  def from_pretrained(cls, detector: Optional[FaceDetector] = None) -> 'Predictor':
+  def from_pretrained(cls, detector: DetectorArg = None) -> 'Predictor':
     """The bundled model, trained on the ICT face world (`prnet_jax.pretrained`)."""
     return cls.from_checkpoint(checkpointing.PRETRAINED, None, detector)
 
   @property
   def detector(self) -> FaceDetector:
-    if self._detector is None:
-      self._detector = OpenCVCascadeDetector()
+    if not callable(self._detector):
+      try:
+        self._detector = get_detector(self._detector)
+      except DetectorError as e:
+        raise PredictError(str(e)) from e
     return self._detector
 
   def forward(self, crops: np.ndarray) -> np.ndarray:
@@ -461,9 +413,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  help="'ict', 'procedural' or an official uv-data folder (for official weights); "
                       "default: the training run's own, else 'procedural'")
   p.add_argument('--batch', type=int, default=16, help='video frames per forward pass')
+  p.add_argument('--detector', default='auto', choices=detectors.NAMES,
+                 help="face detector: 'auto' (dlib_cnn if installed, else haar), 'dlib_cnn', "
+                      "'dlib_hog' or 'haar'")
   a = p.parse_args(argv)
   try:
-    predictor = Predictor.from_checkpoint(a.checkpoint, a.uv_assets)
+    predictor = Predictor.from_checkpoint(a.checkpoint, a.uv_assets, a.detector)
+    predictor.detector  # pylint: disable=pointless-statement  # fail here if it can't be made
   except (PredictError, ValueError) as e:
     print(f'error: {e}')
     return 2

@@ -99,7 +99,10 @@ class Demo:
     from prnet_jax import outputs
     image = decode_image(request.get('image'), 'photo')
     faces = self._faces(image, 'photo')
-    index = int(request.get('face', 0))
+    try:
+      index = int(request.get('face', 0))
+    except (TypeError, ValueError) as e:
+      raise AppError(f"face must be a face's index, got {request.get('face')!r}") from e
     if not 0 <= index < len(faces):
       raise AppError(f'photo: {len(faces)} face(s) found, face {index} is out of range')
     face = faces[index]

@@ -61,12 +61,13 @@ def _sample_uv(values: np.ndarray, size: int) -> np.ndarray:
 
 def _mirror_pairs_ok(assets: UVAssets) -> bool:
   """Whether the UV layout is left-right symmetric (column u <-> R - 1 - u): the 68 landmarks'
-  mirror pairs (jaw, brows, eyes, mouth corners) sit at mirrored columns within 2 px."""
+  mirror pairs (jaw, brows, eyes, mouth corners) sit at mirrored columns, on the same row,
+  within 2 px of a 256-px map (at least 1 px)."""
   pairs = [(0, 16), (4, 12), (17, 26), (36, 45), (39, 42), (48, 54), (31, 35)]
   r, k = assets.resolution, assets.kpt_uv.astype(np.float64)
-  scale = r / 256
-  return all(abs(k[a, 0] + k[b, 0] - (r - 1)) <= 2 * max(scale, 0.5) and
-             abs(k[a, 1] - k[b, 1]) <= 2 * max(scale, 0.5) for a, b in pairs)
+  tol = max(2 * r / 256, 1.0)
+  return all(abs(k[a, 0] + k[b, 0] - (r - 1)) <= tol and abs(k[a, 1] - k[b, 1]) <= tol
+             for a, b in pairs)
 
 
 def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
@@ -142,8 +143,8 @@ def part_mask(part: Part, assets: UVAssets, size: int = 256) -> np.ndarray:
         pts = k[list(eye) + list(brow)]
         grow = 0.25 * np.ptp(k[list(eye), 0])
         c = pts.mean(0)
-        hull = cv2.convexHull(((pts - c) * 1.0 + c).astype(np.float32))[:, 0]
-        d = hull - c
+        hull = cv2.convexHull(pts.astype(np.float32))[:, 0]
+        d = hull - c  # grown outwards from the centre by `grow` texels
         hull = c + d * (1 + grow / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-6))
         cv2.fillConvexPoly(mask, np.round(hull).astype(np.int32), 1.0)
       sigma = max(1.0, size / 128)

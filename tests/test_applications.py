@@ -110,6 +110,12 @@ def test_fill_hidden_takes_the_mirror_then_the_fallback(assets):
   np.testing.assert_array_equal(out[4:, :8], tex[4:, ::-1][:, :8])
   np.testing.assert_array_equal(out[:4, :8], fallback[:4, :8])
   np.testing.assert_array_equal(out[:, 8:24], tex[:, 8:24])
+  # A layout that is not symmetric gets no mirror: the fallback everywhere hidden.
+  import dataclasses
+  lopsided = dataclasses.replace(assets, kpt_uv=assets.kpt_uv + [[3, 0]] * 68)
+  assert not ap._mirror_pairs_ok(lopsided)
+  out = ap.fill_hidden(tex, vis, lopsided, fallback)
+  np.testing.assert_array_equal(out[:, :8], fallback[:, :8])
 
 
 def test_swap_of_a_face_with_itself_changes_nothing_and_another_texture_shows(assets):

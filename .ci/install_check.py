@@ -2,7 +2,7 @@
 
 Run by .ci/run with that venv's Python, from an empty folder: imports the training, evaluation,
 prediction and export modules, loads the shipped ICT face model and the bundled pretrained
-model (package data), runs
+model (package data), makes the default face detector, finds the browser demo's page, runs
 `python -m prnet_jax.predict --help`, and asks for an unbuilt dataset (expects the clear
 DatasetNotFoundError, not an import error).
 """
@@ -33,6 +33,13 @@ _, model_config, step = checkpointing.load_variables('pretrained')
 assert checkpointing.PRETRAINED_FILE.startswith(os.path.dirname(checkpointing.__file__))
 print(f'bundled pretrained model: {model_config.resolution} px, width {model_config.width}, '
       f'step {step}, from {checkpointing.PRETRAINED_FILE}')
+
+from prnet_jax import app, detectors  # noqa: E402
+
+# The default detector's model (face-recognition-models) and the demo's page travel too.
+assert isinstance(detectors.get_detector('auto'), detectors.DlibCNNDetector)
+assert os.path.isfile(os.path.join(app.WEB, 'index.html')), app.WEB
+print(f'default detector: dlib_cnn; demo page: {os.path.join(app.WEB, "index.html")}')
 
 r = subprocess.run([sys.executable, '-m', 'prnet_jax.predict', '--help'], capture_output=True,
                    text=True, timeout=300)

@@ -232,6 +232,39 @@ def test_video_frames_in_batches(predictor, sample, tmp_path):
   cap.release()
 
 
+def test_video_tracks_faces_between_detections(predictor, sample, tmp_path, monkeypatch):
+  """The detector runs on the first batch, every `redetect_every` frames and after a batch
+  without faces; other frames are cropped around the previous batch's last landmarks."""
+  import cv2
+  path = str(tmp_path / 'clip.mp4')
+  w = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'mp4v'), 10, (256, 256))
+  for k in range(9):
+    w.write(np.ascontiguousarray(np.roll(sample.image, 2 * k, axis=1)[..., ::-1]))
+  w.release()
+  calls = []
+
+  def detector(image):
+    calls.append(len(calls))
+    # Nothing in the first two frames (the first batch): the next batch detects again.
+    return np.zeros((0, 4)) if len(calls) <= 2 else np.array([[60, 50, 190, 200.0]])
+
+  monkeypatch.setattr(predictor, '_detector', detector)
+  monkeypatch.setattr(predictor, 'forward', mean_face_forward(predictor))  # a proper face
+  n = predict.predict_video(predictor, path, str(tmp_path), batch=2, redetect_every=4)
+  assert n == 9
+  rows = [json.loads(l) for l in open(tmp_path / 'clip_frames.jsonl')]
+  # Batches [0 1] detect (none found), [2 3] detect, [4 5] track, [6 7] detect (4 frames
+  # since), [8] tracks.
+  assert len(calls) == 6
+  assert [len(r['faces']) for r in rows] == [0, 0] + [1] * 7
+  for tracked, previous in ((4, 3), (5, 3), (8, 7)):
+    lm = np.asarray(rows[previous]['faces'][0]['landmarks'])[:, :2]
+    np.testing.assert_allclose(rows[tracked]['faces'][0]['box'],
+                               [*lm.min(0), *lm.max(0)], rtol=1e-5)
+  for detected in (2, 3, 6, 7):
+    np.testing.assert_allclose(rows[detected]['faces'][0]['box'], [60, 50, 190, 200])
+
+
 def test_export_reloads_without_flax_and_matches(ckpt, tmp_path):
   out = str(tmp_path / 'prnet.jaxexport')
   r = subprocess.run([sys.executable, '-m', 'prnet_jax.export', f'--checkpoint={ckpt}',

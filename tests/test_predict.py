@@ -381,7 +381,7 @@ def test_launch_predicts_with_the_pretrained_model_without_a_checkpoint(tmp_path
   Image.fromarray(sample.image).save(tmp_path / 'face.png')
   out = tmp_path / 'out'
   r = subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'),
-                      '--config=configs/prnet.py', '--mode=predict',
+                      '--config=configs/prnet.py', '--mode=predict', '--detector=haar',
                       f'--input={tmp_path / "face.png"}', f'--output={out}'],
                      capture_output=True, text=True, cwd=ROOT, timeout=600)
   assert r.returncode == 0, r.stdout + r.stderr

@@ -63,6 +63,10 @@ def test_api_predicts_serves_downloads_and_answers_bad_requests(server):
   assert _post(url + '/api/predict', b'{"image": "bm90IGFuIGltYWdl"}') == (
       400, {'error': 'photo: not a readable image'})
   assert _post(url + '/api/predict', b'not json')[0] == 400
+  assert _post(url + '/api/predict', json.dumps({'image': _data_url(raw), 'face': 'x'}).encode()
+               ) == (400, {'error': "face must be a face's index, got 'x'"})
+  assert _post(url + '/api/predict', json.dumps({'image': _data_url(raw), 'face': 5}).encode()
+               )[1]['error'].endswith('face 5 is out of range')
   blank = _data_url(_png(np.full((64, 64, 3), 128, np.uint8)))
   assert _post(url + '/api/predict', json.dumps({'image': blank}).encode()) == (
       400, {'error': 'photo: no face found'})

@@ -210,6 +210,12 @@ def test_cli_swaps_and_frontalizes_real_photos_and_reports_bad_input(tmp_path, c
   assert os.path.getsize(out / 'image02616_frontal.obj') > 0
   r = _run_cli(['swap', f'--source={blank}', f'--target={b}', f'--output={out}'])
   assert r.returncode == 2 and r.stdout.strip() == f'error: {blank}: no face found'
+  r = _run_cli(['swap', f'--source={a}', f'--target={b}', f'--output={out}',
+                f'--part={tmp_path / "nose.png"}'])
+  assert r.returncode == 2 and r.stdout.strip() == (
+      f"error: {tmp_path / 'nose.png'}: --part must be 'face', 'eyes' or a mask image file")
+  with pytest.raises(ap.ApplicationError, match="blend must be 'poisson' or 'none'"):
+    ap.swap_texture(None, a, b, blend='alpha')
   r = _run_cli(['frontalize', f'--input={a}', f'--output={out}', '--face=3'])
   assert r.returncode == 2
   assert r.stdout.strip() == f'error: {a}: 1 face(s) found, face index 3 is out of range (0..0)'

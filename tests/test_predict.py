@@ -232,6 +232,13 @@ def test_video_frames_in_batches(predictor, sample, tmp_path):
   cap.release()
 
 
+def test_cli_refuses_a_batch_or_redetect_interval_below_one(tmp_path, capsys):
+  assert predict.main(['--input', str(tmp_path), '--output', str(tmp_path / 'o'),
+                       '--redetect_every', '0']) == 2
+  assert capsys.readouterr().out.strip().endswith(
+      'error: --batch and --redetect_every must be at least 1')
+
+
 def test_video_tracks_faces_between_detections(predictor, sample, tmp_path, monkeypatch):
   """The detector runs on the first batch, every `redetect_every` frames and after a batch
   without faces; other frames are cropped around the previous batch's last landmarks."""

@@ -106,12 +106,8 @@ class Demo:
     if not 0 <= index < len(faces):
       raise AppError(f'photo: {len(faces)} face(s) found, face {index} is out of range')
     face = faces[index]
-    depth = outputs.depth_image(faces, *image.shape[:2])
-    on = depth > 0
-    if on.any():
-      lo, hi = depth[on].min(), depth[on].max()
-      depth = np.where(on, 40 + 215 * (depth - lo) / max(hi - lo, 1e-6), 0)
-    files = self._files(face, image)
+    depth = outputs.scale_depth(outputs.depth_image(faces, *image.shape[:2]), 40, 255)
+    files = self._files(face)
     rid = uuid.uuid4().hex[:12]
     with self._lock:
       self._results[rid] = files
@@ -148,7 +144,7 @@ class Demo:
     return files[name]
 
   @staticmethod
-  def _files(face, image) -> dict[str, bytes]:
+  def _files(face) -> dict[str, bytes]:
     import tempfile
 
     from prnet_jax import mesh_io

@@ -165,23 +165,27 @@ def part_mask(part: Part, assets: UVAssets, size: int = 256) -> np.ndarray:
 
 # ------------------------------------------------------------------------------- rendering
 
+def vertex_texels(assets: UVAssets, size: int) -> np.ndarray:
+  """(N, 2) float32 (x, y) of each face vertex in a size-px texture (inverse of `_grid`)."""
+  r = assets.resolution
+  rows, cols = np.unravel_index(assets.face_indices, (r, r))
+  return (np.stack([cols, rows], -1).astype(np.float32) + 0.5) * size / r - 0.5
+
+
 def render_texture(vertices: np.ndarray, assets: UVAssets, textures: Sequence[np.ndarray],
                    height: int, width: int) -> tuple[list[np.ndarray], np.ndarray]:
   """Renders the face mesh (vertices (N, 3) in image pixels, z nearer = larger) with each UV
   texture of `textures` ((S, S, C), any C) sampled per pixel through its interpolated UV
   coordinates. Returns ([(H, W, C) float32 images], (H, W) bool coverage)."""
-  r = assets.resolution
-  rows, cols = np.unravel_index(assets.face_indices, (r, r))
-  uv = np.stack([cols, rows], -1).astype(np.float32)
   raster = render.rasterize_auto(np.asarray(vertices, np.float32), assets.triangles, height,
                                  width)
-  tuv = np.asarray(render.interpolate(raster, jnp.asarray(assets.triangles), jnp.asarray(uv)))
   covered = np.asarray(raster.mask)
   out = []
   for tex in textures:
     s = tex.shape[0]
-    # R-px map pixel coordinate -> texel coordinate of an s-px texture (inverse of `_grid`).
-    t = (tuv + 0.5) * s / r - 0.5
+    # Texel coordinates interpolated per pixel (linear in the map's pixel coordinates).
+    t = np.asarray(render.interpolate(raster, jnp.asarray(assets.triangles),
+                                      jnp.asarray(vertex_texels(assets, s))))
     img = np.asarray(geometry.bilinear_sample(jnp.asarray(tex, jnp.float32),
                                               jnp.asarray(np.clip(t[..., 0], 0, s - 1)),
                                               jnp.asarray(np.clip(t[..., 1], 0, s - 1))))
@@ -307,9 +311,7 @@ def frontalize(face, image: np.ndarray, assets: UVAssets, size: int = 256,
 
 
 def _vertex_colors(texture: np.ndarray, assets: UVAssets) -> np.ndarray:
-  r, s = assets.resolution, texture.shape[0]
-  rows, cols = np.unravel_index(assets.face_indices, (r, r))
-  t = (np.stack([cols, rows], -1).astype(np.float32) + 0.5) * s / r - 0.5
+  t = vertex_texels(assets, texture.shape[0])
   c = np.asarray(geometry.bilinear_sample(jnp.asarray(texture), jnp.asarray(t[:, 0]),
                                           jnp.asarray(t[:, 1])))
   return np.clip(c / 255.0, 0, 1).astype(np.float32)

@@ -39,6 +39,16 @@ def depth_image(faces: Sequence, height: int, width: int) -> np.ndarray:
   return depth
 
 
+def scale_depth(depth: np.ndarray, low: float, high: float) -> np.ndarray:
+  """Depth (0 = background) stretched so the face spans [low, high] (nearest = high); the
+  background stays 0. Returns float64."""
+  on = depth > 0
+  if not on.any():
+    return np.zeros(depth.shape)
+  lo, hi = depth[on].min(), depth[on].max()
+  return np.where(on, low + (high - low) * (depth - lo) / max(hi - lo, 1e-6), 0.0)
+
+
 def pose_box(face, size: float = 1.0) -> np.ndarray:
   """(8, 2) image points of a cube around the face in canonical space, posed by its camera."""
   c = face.vertices.mean(0)
@@ -95,11 +105,7 @@ def write_outputs(faces: Sequence, image: np.ndarray, prefix: str) -> list[str]:
                 fh, indent=1)
     written += [base + s for s in ('.obj', '_textured.obj', '_textured.mtl', '_textured.png',
                                    '.ply', '_landmarks.txt', '_landmarks.json', '_pose.json')]
-  depth = depth_image(faces, image.shape[0], image.shape[1])
-  if depth.max() > 0:
-    on = depth > 0
-    lo, hi = depth[on].min(), depth[on].max()
-    depth = np.where(on, 1000 + 64535 * (depth - lo) / max(hi - lo, 1e-6), 0)
+  depth = scale_depth(depth_image(faces, image.shape[0], image.shape[1]), 1000, 65535)
   Image.fromarray(depth.astype(np.uint16)).save(prefix + '_depth.png')
   overlay(image, faces).save(prefix + '_overlay.png')
   return written + [prefix + '_depth.png', prefix + '_overlay.png']

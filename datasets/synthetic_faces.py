@@ -76,8 +76,9 @@ def _record(s):
 class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
   """Synthetic faces with exact position maps, landmarks and poses."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Procedural face model, 300W-LP-style crops.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Procedural face model, 300W-LP-style crops.',
+                   '1.1.0': 'ICT world: plain backdrops (black, white, grey, muted colours).'}
   BUILDER_CONFIGS = [
       SyntheticFacesConfig(name='default', description='256 px, 4000 train / 200 test'),
       SyntheticFacesConfig(name='small', description='64 px, 2000 train / 200 test (CPU demo)',

@@ -14,9 +14,9 @@ Each sample draws, from its seed alone:
 * a camera: a pose over the 300W-LP range, the face 90-200 px across, a perspective camera at a
   random distance (the projected head is what the ground truth describes, so it stays exact);
 * a scene: hemispherical ambient light and one to three coloured directional lights with
-  highlights, a procedural background (room, natural texture, clutter; defocused), occluders
-  (glasses, hands, hats, microphones, objects) and camera effects (colour cast, defocus or motion
-  blur, low resolution, noise, JPEG).
+  highlights, a procedural background (room, natural texture, clutter, plain backdrop;
+  defocused), occluders (glasses, hands, hats, microphones, objects) and camera effects
+  (colour cast, defocus or motion blur, low resolution, noise, JPEG).
 
 Ground truth follows the project's 300W-LP procedure (`geometry.position_map_from_3dmm` on the
 position-map model `ict_face.face_model()`); the whole head is posed, cropped and depth-shifted
@@ -60,7 +60,7 @@ class ICTWorldConfig:
   max_lights: int = ict_render.MAX_LIGHTS
   ambient: tuple = (0.15, 0.55)
   # Scene.
-  backgrounds: tuple = ('indoor', 'indoor', 'fractal', 'fractal', 'clutter')
+  backgrounds: tuple = ('indoor', 'indoor', 'fractal', 'fractal', 'clutter', 'plain')
   max_background_blur: float = 3.0
   occluders: tuple = (('glasses', 0.15), ('hand', 0.1), ('hat', 0.08), ('microphone', 0.05),
                       ('object', 0.1))

@@ -68,8 +68,28 @@ def clutter_background(rng: np.random.Generator, size: int) -> np.ndarray:
   return grey + rng.uniform(0.3, 0.8) * (img - grey)
 
 
+def plain_background(rng: np.random.Generator, size: int) -> np.ndarray:
+  """A plain backdrop, as in studio portraits and passport photos: black (a third of draws),
+  white, grey or a muted colour, with a soft light falloff. A network that never saw one reads
+  a dark profile on black as a face turned the other way."""
+  kind = rng.random()
+  if kind < 1 / 3:
+    colour = np.full(3, rng.uniform(0.0, 0.08))
+  elif kind < 0.5:
+    colour = np.full(3, rng.uniform(0.85, 1.0))
+  elif kind < 0.75:
+    colour = np.full(3, rng.uniform(0.15, 0.85))
+  else:
+    grey = rng.uniform(0.15, 0.85)
+    colour = np.clip(grey + rng.uniform(0.1, 0.5) * (rng.uniform(0, 1, 3) - 0.5), 0, 1)
+  ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) / size
+  lx, ly = rng.uniform(0.0, 1.0, 2)
+  fall = 1.0 - rng.uniform(0.0, 0.35) * np.clip(np.hypot(xs - lx, ys - ly), 0, 1.2) / 1.2
+  return (colour[None, None, :] * fall[..., None]).astype(np.float32)
+
+
 BACKGROUNDS = {'fractal': fractal_background, 'indoor': indoor_background,
-               'clutter': clutter_background}
+               'clutter': clutter_background, 'plain': plain_background}
 
 
 def background(rng: np.random.Generator, size: int, kinds=('fractal', 'indoor', 'clutter'),

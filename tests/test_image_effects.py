@@ -15,9 +15,23 @@ def test_backgrounds_are_seeded_images_in_range(kind):
   b = fx.background(np.random.default_rng(3), 64, (kind,))
   c = fx.background(np.random.default_rng(4), 64, (kind,))
   assert a.shape == (64, 64, 3) and a.dtype == np.float32
-  assert a.min() >= 0 and a.max() <= 1 and a.std() > 0.01
+  assert a.min() >= 0 and a.max() <= 1
+  assert kind == 'plain' or a.std() > 0.01  # a plain backdrop may be one flat colour
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
+
+
+def test_plain_backdrops_are_smooth_and_span_black_to_white():
+  draws = [fx.background(np.random.default_rng(s), 64, ('plain',)) for s in range(60)]
+  for img in draws:  # no structure: neighbouring pixels differ by a few grey levels at most
+    for axis in (0, 1):
+      assert np.abs(np.diff(img, axis=axis)).max() < 4 / 255
+  means = np.array([img.mean() for img in draws])
+  assert (means < 0.08).sum() >= 10  # black backdrops, the photos that fooled a model without them
+  assert (means > 0.75).sum() >= 4 and ((means > 0.15) & (means < 0.75)).sum() >= 10
+  chroma = np.array([np.ptp(img.mean((0, 1))) for img in draws])
+  assert (chroma > 0.05).sum() >= 5  # some muted colours, most neutral
+  assert (chroma < 0.01).sum() >= 30
 
 
 def test_camera_without_effects_only_quantises_and_with_them_changes_the_image():

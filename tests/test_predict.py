@@ -378,7 +378,7 @@ def test_the_pretrained_model_on_real_photos_finds_the_face_parts():
     d = lambda s: (lm[s] @ down).mean()
     eyes, nose, mouth, brows = slice(36, 48), slice(27, 36), slice(48, 68), slice(17, 27)
     assert d(brows) < d(eyes) < d(nose) < d(mouth) < lm[8] @ down, name
-    if name == '0.jpg':  # the frontal portrait (3.jpg is a profile: its jaw is off, README)
+    if name == '0.jpg':  # the frontal portrait (3.jpg, a profile, has both jaw ends behind the eyes)
       a = lm @ across
       assert min(a[0], a[16]) < a[36:48].min() and max(a[0], a[16]) > a[36:48].max(), name
       assert abs(d(slice(36, 42)) - d(slice(42, 48))) < 0.15 * np.ptp(a), name  # eyes level

@@ -29,6 +29,12 @@ SHARED_REFERENCE = os.environ.get(
     'PRNET_SHARED_REFERENCE', os.path.join(ROOT, '..', 'shared', 'reference'))
 
 
+# photos/3.jpg (384 x 384, a left profile on a black backdrop) has no .mat: its landmarks' box
+# (left, top, right, bottom; nose tip to jaw corner, brow to chin), placed by hand, as in
+# benchmarks/detectors.py.
+PROFILE_BOX = (97, 150, 235, 320)
+
+
 def shared_path(*parts: str) -> str:
   """Path under ../shared/reference; skips the calling test when it is absent."""
   path = os.path.join(SHARED_REFERENCE, *parts)

@@ -98,13 +98,13 @@ def test_the_default_detector_finds_every_face_of_the_shared_images():
   annotated by hand, as in benchmarks/detectors.py)."""
   pytest.importorskip('dlib')
   pytest.importorskip('face_recognition_models')
-  from conftest import shared_path
+  from conftest import PROFILE_BOX, shared_path
   det = detectors.get_detector('auto')
   assert isinstance(det, detectors.DlibCNNDetector)
   folder = shared_path('aflw2000-samples')
   cases = [(os.path.join(folder, n), _truth(folder, n))
            for n in sorted(os.listdir(folder)) if n.endswith('.jpg')]
-  cases.append((shared_path('photos', '3.jpg'), np.array([97, 150, 235, 320.])))
+  cases.append((shared_path('photos', '3.jpg'), np.array(PROFILE_BOX, np.float64)))
   assert len(cases) == 7
   for path, truth in cases:
     boxes = det(predict.load_image(path))

@@ -378,7 +378,7 @@ def test_the_pretrained_model_on_real_photos_finds_the_face_parts():
     d = lambda s: (lm[s] @ down).mean()
     eyes, nose, mouth, brows = slice(36, 48), slice(27, 36), slice(48, 68), slice(17, 27)
     assert d(brows) < d(eyes) < d(nose) < d(mouth) < lm[8] @ down, name
-    if name == '0.jpg':  # the frontal portrait (3.jpg, a profile, has both jaw ends behind the eyes)
+    if name == '0.jpg':  # the frontal portrait (3.jpg is a profile: both jaw ends behind the eyes)
       a = lm @ across
       assert min(a[0], a[16]) < a[36:48].min() and max(a[0], a[16]) > a[36:48].max(), name
       assert abs(d(slice(36, 42)) - d(slice(42, 48))) < 0.15 * np.ptp(a), name  # eyes level
@@ -388,7 +388,6 @@ def test_the_pretrained_model_on_real_photos_finds_the_face_parts():
 # tip, the eyes (the hidden one lies behind the nose bridge), the mouth's centre, the chin.
 PROFILE_POINTS = {'nose tip': (100, 243), 'eyes': (138, 193), 'mouth': (128, 272),
                   'chin': (150, 316)}
-PROFILE_BOX = (97, 150, 235, 320)  # the landmarks' box, by hand (benchmarks/detectors.py)
 
 
 def test_the_pretrained_model_on_a_far_profile_on_black():
@@ -396,7 +395,7 @@ def test_the_pretrained_model_on_a_far_profile_on_black():
   right way round (nose in front of the eyes and the jaw, a far profile), and the nose tip,
   eyes, mouth and chin land on average within 12% of the face's size of where they are, each
   within 20% (a face read the wrong way round puts them on the ear and cheek: ~75%)."""
-  from conftest import shared_path
+  from conftest import PROFILE_BOX, shared_path
   p = predict.Predictor.from_pretrained()
   faces = p.predict(shared_path('photos', '3.jpg'))
   assert len(faces) == 1

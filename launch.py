@@ -18,9 +18,8 @@ import logging
 import os
 import sys
 
-from absl import app
+from absl import app, flags
 from absl import logging as absl_logging
-from absl import flags
 from ml_collections import config_flags
 
 from prnet_jax import runtime
@@ -68,6 +67,7 @@ def _ensure_built(dataset: str, data_dir) -> None:
   build one from downloaded files. The datasets/ builders are imported here only: the library
   reads built datasets without them."""
   import jax
+
   from datasets import build
   builder = build.make_builder(dataset, data_dir)
   if builder.is_prepared():
@@ -92,24 +92,25 @@ def main(argv):
     raise app.UsageError('--config is required, e.g. --config=configs/prnet.py:small')
   mode = _MODE.value
   if mode == 'summary':
-    from prnet_jax import model as model_lib
+    from prnet_jax.nn import model as model_lib
     model = model_lib.PRNet.from_config(dict(config.model))
     print(f'config variant: {config.variant}')
     print(model_lib.format_layer_table(model))
     return 0
   if mode == 'predict':
-    from prnet_jax import checkpointing, predict
+    from prnet_jax.nn import checkpoints
+    from prnet_jax.serving import inference, predict
     if not _INPUT.value:
       raise app.UsageError('--input (an image, folder or video) is required for --mode=predict')
     # Without a checkpoint or a run: the bundled pretrained model, with its own UV assets.
-    checkpoint = _CHECKPOINT.value or _WORKDIR.value or checkpointing.PRETRAINED
-    pretrained = checkpoint == checkpointing.PRETRAINED
+    checkpoint = _CHECKPOINT.value or _WORKDIR.value or checkpoints.PRETRAINED
+    pretrained = checkpoint == checkpoints.PRETRAINED
     output = _OUTPUT.value or os.path.join(_WORKDIR.value or '.', 'predict')
     try:
-      predictor = predict.Predictor.from_checkpoint(
+      predictor = inference.Predictor.from_checkpoint(
           checkpoint, None if pretrained else (config.uv_assets or None), _DETECTOR.value)
       predictor.detector  # pylint: disable=pointless-statement  # fail now if it can't be made
-    except predict.PredictError as e:
+    except inference.PredictError as e:
       print(f'error: {e}', file=sys.stderr)
       return 1
     return 1 if predict.run(predictor, _INPUT.value, output) else 0
@@ -117,7 +118,7 @@ def main(argv):
     raise app.UsageError(f'--workdir is required for --mode={mode}')
   initialize_distributed()
   if mode == 'eval':
-    from prnet_jax import evaluate
+    from prnet_jax.evaluation import evaluate
     try:
       evaluate.evaluate(config, _WORKDIR.value, checkpoint=_CHECKPOINT.value,
                         oracle=_ORACLE.value)
@@ -125,7 +126,7 @@ def main(argv):
       print(f'error: {e}', file=sys.stderr)
       return 1
     return 0
-  from prnet_jax import train
+  from prnet_jax.training import train
   try:
     _ensure_built(config.dataset, config.data_dir or None)
   except FileNotFoundError as e:

@@ -4,7 +4,7 @@
   python benchmarks/checkpoint_save.py --devices=1 --config=small
 
 Each variant runs in its own subprocess (orbax's array handler is process-wide): `orbax default`
-(replica-parallel for every array) and `prnet_jax` (`checkpointing.write_small_arrays_from_one_replica`,
+(replica-parallel for every array) and `prnet_jax` (`checkpointer.write_small_arrays_from_one_replica`,
 what training uses). Reports, per save, the time `CheckpointManager.save` blocks the caller
 (the async write continues in the background) and the time until the write is finished.
 """
@@ -26,14 +26,15 @@ def worker(config_name: str, devices: int, variant: str, saves: int, directory: 
   jax.config.update('jax_num_cpu_devices', devices)
 
   import prnet as config_module
-  from prnet_jax import checkpointing, train
-  from prnet_jax.face_assets import uv_assets_for
-  from prnet_jax.model import ModelConfig
+
+  from prnet_jax.faces.catalog import uv_assets_for
+  from prnet_jax.nn.model import ModelConfig
+  from prnet_jax.training import checkpointer, train
   c = config_module.get_config(config_name)
   trainer = train.make_trainer(c, 100, uv_assets_for('procedural', c.model.resolution))
   state = jax.block_until_ready(trainer.init(jax.random.key(0)))
-  min_bytes = checkpointing.REPLICA_PARALLEL_MIN_BYTES if variant == 'prnet_jax' else None
-  ckpt = checkpointing.TrainCheckpointer(directory, ModelConfig.from_mapping(dict(c.model)),
+  min_bytes = checkpointer.REPLICA_PARALLEL_MIN_BYTES if variant == 'prnet_jax' else None
+  ckpt = checkpointer.TrainCheckpointer(directory, ModelConfig.from_mapping(dict(c.model)),
                                          keep=2, replica_parallel_min_bytes=min_bytes)
   blocking, total = [], []
   for _ in range(saves):

@@ -22,7 +22,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import median, report, time_calls  # noqa: E402
-from prnet_jax import detectors, predict  # noqa: E402
+from prnet_jax.data import image_io  # noqa: E402
+from prnet_jax.serving import detectors  # noqa: E402
 
 IOU = 0.4
 # Landmark boxes (left, top, right, bottom) of photos without a .mat, annotated by hand.
@@ -54,7 +55,7 @@ def truth_boxes(shared: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
       else:
         print(f'skipped {path}: no .mat and no hand-annotated box')
         continue
-      out.append((name, predict.load_image(path), box[None]))
+      out.append((name, image_io.load_photo(path), box[None]))
   return out
 
 

@@ -25,8 +25,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import median, report, time_calls  # noqa: E402
-from prnet_jax import ict_render, render, runtime  # noqa: E402
-from prnet_jax.ict_world import FACTORS, ICTWorld  # noqa: E402
+from prnet_jax import runtime
+from prnet_jax.geometry import render
+from prnet_jax.worlds import ict_render  # noqa: E402
+from prnet_jax.worlds.ict_world import FACTORS, ICTWorld  # noqa: E402
 
 
 def main():

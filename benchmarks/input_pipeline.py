@@ -21,9 +21,11 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import report  # noqa: E402
+from prnet_jax.data import augment, input_pipeline
+from prnet_jax.nn import losses  # noqa: E402
+from prnet_jax.nn.model import PRNet, init_variables  # noqa: E402
+
 from datasets import synthetic_faces  # noqa: E402
-from prnet_jax import augment, input_pipeline, losses  # noqa: E402
-from prnet_jax.model import PRNet, init_variables  # noqa: E402
 
 
 def images_per_s(next_batch, batch_size, n_batches):

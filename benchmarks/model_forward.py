@@ -14,11 +14,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from prnet_jax import runtime  # noqa: E402  (XLA:CPU settings: runtime.restart_tuned)
 import jax  # noqa: E402
 
 from benchmarks.common import median, report, time_calls  # noqa: E402
-from prnet_jax.model import ModelConfig, PRNet, inference_fn, init_variables  # noqa: E402
+from prnet_jax import runtime  # noqa: E402  (XLA:CPU settings: runtime.restart_tuned)
+from prnet_jax.nn.model import ModelConfig, PRNet, inference_fn, init_variables  # noqa: E402
 
 
 def main():

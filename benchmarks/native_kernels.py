@@ -16,14 +16,16 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from prnet_jax import runtime  # noqa: E402  (XLA:CPU settings: runtime.restart_tuned)
 import jax  # noqa: E402
+from jax import lax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from jax import lax  # noqa: E402
 
 from benchmarks.common import median, report, time_calls  # noqa: E402
-from prnet_jax import native  # noqa: E402
+from prnet_jax import (
+  native,  # noqa: E402
+  runtime,  # noqa: E402  (XLA:CPU settings: runtime.restart_tuned)
+)
 
 SAME = ((1, 2), (1, 2))         # TF SAME, 4x4, stride 1
 TRANSPOSED = ((2, 1), (2, 1))   # stride-1 transposed conv as a conv

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import median, report, time_calls  # noqa: E402
-from prnet_jax import render  # noqa: E402
+from prnet_jax.geometry import render  # noqa: E402
 
 ANCHOR_FACE3D_UV_MS = 4.7     # ANCHORS.md: face3d render_colors, same mesh size, this CPU kind
 ANCHOR_FACE3D_IMAGE_MS = 1.7

@@ -25,12 +25,12 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'configs'))
-from prnet_jax import runtime  # noqa: E402  (XLA:CPU settings: runtime.restart_tuned)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.common import machine, median, report, time_calls  # noqa: E402
+from prnet_jax import runtime  # noqa: E402  (XLA:CPU settings: runtime.restart_tuned)
 
 
 def roofline(flops: float, bytes_accessed: float, seconds: float, peak_flops: float,
@@ -95,10 +95,11 @@ def main():
     a.matmul_n, a.bandwidth_bytes, a.repeats = 512, 64 << 20, 3
 
   import prnet as config_module
-  from prnet_jax import train
-  from prnet_jax.face_model import derive_uv_assets
-  from prnet_jax.model import inference_fn, init_variables
-  from prnet_jax.procedural_face import procedural_face_model
+
+  from prnet_jax.faces.face_model import derive_uv_assets
+  from prnet_jax.faces.procedural_face import procedural_face_model
+  from prnet_jax.nn.model import inference_fn, init_variables
+  from prnet_jax.training import train
 
   dtype = jnp.dtype(a.dtype)
   peak_flops = peak_matmul_flops(a.matmul_n, dtype, a.repeats)

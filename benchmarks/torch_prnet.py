@@ -15,10 +15,10 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 
-# Same architecture tables as prnet_jax.model (kept literal: this file must not import jax).
+# Same architecture tables as prnet_jax.nn.model (kept literal: this file must not import jax).
 ENCODER_BLOCKS = ((2, 2), (2, 1), (4, 2), (4, 1), (8, 2), (8, 1), (16, 2), (16, 1), (32, 2),
                   (32, 1))
 DECODER_LAYERS = ((32, 1), (16, 2), (16, 1), (16, 1), (8, 2), (8, 1), (8, 1), (4, 2), (4, 1),
@@ -117,7 +117,7 @@ class TorchPRNet(nn.Module):
 
 
 def weighted_loss(pred, target, weights, max_pos):
-  """prnet_jax.losses.position_map_loss in NCHW: mean over batch, channels and pixels."""
+  """prnet_jax.nn.losses.position_map_loss in NCHW: mean over batch, channels and pixels."""
   return torch.mean(torch.square((pred - target) / max_pos) * weights)
 
 
@@ -128,7 +128,7 @@ def l2_kernels(model: nn.Module, coeff: float):
 
 
 def load_flax_variables(model: TorchPRNet, variables: Mapping[str, Any]) -> None:
-  """Copies prnet_jax.model.PRNet variables ({'params', 'batch_stats'}) into `model`."""
+  """Copies prnet_jax.nn.model.PRNet variables ({'params', 'batch_stats'}) into `model`."""
   params, stats = variables['params'], variables['batch_stats']
 
   def conv(dst, p, transpose):

@@ -1,4 +1,4 @@
-"""Train-step throughput of the real training code path (`prnet_jax.train.make_trainer`).
+"""Train-step throughput of the real training code path (`prnet_jax.training.train.make_trainer`).
 
   python benchmarks/train_step.py                 # full model, batch 16, float32
   python benchmarks/train_step.py --config=small  # the CPU demo model
@@ -19,15 +19,15 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'configs'))
-from prnet_jax import runtime  # noqa: E402  (XLA:CPU settings: runtime.restart_tuned)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+import prnet as config_module  # noqa: E402
 
 from benchmarks.common import median, report  # noqa: E402
-import prnet as config_module  # noqa: E402
-from prnet_jax import train  # noqa: E402
-from prnet_jax.face_model import derive_uv_assets  # noqa: E402
-from prnet_jax.procedural_face import procedural_face_model  # noqa: E402
+from prnet_jax import runtime  # noqa: E402  (XLA:CPU settings: runtime.restart_tuned)
+from prnet_jax.faces.face_model import derive_uv_assets  # noqa: E402
+from prnet_jax.faces.procedural_face import procedural_face_model  # noqa: E402
+from prnet_jax.training import train  # noqa: E402
 
 
 def main():

@@ -17,7 +17,7 @@ its steps back to back).
 
 * train step: forward + backward + Adam on the weighted position-map loss + L2 on kernels, batch
   --batch, training-mode BatchNorm; ours is the real training code path
-  (`prnet_jax.train.make_trainer`) with augmentation off (PyTorch has none);
+  (`prnet_jax.training.train.make_trainer`) with augmentation off (PyTorch has none);
 * inference: eval-mode forward at each of --batches, and batch-1 latency (median of calls);
 * compile: lowering + compiling the train step and the batch-1 forward from scratch.
 """
@@ -78,9 +78,10 @@ def _config(a):
 def jax_worker(conn, a):
   import jax
   import jax.numpy as jnp
-  from prnet_jax import train
-  from prnet_jax.face_model import derive_uv_assets
-  from prnet_jax.procedural_face import procedural_face_model
+
+  from prnet_jax.faces.face_model import derive_uv_assets
+  from prnet_jax.faces.procedural_face import procedural_face_model
+  from prnet_jax.training import train
   c = _config(a)
   res = c.model.resolution
   assets = derive_uv_assets(procedural_face_model(), res)
@@ -97,7 +98,7 @@ def jax_worker(conn, a):
   check_x = rng.rand(2, res, res, 3).astype(np.float32)
   check_out = np.asarray(jax.jit(lambda v, x: model.apply(v, x))(check_vars, check_x))
   # Inference as prnet_jax's predictor and evaluator run it (kernels prepared once).
-  from prnet_jax.model import inference_fn
+  from prnet_jax.nn.model import inference_fn
   prepare, forward = inference_fn(model)
   inf_vars = prepare(variables)
   fwd = jax.jit(forward)
@@ -141,8 +142,13 @@ def torch_worker(conn, a):
   except ImportError:
     conn.send('benchmarks/vs_pytorch.py needs PyTorch: pip install torch==2.13.0 (CPU wheel)')
     return
-  from benchmarks.torch_prnet import (TorchPRNet, l2_kernels, load_flax_variables, nchw,
-                                      weighted_loss)
+  from benchmarks.torch_prnet import (
+    TorchPRNet,
+    l2_kernels,
+    load_flax_variables,
+    nchw,
+    weighted_loss,
+  )
   torch.manual_seed(0)
   init = conn.recv()
   c = init['config']

@@ -2,7 +2,7 @@ r"""PRNet configs: the paper's recipe, and variants chosen by the argument after
 
 Commands (from the repository root):
 
-  # The bundled pretrained model's run (~85 min on 2 cores; then python -m prnet_jax.pretrained
+  # The bundled pretrained model's run (~85 min on 2 cores; then python -m prnet_jax.training.pretrained
   # --workdir=workdirs/ict packages it):
   python launch.py --config=configs/prnet.py:ict --workdir=workdirs/ict
   # CPU demo on the embedded synthetic faces (builds the data on first use, ~5 min on 2 cores):
@@ -32,7 +32,7 @@ Variants:
       UV assets 'ict'), the quick start (1500 steps, lighter augmentation and L2 so that it
       learns within minutes). Tests that train it on the procedural world's `synthetic_faces/tiny`
       set `uv_assets='procedural'` with it.
-  ict: the bundled pretrained model's recipe (`prnet_jax.pretrained`): 64 px, width 8 on
+  ict: the bundled pretrained model's recipe (`prnet_jax.training.pretrained`): 64 px, width 8 on
       `synthetic_faces/ict_128` (32k ICT-world faces at 128 px, resized on loading; UV assets
       'ict'), 40k steps of batch 16 (20 epochs), Adam 1e-3 with warm-up and cosine decay, L2
       1e-5, the paper's augmentation plus grayscale, blur and noise (for photographs). ~80 min
@@ -56,8 +56,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.variant = arg or 'paper'
   c.seed = 0
 
-  # Network (prnet_jax.model.ModelConfig).
-  # impl: 'fast' or 'reference' computes the same function (prnet_jax.conv_ops, batchnorm).
+  # Network (prnet_jax.nn.model.ModelConfig).
+  # impl: 'fast' or 'reference' computes the same function (prnet_jax.nn.conv_ops, batchnorm).
   c.model = ml_collections.ConfigDict(dict(resolution=256, width=16, dtype='float32',
                                            bn_momentum=0.999, impl='fast'))
 
@@ -98,7 +98,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # ... and re-crop detector/box crops around the predicted landmarks so many times.
   c.predict_refine = 0
 
-  # Evaluation (--mode=eval and the periodic hook; prnet_jax.evaluate / prnet_jax.metrics):
+  # Evaluation (--mode=eval and the periodic hook; prnet_jax.evaluation.evaluate / prnet_jax.evaluation.metrics):
   # dataset '' = the training dataset; NME normaliser 'box' (sqrt(w*h) of the ground-truth 2D
   # landmark box: the paper's 2D protocol) or 'diag'; dense normaliser 'box' or 'face_box' (the
   # box of the ground-truth face pixels, the PyTorch port's); 3D z alignment 'mean' (the PyTorch

@@ -8,7 +8,9 @@
 Build one: `python -m datasets.build synthetic_faces/small --data_dir=~/tensorflow_datasets`.
 """
 
-from datasets import aflw2000_3d  # noqa: F401
-from datasets import florence  # noqa: F401
-from datasets import prnet_300wlp  # noqa: F401
-from datasets import synthetic_faces  # noqa: F401
+from datasets import (
+    aflw2000_3d,  # noqa: F401
+    florence,  # noqa: F401
+    prnet_300wlp,  # noqa: F401
+    synthetic_faces,  # noqa: F401
+)

@@ -37,7 +37,7 @@ def _init(bfm_dir: Optional[str]) -> None:
   global _BFM
   _BFM = None
   if bfm_dir:
-    from prnet_jax import face_model
+    from prnet_jax.faces import face_model
     model = face_model.load_bfm(os.path.join(bfm_dir, 'BFM.mat'),
                                 os.path.join(bfm_dir, 'BFM_UV.mat'))
     _BFM = (model, model.uv_renderer(CROP_SIZE))
@@ -45,34 +45,35 @@ def _init(bfm_dir: Optional[str]) -> None:
 
 def process_sample(item):
   """(image path, mat path, name) -> (key, example), or the SampleError."""
-  from prnet_jax import data_io, geometry, posmap_codec
+  from prnet_jax.data import image_io, posmap_codec, readers
+  from prnet_jax.geometry import transforms
   image_path, mat_path, name = item
   try:
     fields = {'Pose_Para': (1, 7), 'pt3d_68': (3, 68)}
     if _BFM is not None:
       fields.update({'Shape_Para': None, 'Exp_Para': None})
-    mat = data_io.load_mat(mat_path, fields)
-    pose = data_io.check_pose(mat_path, mat['Pose_Para'])
-    image = data_io.load_image(image_path)
+    mat = readers.load_mat(mat_path, fields)
+    pose = readers.check_pose(mat_path, mat['Pose_Para'])
+    image = image_io.load_sample_image(image_path)
     pt3d = np.asarray(mat['pt3d_68'], np.float64).T  # (68, 3): x, y image pixels, z depth
-    transform = geometry.crop_transform(geometry.landmark_crop(pt3d), CROP_SIZE)
-    landmarks = geometry.transform_points(transform, pt3d)
+    transform = transforms.crop_transform(transforms.landmark_crop(pt3d), CROP_SIZE)
+    landmarks = transforms.transform_points(transform, pt3d)
     landmarks[:, 2] -= landmarks[:, 2].min()
     encoded_map = b''
     if _BFM is not None:
       model, renderer = _BFM
       vertices = model.vertices(mat['Shape_Para'], mat['Exp_Para'])
-      image_vertices = geometry.to_image_frame(
-          geometry.transform_3ddfa(vertices, pose[6], pose[:3], pose[3:6]), image.shape[0])
-      positions = geometry.transform_points(transform, image_vertices)
+      image_vertices = transforms.to_image_frame(
+          transforms.transform_3ddfa(vertices, pose[6], pose[:3], pose[3:6]), image.shape[0])
+      positions = transforms.transform_points(transform, image_vertices)
       positions[:, 2] -= positions[:, 2].min()
       try:
         encoded_map = posmap_codec.encode(np.asarray(renderer(positions.astype(np.float32))))
       except posmap_codec.PosmapCodecError as e:
-        raise data_io.SampleError(mat_path, str(e)) from e
-    crop = np.asarray(geometry.warp_image(image.astype(np.float32), transform, CROP_SIZE,
+        raise readers.SampleError(mat_path, str(e)) from e
+    crop = np.asarray(transforms.warp_image(image.astype(np.float32), transform, CROP_SIZE,
                                           CROP_SIZE))
-  except data_io.SampleError as e:
+  except readers.SampleError as e:
     return e
   return name, common.face_example(crop, encoded_map, landmarks, landmarks[:, :2], pose,
                                    transform, name,
@@ -88,14 +89,14 @@ class Aflw20003d(common.ManualFaceBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
   def _split_generators(self, dl_manager):
-    from prnet_jax import data_io
+    from prnet_jax.data import readers
     folder = os.path.join(dl_manager.manual_dir, 'AFLW2000')
     if not os.path.isdir(folder):
       raise FileNotFoundError(f'{folder} not found.\n{MANUAL_DOWNLOAD_INSTRUCTIONS}')
     bfm = os.path.join(dl_manager.manual_dir, 'BFM')
     bfm = bfm if os.path.isfile(os.path.join(bfm, 'BFM.mat')) else None
     items = [(img, mat, os.path.splitext(os.path.basename(mat))[0])
-             for img, mat in data_io.find_pairs(folder)]
+             for img, mat in readers.find_pairs(folder)]
     return {'test': self._generate_examples(items, bfm)}
 
   def _generate_examples(self, items, bfm_dir):

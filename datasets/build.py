@@ -14,8 +14,9 @@ from typing import Optional, Sequence
 
 import tensorflow_datasets as tfds
 
+from prnet_jax.data import readers
+
 import datasets  # noqa: F401  (registers the builders)
-from prnet_jax import data_io
 
 
 def make_builder(name: str, data_dir: Optional[str] = None, strict: bool = False,
@@ -68,7 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   a = p.parse_args(argv)
   try:
     builder = build(a.name, a.data_dir, a.manual_dir, a.strict, a.num_workers)
-  except (FileNotFoundError, data_io.SampleError) as e:
+  except (FileNotFoundError, readers.SampleError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   print(f'{a.name}: {builder.data_dir}')

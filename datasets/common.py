@@ -15,7 +15,7 @@ NUM_LANDMARKS = 68
 def face_features(**extra) -> tfds.features.FeaturesDict:
   """One example = one face crop with its ground truth.
 
-  image: encoded JPEG (quality 95) of the crop; position_map: `prnet_jax.posmap_codec` bytes
+  image: encoded JPEG (quality 95) of the crop; position_map: `prnet_jax.data.posmap_codec` bytes
   (b'' when the dataset has no dense ground truth); landmarks in the crop frame (x, y pixels,
   z depth); pose: Pose_Para of the original image; crop_transform: original -> crop (3x3)."""
   return tfds.features.FeaturesDict({
@@ -50,9 +50,9 @@ def generate(fn: Callable[[Any], Any], items: Sequence[Any], report, num_workers
              initializer: Optional[Callable] = None, initargs: tuple = ()) -> Iterator[Any]:
   """Yields (key, example) from `fn` over items; `fn` returns a SampleError instead of raising,
   which goes to `report` (printed, counted; raised when the report is strict)."""
-  from prnet_jax import data_io
+  from prnet_jax.data import readers
   for result in parallel_map(fn, items, num_workers, initializer, initargs):
-    if isinstance(result, data_io.SampleError):
+    if isinstance(result, readers.SampleError):
       report.skip(result)
     else:
       report.ok()
@@ -66,15 +66,15 @@ def face_example(crop: np.ndarray, encoded_map: bytes, landmarks_3d: np.ndarray,
   """One record of `face_features` from a float crop (0..255) and its ground truth; the yaw
   bucket from `fitted_yaw` (the .mat's yaw before wrapping, as the field buckets it) or the
   pose's yaw."""
-  from prnet_jax import data_io
+  from prnet_jax.data import image_io, readers
   return {
-      'image': data_io.encode_jpeg(np.clip(np.round(crop), 0, 255).astype(np.uint8)),
+      'image': image_io.encode_jpeg(np.clip(np.round(crop), 0, 255).astype(np.uint8)),
       'position_map': encoded_map,
       'landmarks_3d': np.asarray(landmarks_3d, np.float32),
       'landmarks_2d': np.asarray(landmarks_2d, np.float32),
       'pose': np.asarray(pose, np.float32),
       'crop_transform': np.asarray(transform, np.float32),
-      'yaw_bucket': data_io.yaw_bucket(float(pose[1] if fitted_yaw is None else fitted_yaw)),
+      'yaw_bucket': readers.yaw_bucket(float(pose[1] if fitted_yaw is None else fitted_yaw)),
       'file_name': name,
   }
 
@@ -92,6 +92,6 @@ class ManualFaceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
                                           description=(self.__doc__ or '').split('\n')[0])
 
   def _generate(self, fn, items, initializer, initargs):
-    from prnet_jax import data_io
-    self.report = data_io.BuildReport(self.name, strict=self._strict)
+    from prnet_jax.data import readers
+    self.report = readers.BuildReport(self.name, strict=self._strict)
     yield from generate(fn, items, self.report, self._num_workers, initializer, initargs)

@@ -1,8 +1,8 @@
 """`florence`: test views rendered from the Florence (MICC) 3D face scans.
 
-Every subject's scan is rendered at the poses of `prnet_jax.florence.FlorenceOptions` (default
-27: yaw -80..80 in 20 deg steps x pitch -15, 20, 25 deg), each view cropped around the nose tip
-like the official landmark crop. A record holds the view's image, the scan -> crop transform and
+Every subject's scan is rendered at the poses of
+`prnet_jax.data.florence_views.FlorenceOptions` (default 27: yaw -80..80 in 20 deg steps x
+pitch -15, 20, 25 deg), each view cropped around the nose tip like the official landmark crop. A record holds the view's image, the scan -> crop transform and
 the ground-truth points (scan vertices within 95 mm of the nose tip). Configs: `default` and
 `tiny` (2 views per subject, for tests).
 """
@@ -65,31 +65,31 @@ def find_scans(folder: str) -> list[tuple[str, str]]:
 
 def process_subject(item):
   """(subject, obj path) -> list of (key, example) for every view, or the SampleError."""
-  from prnet_jax import data_io, florence
+  from prnet_jax.data import florence_views, image_io, mesh_io, readers
   subject, path = item
   opts = _OPTS
   try:
-    scan = florence.load_obj(path)
-    nose = florence.nose_tip(scan.vertices)
-    gt = florence.ground_truth_points(scan, nose, opts)
+    scan = mesh_io.load_obj(path)
+    nose = florence_views.nose_tip(scan.vertices)
+    gt = florence_views.ground_truth_points(scan, nose, opts)
     if len(gt) < 100:
-      raise data_io.SampleError(path, f'only {len(gt)} scan points within {opts.radius_mm} mm '
+      raise readers.SampleError(path, f'only {len(gt)} scan points within {opts.radius_mm} mm '
                                       f'of the nose tip: is the scan in millimetres, y up?')
     views = []
     for pitch in opts.pitches_deg:
       for yaw in opts.yaws_deg:
-        t = florence.view_transform(nose, yaw, pitch, opts)
-        image = florence.render_view(scan, t, opts)
+        t = florence_views.view_transform(nose, yaw, pitch, opts)
+        image = florence_views.render_view(scan, t, opts)
         name = f'{subject}_yaw{yaw:+04.0f}_pitch{pitch:+03.0f}'
         views.append((name, {
-            'image': data_io.encode_jpeg(image),
+            'image': image_io.encode_jpeg(image),
             'view_transform': t.astype(np.float32),
             'gt_points': gt,
             'nose_tip': nose.astype(np.float32),
             'yaw_deg': np.float32(yaw), 'pitch_deg': np.float32(pitch),
-            'yaw_bucket': data_io.yaw_bucket(np.deg2rad(yaw)),
+            'yaw_bucket': readers.yaw_bucket(np.deg2rad(yaw)),
             'subject': subject, 'file_name': name}))
-  except data_io.SampleError as e:
+  except readers.SampleError as e:
     return e
   return views
 
@@ -108,9 +108,9 @@ class Florence(common.ManualFaceBuilder):
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
-    from prnet_jax import florence
+    from prnet_jax.data import florence_views
     # The options are recorded with the data, so evaluation reads them without this code.
-    metadata = florence.options_to_metadata(options_of(self.builder_config))
+    metadata = florence_views.options_to_metadata(options_of(self.builder_config))
     return self.dataset_info_from_configs(
         description=(self.__doc__ or '').split('\n')[0],
         metadata=tfds.core.MetadataDict(metadata),
@@ -133,12 +133,12 @@ class Florence(common.ManualFaceBuilder):
     return {'test': self._generate_examples(find_scans(folder))}
 
   def _generate_examples(self, items):
-    from prnet_jax import data_io
+    from prnet_jax.data import readers
     opts = options_of(self.builder_config)
-    self.report = data_io.BuildReport(self.name, strict=self._strict)
+    self.report = readers.BuildReport(self.name, strict=self._strict)
     for result in common.parallel_map(process_subject, items, self._num_workers, _init,
                                       (opts,)):
-      if isinstance(result, data_io.SampleError):
+      if isinstance(result, readers.SampleError):
         self.report.skip(result)
         continue
       self.report.ok()
@@ -148,9 +148,9 @@ class Florence(common.ManualFaceBuilder):
 
 def options_of(builder_config: Optional[FlorenceConfig]):
   """The FlorenceOptions a build uses."""
-  from prnet_jax import florence
+  from prnet_jax.data import florence_views
   if builder_config is None:
-    return florence.FlorenceOptions()
-  return florence.FlorenceOptions(yaws_deg=tuple(builder_config.yaws_deg),
-                                  pitches_deg=tuple(builder_config.pitches_deg),
-                                  max_points=builder_config.max_points)
+    return florence_views.FlorenceOptions()
+  return florence_views.FlorenceOptions(yaws_deg=tuple(builder_config.yaws_deg),
+                                        pitches_deg=tuple(builder_config.pitches_deg),
+                                        max_points=builder_config.max_points)

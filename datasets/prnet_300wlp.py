@@ -3,7 +3,7 @@
 Manual download (see MANUAL_DOWNLOAD_INSTRUCTIONS). For every `<subset>/<name>.jpg` + `.mat`
 the 3DMM fit (Shape_Para, Exp_Para, Pose_Para) is turned into a mesh with the Basel Face Model,
 cropped around its 68 landmarks (x 1.5, randomly perturbed with a per-file seed) and rendered
-into UV space (`prnet_jax.geometry.position_map_from_3dmm`). Broken samples are reported and
+into UV space (`prnet_jax.geometry.transforms.position_map_from_3dmm`). Broken samples are reported and
 skipped (or stop the build with `strict=True`).
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -39,7 +40,7 @@ _BFM = None
 
 def _init_bfm(bfm_dir: str) -> None:
   global _BFM
-  from prnet_jax import face_model
+  from prnet_jax.faces import face_model
   model = face_model.load_bfm(os.path.join(bfm_dir, 'BFM.mat'),
                               os.path.join(bfm_dir, 'BFM_UV.mat'))
   _BFM = (model, model.uv_renderer(CROP_SIZE))
@@ -53,39 +54,40 @@ def file_seed(name: str) -> int:
 def process_sample(item):
   """(image path, mat path, relative name) -> (key, example) or SampleError (returned, so
   that a worker process never dies on one bad file)."""
-  from prnet_jax import data_io, geometry, posmap_codec
+  from prnet_jax.data import image_io, posmap_codec, readers
+  from prnet_jax.geometry import transforms
   image_path, mat_path, name = item
   try:
-    mat = data_io.load_mat(mat_path, {'Pose_Para': (1, 7), 'Shape_Para': None,
+    mat = readers.load_mat(mat_path, {'Pose_Para': (1, 7), 'Shape_Para': None,
                                       'Exp_Para': None, 'pt2d': None})
-    pose = data_io.check_pose(mat_path, mat['Pose_Para'])
-    image = data_io.load_image(image_path)
+    pose = readers.check_pose(mat_path, mat['Pose_Para'])
+    image = image_io.load_sample_image(image_path)
     model, renderer = _BFM
     if mat['Shape_Para'].size != model.shape_basis.shape[1]:
-      raise data_io.SampleError(mat_path, f'Shape_Para has {mat["Shape_Para"].size} values, '
+      raise readers.SampleError(mat_path, f'Shape_Para has {mat["Shape_Para"].size} values, '
                                 f'the BFM has {model.shape_basis.shape[1]} components')
     if mat['Exp_Para'].size != model.exp_basis.shape[1]:
-      raise data_io.SampleError(mat_path, f'Exp_Para has {mat["Exp_Para"].size} values, '
+      raise readers.SampleError(mat_path, f'Exp_Para has {mat["Exp_Para"].size} values, '
                                 f'the BFM has {model.exp_basis.shape[1]} components')
     pt2d = np.asarray(mat['pt2d'], np.float64)
     if pt2d.shape != (2, 68):
-      raise data_io.SampleError(mat_path, f'pt2d has shape {pt2d.shape}, expected (2, 68)')
+      raise readers.SampleError(mat_path, f'pt2d has shape {pt2d.shape}, expected (2, 68)')
     vertices = model.vertices(mat['Shape_Para'], mat['Exp_Para'])
     rng = np.random.default_rng(file_seed(name))
-    gt = geometry.position_map_from_3dmm(vertices, pose, image.shape[0], model.landmarks,
-                                         CROP_SIZE, geometry.random_perturbation(rng))
+    gt = transforms.position_map_from_3dmm(vertices, pose, image.shape[0], model.landmarks,
+                                         CROP_SIZE, transforms.random_perturbation(rng))
     pos_map = np.asarray(renderer(gt.positions.astype(np.float32)))
-    crop = np.asarray(geometry.warp_image(image.astype(np.float32), gt.transform, CROP_SIZE,
+    crop = np.asarray(transforms.warp_image(image.astype(np.float32), gt.transform, CROP_SIZE,
                                           CROP_SIZE))
     try:
       encoded_map = posmap_codec.encode(pos_map)
     except posmap_codec.PosmapCodecError as e:
-      raise data_io.SampleError(mat_path, str(e)) from e
-  except data_io.SampleError as e:
+      raise readers.SampleError(mat_path, str(e)) from e
+  except readers.SampleError as e:
     return e
   return name, common.face_example(
       crop, encoded_map, gt.positions[model.landmarks],
-      geometry.transform_points(gt.transform, pt2d.T), pose, gt.transform, name)
+      transforms.transform_points(gt.transform, pt2d.T), pose, gt.transform, name)
 
 
 class Prnet300wlp(common.ManualFaceBuilder):
@@ -104,7 +106,7 @@ class Prnet300wlp(common.ManualFaceBuilder):
       if not os.path.exists(path):
         raise FileNotFoundError(f'{path} not found: the manual directory needs {what}.\n'
                                 f'{MANUAL_DOWNLOAD_INSTRUCTIONS}')
-    from prnet_jax import data_io
+    from prnet_jax.data import readers
     items = []
     for subset in SUBSETS:
       folder = os.path.join(root, subset)
@@ -112,7 +114,7 @@ class Prnet300wlp(common.ManualFaceBuilder):
         print(f'[prnet_300wlp] subset {subset}/ not found in {root}; skipping it', flush=True)
         continue
       items += [(img, mat, f'{subset}/{os.path.splitext(os.path.basename(mat))[0]}')
-                for img, mat in data_io.find_pairs(folder)]
+                for img, mat in readers.find_pairs(folder)]
     if not items:
       raise FileNotFoundError(f'{root} holds none of the subsets {SUBSETS}')
     return {'train': self._generate_examples(items, bfm)}

@@ -40,11 +40,12 @@ def _init_world(image_size: int, world: str = 'procedural') -> None:
   global _WORLD
   if world == 'ict':
     import dataclasses as dc
-    from prnet_jax.ict_world import ICTWorld, ICTWorldConfig
+
+    from prnet_jax.worlds.ict_world import ICTWorld, ICTWorldConfig
     _WORLD = ICTWorld(dc.replace(ICTWorldConfig(), image_size=image_size,
                                  uv_resolution=image_size))
   elif world == 'procedural':
-    from prnet_jax.synthetic import SyntheticWorld
+    from prnet_jax.worlds.procedural_world import SyntheticWorld
     _WORLD = SyntheticWorld(image_size=image_size, uv_resolution=image_size)
   else:
     raise ValueError(f"unknown world {world!r}: 'procedural' or 'ict'")
@@ -59,16 +60,16 @@ def _examples(seeds):
 
 
 def _record(s):
-  from prnet_jax import data_io, posmap_codec
+  from prnet_jax.data import image_io, posmap_codec, readers
   seed = s.seed
   return f'{seed:09d}', {
-      'image': data_io.encode_jpeg(s.image),
+      'image': image_io.encode_jpeg(s.image),
       'position_map': posmap_codec.encode(s.position_map),
       'landmarks_3d': s.landmarks,
       'landmarks_2d': s.landmarks[:, :2],
       'pose': s.pose,
       'crop_transform': s.crop_transform.astype(np.float32),
-      'yaw_bucket': data_io.yaw_bucket(float(s.pose[1])),
+      'yaw_bucket': readers.yaw_bucket(float(s.pose[1])),
       'file_name': f'synthetic/{seed:09d}',
   }
 

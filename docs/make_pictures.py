@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from prnet_jax import applications, folder_eval, outputs, predict  # noqa: E402
+from prnet_jax.data import image_io  # noqa: E402
+from prnet_jax.serving import applications, folder_eval, inference, outputs  # noqa: E402
 
 
 def _row(images, height):
@@ -50,18 +51,18 @@ def main():
   a = p.parse_args()
   aflw = os.path.join(a.shared, 'aflw2000-samples')
   photos = os.path.join(a.shared, 'photos')
-  predictor = predict.Predictor.from_pretrained()
+  predictor = inference.Predictor.from_pretrained()
   with tempfile.TemporaryDirectory() as tmp:
     folder_eval.main([f'--input={aflw}', f'--output={tmp}'])
     Image.open(os.path.join(tmp, 'overlays.png')).convert('RGB').save(
         os.path.join(a.output, 'pretrained_aflw2000.jpg'), quality=88)
   overlays = []
   for name in sorted(os.listdir(photos)):
-    image = predict.load_image(os.path.join(photos, name))
+    image = image_io.load_photo(os.path.join(photos, name))
     overlays.append(outputs.overlay(image, predictor.predict(image)))
   _row(overlays, 400).save(os.path.join(a.output, 'pretrained_photos.jpg'), quality=88)
   # Swaps: source, target, whole face, eyes; then photos and their frontalisations.
-  img = {n: predict.load_image(os.path.join(aflw, n + '.jpg'))
+  img = {n: image_io.load_photo(os.path.join(aflw, n + '.jpg'))
          for n in ('image00050', 'image02616', 'image02283', 'image00430', 'image04331')}
   face = {n: predictor.predict(i)[0] for n, i in img.items()}
   rows = []

@@ -81,3 +81,10 @@ def restart_tuned() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable] + sys.argv, env)
+
+
+def log(msg: str) -> None:
+  """Prints `msg` (flushed) on process 0 only: one line per event on a pod, not one per host."""
+  import jax  # here, not at the top: this module must be importable before JAX starts
+  if jax.process_index() == 0:
+    print(msg, flush=True)

@@ -24,7 +24,8 @@ runtime.apply_cpu_xla_flags()
 
 import pytest  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from fixtures import ROOT  # noqa: E402
+
 SHARED_REFERENCE = os.environ.get(
     'PRNET_SHARED_REFERENCE', os.path.join(ROOT, '..', 'shared', 'reference'))
 
@@ -52,3 +53,30 @@ def official_uv_dir() -> str:
 @pytest.fixture
 def official_variables_file() -> str:
   return shared_path('prnet-official', 'checkpoint_variables.txt')
+
+
+def pytest_collection_modifyitems(config, items):
+  """Tests marked slow (`-m "not slow"` leaves them out) must say why in the marker's reason."""
+  for item in items:
+    marker = item.get_closest_marker('slow')
+    if marker is not None and not marker.kwargs.get('reason') and not marker.args:
+      raise pytest.UsageError(f'{item.nodeid}: @pytest.mark.slow needs a reason')
+
+
+# ------------------------------------------------------------------------------ session data
+
+@pytest.fixture(scope='session')
+def tiny_dataset(tmp_path_factory) -> str:
+  """synthetic_faces/tiny (64 train + 16 test faces of the procedural world, 64 px), built once
+  per test process; returns its data_dir."""
+  from datasets import build
+  data_dir = str(tmp_path_factory.mktemp('tiny_dataset'))
+  build.build('synthetic_faces/tiny', data_dir=data_dir, num_workers=0)
+  return data_dir
+
+
+@pytest.fixture(scope='session')
+def pretrained_predictor():
+  """The bundled pretrained model with the default detector (loaded once per test process)."""
+  from prnet_jax.serving.inference import Predictor
+  return Predictor.from_pretrained()

@@ -1,11 +1,49 @@
-"""Small files in the real formats, written for tests (no real data needed)."""
+"""Test helpers: the repository's paths, the tiny training config, `launch.py` as a user runs
+it, and small files in the real formats (no real data needed). Session fixtures built on them
+are in conftest.py."""
 
+import importlib.util
 import os
+import subprocess
+import sys
 
 import numpy as np
 from scipy import io as sio
 
-from prnet_jax.procedural_face import procedural_face_model
+from prnet_jax.faces.procedural_face import procedural_face_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def config_module():
+  """configs/prnet.py as a module (its `get_config(variant)`)."""
+  spec = importlib.util.spec_from_file_location('prnet_config',
+                                                os.path.join(ROOT, 'configs', 'prnet.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def tiny_config(data_dir=None, width=None):
+  """The 'small' variant on synthetic_faces/tiny with the procedural UV assets (what the tiny
+  dataset was drawn with); `width` narrows the network for the training tests."""
+  c = config_module().get_config('small')
+  c.dataset, c.uv_assets = 'synthetic_faces/tiny', 'procedural'
+  if data_dir is not None:
+    c.data_dir = str(data_dir)
+  if width is not None:
+    c.model.width = width
+  return c
+
+
+def run_launch(*args, devices=None, timeout=600):
+  """`python launch.py ARGS` from the repository root, as a user runs it (on `devices` CPU
+  devices when given)."""
+  env = dict(os.environ)
+  if devices is not None:
+    env.update(JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, 'launch.py', *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
 
 
 def write_bfm_fixture(directory, nu=41, nv=46):

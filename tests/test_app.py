@@ -14,12 +14,12 @@ import urllib.request
 import numpy as np
 import pytest
 
-from prnet_jax import app, predict
+from prnet_jax.serving import app
 
 
 @pytest.fixture(scope='module')
-def server():
-  demo = app.Demo(predict.Predictor.from_pretrained())
+def server(pretrained_predictor):
+  demo = app.Demo(pretrained_predictor)
   srv = app.serve(demo, port=0)
   yield f'http://127.0.0.1:{srv.server_address[1]}', demo
   srv.shutdown()
@@ -122,6 +122,7 @@ def _shots(tmp_path, page, name):
   return tmp_path / name
 
 
+@pytest.mark.slow(reason='browser')
 def test_the_page_in_headless_chromium(server, tmp_path):
   """Upload a photo, wait for the results, check the overlay and the mesh view are drawn; then
   the face-swap tab with two photos. Screenshots of both."""

@@ -6,9 +6,10 @@ import os
 import numpy as np
 import pytest
 
-from prnet_jax import applications as ap
-from prnet_jax import geometry, predict
-from prnet_jax.face_assets import uv_assets_for
+from prnet_jax.faces.catalog import uv_assets_for
+from prnet_jax.geometry import transforms
+from prnet_jax.serving import applications as ap
+from prnet_jax.serving import inference
 
 H = W = 160
 
@@ -19,19 +20,19 @@ def assets():
 
 
 def make_face(assets, yaw_deg=0.0, pitch_deg=0.0, scale=1.6, shift=(0.0, 0.0)):
-  """A `predict.Face` of the canonical face posed by a known rotation, in a W x H image."""
+  """A `inference.Face` of the canonical face posed by a known rotation, in a W x H image."""
   c = assets.canonical_vertices.astype(np.float64)
   centre = c.mean(0)
-  r = geometry.angles_to_matrix(np.deg2rad([pitch_deg, yaw_deg, 0.0]))
+  r = transforms.angles_to_matrix(np.deg2rad([pitch_deg, yaw_deg, 0.0]))
   flip = np.array([1, -1, 1])  # position-map frames are y down; the rotation acts y up
   v = ((c - centre) * flip) @ r.T * flip * scale + [W / 2 + shift[0], H / 2 + shift[1], 60]
   res = assets.resolution
   pos = np.zeros((res * res, 3), np.float32)
   pos[assets.face_indices] = v
   pos = pos.reshape(res, res, 3)
-  angles, camera = predict.estimate_pose(assets.canonical_vertices, v)
+  angles, camera = inference.estimate_pose(assets.canonical_vertices, v)
   n = len(v)
-  return predict.Face(box=np.zeros(4, np.float32), crop_transform=np.eye(3, dtype=np.float32),
+  return inference.Face(box=np.zeros(4, np.float32), crop_transform=np.eye(3, dtype=np.float32),
                       position_map=pos, landmarks=assets.landmarks(pos),
                       vertices=v.astype(np.float32), triangles=assets.triangles,
                       face_indices=assets.face_indices, colors=np.zeros((n, 3), np.float32),
@@ -183,6 +184,7 @@ def test_frontalize_removes_the_pose_and_keeps_the_shape(assets):
   assert fronts[0].image.shape == (128, 128, 3) and fronts[0].mask.mean() > 0.3
 
 
+@pytest.mark.slow(reason='CLI subprocesses on real photos')
 def test_cli_swaps_and_frontalizes_real_photos_and_reports_bad_input(tmp_path, capsys):
   import types
 
@@ -191,6 +193,7 @@ def test_cli_swaps_and_frontalizes_real_photos_and_reports_bad_input(tmp_path, c
     return types.SimpleNamespace(returncode=code, stdout=capsys.readouterr().out, stderr='')
 
   from PIL import Image
+
   from conftest import shared_path
   folder = shared_path('aflw2000-samples')
   a, b = os.path.join(folder, 'image00050.jpg'), os.path.join(folder, 'image02616.jpg')

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prnet_jax import augment
-from prnet_jax.augment import AugmentConfig
-from prnet_jax.face_model import derive_uv_assets
-from prnet_jax.procedural_face import procedural_face_model
-from prnet_jax.synthetic import SyntheticWorld
+from prnet_jax.data import augment
+from prnet_jax.data.augment import AugmentConfig
+from prnet_jax.faces.face_model import derive_uv_assets
+from prnet_jax.faces.procedural_face import procedural_face_model
+from prnet_jax.worlds.procedural_world import SyntheticWorld
 
 GEOMETRIC = AugmentConfig(color=(1.0, 1.0), occlusion_prob=0.0)
 PICK = [0, 8, 16, 30, 36, 45, 48, 54]
@@ -64,6 +64,7 @@ def test_z_scales_with_the_similarity_and_background_stays_zero(sample_and_asset
   assert np.all(out[~inside] == 0)
 
 
+@pytest.mark.slow(reason='compiles the augmentation')
 def test_deterministic_per_key_and_colour_range():
   rng = np.random.RandomState(0)
   images = jnp.asarray(rng.uniform(0.2, 0.6, (3, 32, 32, 3)).astype(np.float32))
@@ -82,6 +83,7 @@ def test_deterministic_per_key_and_colour_range():
   assert per_channel.min() >= 0.6 - 1e-6 and per_channel.max() <= 1.4 + 1e-6
 
 
+@pytest.mark.slow(reason='compiles the augmentation')
 def test_occlusion_changes_only_the_image():
   rng = np.random.RandomState(1)
   images = jnp.asarray(rng.uniform(0.4, 0.5, (8, 64, 64, 3)).astype(np.float32))
@@ -117,6 +119,7 @@ def test_identity_config_is_skipped_and_skipping_changes_nothing():
   np.testing.assert_allclose(warped_p, pos, atol=1e-5)
 
 
+@pytest.mark.slow(reason='compiles the augmentation')
 def test_degradations_grey_blur_noise_each_do_their_job_and_only_when_on():
   r = np.random.RandomState(3)
   images = jnp.asarray(r.uniform(0.2, 0.8, (4, 32, 32, 3)), jnp.float32)

@@ -1,13 +1,13 @@
 """BatchNormAct equals flax BatchNorm + activation: values, variables, moving statistics and
 gradients (float64 against automatic differentiation of the flax layers)."""
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen as nn
 
-from prnet_jax.batchnorm import BatchNormAct, activate, batch_norm_act_train
+from prnet_jax.nn.batchnorm import BatchNormAct, activate, batch_norm_act_train
 
 
 class FlaxBNAct(nn.Module):

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import report  # noqa: E402
-from prnet_jax.model import PRNet, init_variables  # noqa: E402
+from prnet_jax.nn.model import PRNet, init_variables  # noqa: E402
 
 
 def test_report_prints_a_table_and_writes_json(tmp_path, capsys):
@@ -38,6 +38,7 @@ def test_roofline_bound_is_the_slower_of_compute_and_memory():
   assert r['gbytes_per_s'] == pytest.approx(1000.0)
 
 
+@pytest.mark.slow(reason='benchmark subprocess')
 def test_roofline_script_runs_and_reports_every_row(tmp_path):
   """The one command a session lent a GPU runs; here its quick CPU variant (small model)."""
   import subprocess
@@ -60,8 +61,13 @@ def test_torch_baseline_computes_our_function_and_trains():
   copied in, eval outputs agree to float32 round-off; a training step from uint8 NHWC images
   (the benchmark's path, which crashed on channels-last input) runs with finite gradients."""
   torch = pytest.importorskip('torch', reason='PyTorch is optional (pip install torch==2.13.0)')
-  from benchmarks.torch_prnet import (TorchPRNet, l2_kernels, load_flax_variables, nchw,
-                                      weighted_loss)
+  from benchmarks.torch_prnet import (
+    TorchPRNet,
+    l2_kernels,
+    load_flax_variables,
+    nchw,
+    weighted_loss,
+  )
   res, width = 64, 4
   model = PRNet(resolution=res, width=width)
   variables = init_variables(model, jax.random.key(0))
@@ -96,6 +102,7 @@ def test_native_kernels_script_reports_both_ops_and_agreement(tmp_path):
   """The per-layer native-vs-XLA table (quick variant): every shape has a kernel-gradient row,
   few-channel shapes a forward row, and native and XLA agree to float32 round-off."""
   import subprocess
+
   from prnet_jax import native
   if native.find_compiler() is None or not native.enabled_by_env():
     pytest.skip('no C++ compiler (or PRNET_JAX_NATIVE=0): the native kernels are not built')

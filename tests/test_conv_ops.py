@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prnet_jax import conv_ops
-from prnet_jax.model import PRNet, init_variables
+from prnet_jax.nn import conv_ops
+from prnet_jax.nn.model import PRNet, init_variables
 
 CASES = [  # (op, kernel size, stride, transposed kernel layout)
     (conv_ops.conv_same, 4, 1, False), (conv_ops.conv_same, 4, 2, False),
@@ -64,6 +64,7 @@ def test_bad_arguments_are_named():
     conv_ops.conv_transpose_same(x, jnp.zeros((3, 3, 5, 3)), 2)
 
 
+@pytest.mark.slow(reason='full-model gradients in float64')
 def test_model_fast_equals_reference_with_identical_parameters(x64):
   """Same parameter tree and initial values, same outputs, same gradients (float64)."""
   kw = dict(resolution=32, width=2, dtype=jnp.float64, param_dtype=jnp.float64)
@@ -91,9 +92,10 @@ def test_model_fast_equals_reference_with_identical_parameters(x64):
     np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-9 * float(jnp.max(jnp.abs(b))))
 
 
+@pytest.mark.slow(reason='full model')
 def test_prepared_model_computes_the_same_inference(x64):
   """prepare_for_inference: same outputs, kernels rearranged once; training refuses it."""
-  from prnet_jax.model import prepare_for_inference
+  from prnet_jax.nn.model import prepare_for_inference
   model = PRNet(resolution=32, width=2, dtype=jnp.float64, param_dtype=jnp.float64)
   variables = init_variables(model, jax.random.key(0))
   x = jnp.asarray(np.random.RandomState(0).rand(2, 32, 32, 3))

@@ -1,6 +1,6 @@
 """Official TF checkpoint -> orbax: names, shapes, and forward parity with a TensorFlow graph.
 
-The TensorFlow graph below is written independently of prnet_jax.model, from the official
+The TensorFlow graph below is written independently of prnet_jax.nn.model, from the official
 predictor.py structure (tf.nn ops, inference-mode BatchNorm), with its own literal layer list.
 """
 
@@ -11,9 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from prnet_jax import checkpointing
-from prnet_jax import convert_official
-from prnet_jax.model import PRNet
+from prnet_jax.nn import checkpoints
+from prnet_jax.nn.model import PRNet
+from prnet_jax.serving import convert_official
 
 
 def read_official_list(path):
@@ -145,6 +145,7 @@ def official_like(tf, tmp_path_factory):
   return prefix, values, images
 
 
+@pytest.mark.slow(reason='TensorFlow graph')
 def test_reference_graph_uses_the_official_variables(official_like, official_variables_file):
   _, values, _ = official_like
   assert {n: v.shape for n, v in values.items()} == read_official_list(official_variables_file)
@@ -155,7 +156,7 @@ def test_tf_parity_of_converted_checkpoint(tf, official_like, tmp_path):
   assert len(values) == 245
 
   assert convert_official.main([f'--checkpoint={prefix}', f'--output={tmp_path}/ckpt']) == 0
-  variables, config, step = checkpointing.load_variables(str(tmp_path / 'ckpt'))
+  variables, config, step = checkpoints.load_variables(str(tmp_path / 'ckpt'))
   assert (config.resolution, config.width, step) == (256, 16, 0)
 
   test_images = np.random.RandomState(2).uniform(0, 1, (2, 256, 256, 3)).astype(np.float32)
@@ -184,7 +185,7 @@ def test_tf_parity_of_converted_checkpoint(tf, official_like, tmp_path):
 def test_converter_accepts_the_checkpoint_folder(tf, official_like, tmp_path):
   prefix, values, _ = official_like
   path = convert_official.convert_checkpoint(os.path.dirname(prefix), str(tmp_path / 'out'))
-  variables, _, _ = checkpointing.load_variables(os.path.dirname(path))
+  variables, _, _ = checkpoints.load_variables(os.path.dirname(path))
   np.testing.assert_array_equal(variables['params']['deconv3']['conv']['kernel'],
                                 values['resfcn256/Conv2d_transpose_3/weights'])
   np.testing.assert_array_equal(variables['batch_stats']['res4']['conv2']['bn']['var'],
@@ -264,7 +265,7 @@ def test_index_path_output_reuse_and_resolution(tf, official_like, tmp_path, cap
   err = capsys.readouterr().err
   assert err.count('\n') == 1 and 'already holds a converted checkpoint; pass --overwrite' in err
   assert convert_official.main([f'--checkpoint={prefix}', f'--output={out}', '--overwrite']) == 0
-  variables, config, step = checkpointing.load_variables(out)
+  variables, config, step = checkpoints.load_variables(out)
   assert step == 0 and config.resolution == 256
   np.testing.assert_array_equal(variables['params']['conv0']['conv']['kernel'],
                                 values['resfcn256/Conv/weights'])

@@ -4,15 +4,17 @@ import os
 import shutil
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 from scipy import io as sio
 
+from prnet_jax.data import image_io, posmap_codec, readers
+from prnet_jax.faces import face_model as fm
+
 import datasets  # noqa: F401
-import fixtures
 from datasets import build as build_lib
 from datasets import synthetic_faces
-from prnet_jax import data_io, face_model as fm, posmap_codec
+import fixtures
 
 
 def read_all(builder, split):
@@ -32,10 +34,10 @@ def test_synthetic_faces_builds_and_reads_back(tmp_path):
   names = sorted(source[i]['file_name'].decode() for i in range(len(source)))
   assert names == [f'synthetic/{s:09d}' for s in range(7, 12)]
   ex = source[0]
-  image = data_io.decode_image(ex['image'])
+  image = image_io.decode_record(ex['image'])
   pos = posmap_codec.decode(ex['position_map'])
   assert image.shape == (64, 64, 3) and pos.shape == (64, 64, 3)
-  from prnet_jax.synthetic import SyntheticWorld
+  from prnet_jax.worlds.procedural_world import SyntheticWorld
   world = SyntheticWorld(image_size=64, uv_resolution=64)
   seed = int(ex['file_name'].decode().split('/')[1])
   expected = world.sample(seed)
@@ -44,11 +46,13 @@ def test_synthetic_faces_builds_and_reads_back(tmp_path):
   assert np.abs(image.astype(int) - expected.image).mean() < 6  # JPEG q95
 
 
+@pytest.mark.slow(reason='dataset builds in worker processes')
 def test_ict_tiny_builds_with_workers_deterministically(tmp_path):
   """The ICT config, built by two worker processes in batches, holds the world's samples of
   the records' seeds; a rebuild inline gives the same records."""
   import dataclasses
-  from prnet_jax.ict_world import ICTWorld, ICTWorldConfig
+
+  from prnet_jax.worlds.ict_world import ICTWorld, ICTWorldConfig
   built = {}
   for workers in (2, 0):
     builder = build_lib.make_builder('synthetic_faces/ict_tiny', str(tmp_path / str(workers)),
@@ -63,7 +67,7 @@ def test_ict_tiny_builds_with_workers_deterministically(tmp_path):
     pos = posmap_codec.decode(a['position_map'])
     np.testing.assert_allclose(pos, expected.position_map, atol=posmap_codec.MAX_ERROR + 1e-5)
     np.testing.assert_allclose(a['landmarks_3d'], expected.landmarks)
-    image = data_io.decode_image(a['image'])
+    image = image_io.decode_record(a['image'])
     assert np.abs(image.astype(int) - expected.image).mean() < 6  # JPEG q95
 
 
@@ -84,6 +88,7 @@ def build_300wlp(manual, data_dir, **kw):
                          num_workers=kw.pop('num_workers', 0), **kw)
 
 
+@pytest.mark.slow(reason='builds a dataset')
 def test_300wlp_builds_with_consistent_ground_truth(manual_300wlp, tmp_path):
   builder = build_300wlp(manual_300wlp, tmp_path / 'data', num_workers=2)  # worker processes
   examples = read_all(builder, 'train')
@@ -95,10 +100,10 @@ def test_300wlp_builds_with_consistent_ground_truth(manual_300wlp, tmp_path):
   for ex in examples:
     pos = posmap_codec.decode(ex['position_map'])
     np.testing.assert_allclose(assets.landmarks(pos), ex['landmarks_3d'], atol=0.02)
-    assert data_io.decode_image(ex['image']).shape == (256, 256, 3)
+    assert image_io.decode_record(ex['image']).shape == (256, 256, 3)
     mat = sio.loadmat(str(manual_300wlp / '300W_LP' / (ex['file_name'].decode() + '.mat')))
     np.testing.assert_allclose(ex['pose'], mat['Pose_Para'][0], rtol=1e-6)
-    assert ex['yaw_bucket'] == data_io.yaw_bucket(mat['Pose_Para'][0, 1])
+    assert ex['yaw_bucket'] == readers.yaw_bucket(mat['Pose_Para'][0, 1])
     # 2D landmarks (pt2d) go through the same crop transform
     t = ex['crop_transform']
     np.testing.assert_allclose(ex['landmarks_2d'], mat['pt2d'].T @ t[:2, :2].T + t[:2, 2],
@@ -176,7 +181,7 @@ def test_each_bad_sample_is_reported_and_skipped(manual_300wlp, tmp_path, capsys
 
 def test_strict_build_stops_with_the_message(manual_300wlp, tmp_path):
   stem, message = corrupt(manual_300wlp, 'nan_pose')
-  with pytest.raises(data_io.SampleError, match=f'{stem}.mat: .*NaN.*strict build: stopping'):
+  with pytest.raises(readers.SampleError, match=f'{stem}.mat: .*NaN.*strict build: stopping'):
     build_300wlp(manual_300wlp, tmp_path / 'data', strict=True)
 
 
@@ -233,7 +238,7 @@ def test_aflw2000_sample_with_a_wrapped_yaw_is_kept(tmp_path):
   np.testing.assert_allclose(wrapped['pose'], plain['pose'], atol=1e-6)
   np.testing.assert_allclose(wrapped['landmarks_3d'], plain['landmarks_3d'])
   assert (wrapped['yaw_bucket'], plain['yaw_bucket']) == (2, 0)
-  assert np.all(np.abs(data_io.wrap_angles(np.deg2rad([-351.2, 180, -180, 540, 10]))
+  assert np.all(np.abs(readers.wrap_angles(np.deg2rad([-351.2, 180, -180, 540, 10]))
                        - np.deg2rad([8.8, 180, 180, 180, 10])) < 1e-9)
 
 

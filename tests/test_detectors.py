@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from prnet_jax import detectors, predict
+from prnet_jax.data import image_io
+from prnet_jax.serving import detectors, inference
 
 
 def _iou_brute(a, b, n=400):
@@ -80,10 +81,10 @@ def test_scaled_detection_maps_boxes_back_and_upsamples_only_when_nothing_is_fou
 
 
 def test_predictor_takes_a_detector_by_name_and_reports_a_bad_one():
-  p = predict.Predictor.from_pretrained(detector='haar')
+  p = inference.Predictor.from_pretrained(detector='haar')
   assert isinstance(p.detector, detectors.OpenCVCascadeDetector)
-  with pytest.raises(predict.PredictError, match='unknown face detector'):
-    predict.Predictor.from_pretrained(detector='nope').detector  # pylint: disable=expression-not-assigned
+  with pytest.raises(inference.PredictError, match='unknown face detector'):
+    inference.Predictor.from_pretrained(detector='nope').detector  # pylint: disable=expression-not-assigned
 
 
 def _truth(folder, name):
@@ -92,6 +93,7 @@ def _truth(folder, name):
   return np.array([*pts.min(0), *pts.max(0)])
 
 
+@pytest.mark.slow(reason='CNN face detector on real photos')
 def test_the_default_detector_finds_every_face_of_the_shared_images():
   """dlib's CNN detector: one box on the face (IoU >= 0.4 with the landmark box) and no other,
   on the six AFLW2000-3D images (poses to 45 degrees yaw) and the profile photo (its face box
@@ -107,6 +109,6 @@ def test_the_default_detector_finds_every_face_of_the_shared_images():
   cases.append((shared_path('photos', '3.jpg'), np.array(PROFILE_BOX, np.float64)))
   assert len(cases) == 7
   for path, truth in cases:
-    boxes = det(predict.load_image(path))
+    boxes = det(image_io.load_photo(path))
     assert len(boxes) == 1, (path, boxes)
     assert detectors._iou(boxes[0], truth) >= 0.4, (path, boxes, truth)

@@ -4,50 +4,48 @@ Florence, launch.py --mode=eval and several devices."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 import scipy.io as sio
-from PIL import Image
+
+from prnet_jax.data import image_io, input_pipeline, readers
+from prnet_jax.evaluation import alignment, evaluate, metrics
+from prnet_jax.faces.catalog import uv_assets_for
+from prnet_jax.nn import checkpoints
+from prnet_jax.nn.model import ModelConfig, PRNet, init_variables
 
 import configs.prnet as prnet_config
 from datasets import build as build_lib
-from prnet_jax import checkpointing, data_io, evaluate, evaluator, input_pipeline, metrics
-from prnet_jax.face_assets import uv_assets_for
-from prnet_jax.model import ModelConfig, PRNet, init_variables
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import fixtures
+from fixtures import tiny_config
 
 
 @pytest.fixture(scope='module')
-def tiny(tmp_path_factory):
+def tiny(tiny_dataset, tmp_path_factory):
   """synthetic_faces/tiny and an (untrained) small-variant checkpoint."""
   root = tmp_path_factory.mktemp('eval')
-  data_dir = str(root / 'data')
-  build_lib.build('synthetic_faces/tiny', data_dir=data_dir, num_workers=0)
-  config = prnet_config.get_config('small')
-  config.dataset, config.uv_assets = 'synthetic_faces/tiny', 'procedural'
-  config.data_dir = data_dir
+  config = tiny_config(tiny_dataset)
   model_config = ModelConfig.from_mapping(dict(config.model))
   model = PRNet.from_config(model_config)
   variables = init_variables(model, jax.random.key(3))
   ckpt = str(root / 'run')  # a run's workdir, as users pass it (checkpoints in run/checkpoints)
-  checkpointing.save_variables(os.path.join(ckpt, 'checkpoints'), variables, model_config,
+  checkpoints.save_variables(os.path.join(ckpt, 'checkpoints'), variables, model_config,
                                step=7)
   return config, ckpt, variables, model
 
 
 def test_global_batches_cover_every_index_once():
   seen = []
-  for idx, real in evaluator.global_batches(11, 4):
+  for idx, real in alignment.global_batches(11, 4):
     assert len(idx) == 4
     seen += list(idx[:real])
   assert seen == list(range(11))
 
 
+@pytest.mark.slow(reason='builds a dataset')
 def test_per_example_results_equal_a_direct_computation(tiny):
   """16 test examples in batches of 6 (the last padded): every value equals model.apply and
   the metrics on that example alone."""
@@ -55,8 +53,8 @@ def test_per_example_results_equal_a_direct_computation(tiny):
   source = input_pipeline.data_source(config.dataset, 'test', config.data_dir)
   assets = uv_assets_for(config.uv_assets, model.resolution)
   mesh = jax.make_mesh((1,), ('data',))
-  opts = evaluator.EvalOptions(batch_size=6)
-  out = evaluator.Evaluator(model, assets, mesh, opts).run(variables, source)
+  opts = alignment.EvalOptions(batch_size=6)
+  out = alignment.Evaluator(model, assets, mesh, opts).run(variables, source)
   n = len(source)
   assert n == 16 and all(len(v) == n for v in out.values())
   decode = input_pipeline.DecodeExample(model.resolution)
@@ -71,6 +69,7 @@ def test_per_example_results_equal_a_direct_computation(tiny):
     assert out['dense_3d'][i] == pytest.approx(float(dense), rel=1e-4)
 
 
+@pytest.mark.slow(reason='builds a dataset')
 def test_evaluate_writes_json_table_and_plots(tiny, tmp_path):
   config, ckpt, _, _ = tiny
   report = evaluate.evaluate(config, str(tmp_path), checkpoint=ckpt)
@@ -91,6 +90,7 @@ def test_evaluate_writes_json_table_and_plots(tiny, tmp_path):
   assert report['summary']['nme_2d']['all'] > 0.05  # an untrained network is far off
 
 
+@pytest.mark.slow(reason='builds a dataset')
 def test_oracle_on_synthetic_data_gives_zero_dense_error(tiny, tmp_path):
   config = tiny[0]
   report = evaluate.evaluate(config, str(tmp_path), oracle=True)
@@ -99,6 +99,7 @@ def test_oracle_on_synthetic_data_gives_zero_dense_error(tiny, tmp_path):
   assert os.path.exists(tmp_path / 'eval' / 'synthetic_faces-tiny-oracle.json')
 
 
+@pytest.mark.slow(reason='full model over a built dataset')
 def test_real_aflw2000_samples_end_to_end(tmp_path):
   """The six real AFLW2000-3D samples: buckets from Pose_Para, ground truth against itself
   gives NME 0, and the full PRNet runs over them (batch 4: the last batch padded)."""
@@ -118,13 +119,13 @@ def test_real_aflw2000_samples_end_to_end(tmp_path):
   assert len(per['file_name']) == 6
   for name, bucket in zip(per['file_name'], per['yaw_bucket']):
     yaw = sio.loadmat(os.path.join(src, name + '.mat'))['Pose_Para'][0, 1]
-    assert bucket == data_io.yaw_bucket(yaw), name
+    assert bucket == readers.yaw_bucket(yaw), name
   assert max(per['nme_2d']) == 0.0 and max(per['nme_3d']) == 0.0
   assert 'dense_2d' not in oracle['summary']  # no BFM in the build
   model_config = ModelConfig.from_mapping(dict(config.model))
   model = PRNet.from_config(model_config)
   ckpt = str(tmp_path / 'ckpt')
-  checkpointing.save_variables(ckpt, init_variables(model, jax.random.key(0)), model_config)
+  checkpoints.save_variables(ckpt, init_variables(model, jax.random.key(0)), model_config)
   report = evaluate.evaluate(config, str(tmp_path / 'wd'), checkpoint=ckpt)
   assert len(report['per_example']['nme_2d']) == 6
   assert min(report['per_example']['nme_2d']) > 0.05
@@ -132,16 +133,17 @@ def test_real_aflw2000_samples_end_to_end(tmp_path):
   assert '(4 images)' in table and '(2 images)' in table and 'shown for scale' not in table
 
 
+@pytest.mark.slow(reason='builds and evaluates a dataset')
 def test_florence_build_and_evaluate(tmp_path):
   """A scan folder with one good subject (the embedded face as a textured .obj) and one broken
   one: the build reports and skips the broken scan; evaluation writes the Florence report."""
-  from prnet_jax import florence
-  from prnet_jax.procedural_face import procedural_face_model
+  from prnet_jax.data import mesh_io
+  from prnet_jax.faces.procedural_face import procedural_face_model
   m = procedural_face_model()
   root = tmp_path / 'manual' / 'Florence'
   good = root / 'subject_01' / 'Model' / 'frontal1' / 'obj'
   good.mkdir(parents=True)
-  florence.write_obj(str(good / 'scan.obj'), m.mean, m.triangles, colors=m.albedo)
+  mesh_io.write_obj(str(good / 'scan.obj'), m.mean, m.triangles, colors=m.albedo)
   (root / 'subject_02').mkdir()
   (root / 'subject_02' / 'scan.obj').write_text('v 0 0 0\nf 1 2 3\n')
   builder = build_lib.build('florence/tiny', data_dir=str(tmp_path / 'data'),
@@ -151,7 +153,7 @@ def test_florence_build_and_evaluate(tmp_path):
   assert len(source) == 2
   ex = source[1]
   assert ex['gt_points'].shape[1] == 3 and 1000 < len(ex['gt_points']) <= 8000
-  image = data_io.decode_image(ex['image'])
+  image = image_io.decode_record(ex['image'])
   assert image.shape == (256, 256, 3) and image.std() > 10  # a face, not a blank canvas
   config = prnet_config.get_config('small')
   config.uv_assets = 'procedural'  # the scan is the procedural face
@@ -161,7 +163,7 @@ def test_florence_build_and_evaluate(tmp_path):
   model_config = ModelConfig.from_mapping(dict(config.model))
   model = PRNet.from_config(model_config)
   ckpt = str(tmp_path / 'ckpt')
-  checkpointing.save_variables(ckpt, init_variables(model, jax.random.key(0)), model_config)
+  checkpoints.save_variables(ckpt, init_variables(model, jax.random.key(0)), model_config)
   report = evaluate.evaluate(config, str(tmp_path / 'wd'), checkpoint=ckpt)
   assert report['count'] == 2 and list(report['options']['florence']['yaws_deg']) == [0, 60]
   assert all(np.isfinite(report['per_example']['florence']))
@@ -171,12 +173,10 @@ def test_florence_build_and_evaluate(tmp_path):
 
 
 def run_launch(args, devices=1):
-  env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS='cpu')
-  return subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'),
-                         '--config=configs/prnet.py:small', *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
+  return fixtures.run_launch('--config=configs/prnet.py:small', *args, devices=devices)
 
 
+@pytest.mark.slow(reason='launch.py subprocesses')
 def test_launch_eval_on_four_devices_equals_one_device(tiny, tmp_path):
   config, ckpt, _, _ = tiny
   common = ['--mode=eval', f'--checkpoint={ckpt}', '--config.dataset=synthetic_faces/tiny',
@@ -196,6 +196,7 @@ def test_launch_eval_on_four_devices_equals_one_device(tiny, tmp_path):
   assert 'Traceback' not in r.stderr
 
 
+@pytest.mark.slow(reason='launch.py subprocess')
 def test_evaluation_errors_name_the_problem(tiny, tmp_path):
   config = prnet_config.get_config('small')
   config.data_dir = str(tmp_path / 'empty')

@@ -3,15 +3,16 @@
 import os
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 from scipy import io as sio
 
+from prnet_jax.faces import face_model as fm
+from prnet_jax.faces.procedural_face import EXPRESSIONS, procedural_face_model
+from prnet_jax.faces.uv_assets import load_uv_assets
+from prnet_jax.geometry import transforms
+
 import fixtures
-from prnet_jax import face_model as fm
-from prnet_jax import geometry
-from prnet_jax.procedural_face import EXPRESSIONS, procedural_face_model
-from prnet_jax.uv_assets import load_uv_assets
 
 
 @pytest.fixture(scope='module')
@@ -122,9 +123,9 @@ def check_landmark_consistency(model, seed):
   shape = rng.normal(size=model.shape_ev.shape) * model.shape_ev
   exp = rng.normal(size=model.exp_ev.shape) * model.exp_ev * 0.5
   pose = [0.3, rng.uniform(-1.2, 1.2), -0.2, 300, 250, 0, 200 / np.ptp(model.mean[:, 0])]
-  sample = geometry.position_map_from_3dmm(model.vertices(shape, exp), pose, 500,
+  sample = transforms.position_map_from_3dmm(model.vertices(shape, exp), pose, 500,
                                            model.landmarks, 256,
-                                           geometry.random_perturbation(rng))
+                                           transforms.random_perturbation(rng))
   pos_map = np.asarray(renderer(sample.positions.astype(np.float32)))
   from_map = assets.landmarks(pos_map)
   projected = sample.positions[model.landmarks]
@@ -172,7 +173,7 @@ def test_derived_assets_match_the_official_formats(model, tmp_path, official_uv_
   # Meaning: landmark pixels weigh 16, and they are the landmark vertices' UV pixels.
   assert np.all(reloaded.loss_weights[reloaded.kpt_uv[:, 1], reloaded.kpt_uv[:, 0]] == 16)
   np.testing.assert_array_equal(
-      reloaded.kpt_uv, np.round(geometry.uv_pixels(model.uv, 256)[model.landmarks]))
+      reloaded.kpt_uv, np.round(transforms.uv_pixels(model.uv, 256)[model.landmarks]))
   # Like the official layout, the face covers much of the map, centred.
   assert 0.3 < derived.face_mask.mean() < 0.8
   cols = np.flatnonzero(derived.face_mask.any(0))

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from prnet_jax import florence as fl
-from prnet_jax.data_io import SampleError
-from prnet_jax.face_model import derive_uv_assets
-from prnet_jax.procedural_face import procedural_face_model
+from prnet_jax.data import florence_views as views
+from prnet_jax.data import mesh_io
+from prnet_jax.data.readers import SampleError
+from prnet_jax.evaluation import florence as fl
+from prnet_jax.faces.face_model import derive_uv_assets
+from prnet_jax.faces.procedural_face import procedural_face_model
 
 
 @pytest.fixture(scope='module')
@@ -23,14 +25,14 @@ def write_textured_scan(path, m):
   yy, xx = np.mgrid[0:64, 0:96] / np.array([63.0, 95.0])[:, None, None]
   texture = np.stack([xx, yy, 0.5 * np.ones_like(xx)], -1)
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  fl.write_obj(path, m.mean, m.triangles, uv=m.uv, texture=texture)
+  mesh_io.write_obj(path, m.mean, m.triangles, uv=m.uv, texture=texture)
   return texture
 
 
 def test_obj_with_texture_round_trips(tmp_path, face):
   m = face[0]
   texture = write_textured_scan(str(tmp_path / 'scan.obj'), m)
-  scan = fl.load_obj(str(tmp_path / 'scan.obj'))
+  scan = mesh_io.load_obj(str(tmp_path / 'scan.obj'))
   np.testing.assert_allclose(scan.vertices, m.mean, atol=1e-4)
   np.testing.assert_array_equal(scan.triangles, m.triangles)
   # Colours are the texture at each vertex's uv (v up): the ramp gives (u, 1 - v) back.
@@ -44,7 +46,7 @@ def test_obj_polygons_negative_indices_and_vertex_colours(tmp_path):
   p = tmp_path / 'quad.obj'
   p.write_text('# a quad and a triangle\nv 0 0 0 255 0 0\nv 1 0 0 0 255 0\nv 1 1 0 0 0 255\n'
                'v 0 1 0 255 255 255\nvn 0 0 1\nf 1//1 2//1 3//1 4//1\nf -4 -2 -1\n')
-  scan = fl.load_obj(str(p))
+  scan = mesh_io.load_obj(str(p))
   np.testing.assert_array_equal(scan.triangles, [[0, 1, 2], [0, 2, 3], [0, 2, 3]])
   np.testing.assert_allclose(scan.colors[:2], [[1, 0, 0], [0, 1, 0]])
 
@@ -59,28 +61,28 @@ def test_bad_obj_files_are_named_with_the_problem(tmp_path, text, problem):
   p = tmp_path / 'bad.obj'
   p.write_text(text)
   with pytest.raises(SampleError, match=problem) as e:
-    fl.load_obj(str(p))
+    mesh_io.load_obj(str(p))
   assert 'bad.obj' in str(e.value)
   with pytest.raises(SampleError, match='missing'):
-    fl.load_obj(str(tmp_path / 'absent.obj'))
+    mesh_io.load_obj(str(tmp_path / 'absent.obj'))
 
 
 def test_view_transform_geometry(face):
   m = face[0]
-  opts = fl.FlorenceOptions()
-  nose = fl.nose_tip(m.mean)
+  opts = views.FlorenceOptions()
+  nose = views.nose_tip(m.mean)
   np.testing.assert_allclose(nose, m.mean[m.landmarks[30]], atol=1e-4)  # the nose tip
-  t = fl.view_transform(nose, 0, 0, opts)
+  t = views.view_transform(nose, 0, 0, opts)
   centre = nose + np.array(opts.centre_offset_mm)
-  np.testing.assert_allclose(fl.apply_affine(t, centre[None]), [[127.5, 127.5, 0]], atol=1e-9)
+  np.testing.assert_allclose(views.apply_affine(t, centre[None]), [[127.5, 127.5, 0]], atol=1e-9)
   # Frontal: up in the scan is up in the image (rows grow downwards); 1 mm = S / crop_mm px.
-  up = fl.apply_affine(t, (centre + [0, 10, 0])[None])[0]
+  up = views.apply_affine(t, (centre + [0, 10, 0])[None])[0]
   assert up[1] == pytest.approx(127.5 - 10 * 256 / opts.crop_mm)
   # Yaw 90: the nose (forward, +z) goes sideways in the image.
-  side = fl.apply_affine(fl.view_transform(nose, 90, 0, opts), nose[None])[0]
+  side = views.apply_affine(views.view_transform(nose, 90, 0, opts), nose[None])[0]
   assert abs(side[0] - 127.5) > 30
   pts = np.random.default_rng(0).normal(0, 50, (10, 3))
-  np.testing.assert_allclose(fl.apply_affine(fl.invert_affine(t), fl.apply_affine(t, pts)), pts,
+  np.testing.assert_allclose(views.apply_affine(views.invert_affine(t), views.apply_affine(t, pts)), pts,
                              atol=1e-9)
 
 
@@ -96,20 +98,21 @@ def test_aligned_error_matches_a_kdtree_reference():
 
 def oracle_prediction(m, assets, renderer, t, distort=None):
   """The position map a perfect network would output for the view `t` (z min at 0)."""
-  pos = np.array(renderer(fl.apply_affine(t, m.mean).astype(np.float32)))
+  pos = np.array(renderer(views.apply_affine(t, m.mean).astype(np.float32)))
   pos[..., 2] -= pos[..., 2].min()
   if distort is not None:
     pos = distort(pos)
   return assets.vertices(pos), assets.landmarks(pos)
 
 
+@pytest.mark.slow(reason='ICP over many views')
 def test_reconstruction_error_is_small_for_the_truth_and_grows_with_distortion(face):
   m, assets, renderer = face
-  opts = fl.FlorenceOptions(max_points=16000, icp_points=2000)
-  nose = fl.nose_tip(m.mean)
-  gt = fl.ground_truth_points(fl.Scan(m.mean, m.triangles, m.albedo), nose, opts)
+  opts = views.FlorenceOptions(max_points=16000, icp_points=2000)
+  nose = views.nose_tip(m.mean)
+  gt = views.ground_truth_points(mesh_io.Scan(m.mean, m.triangles, m.albedo), nose, opts)
   for yaw, pitch in ((0, 20), (60, -15)):
-    t = fl.view_transform(nose, yaw, pitch, opts)
+    t = views.view_transform(nose, yaw, pitch, opts)
     good = fl.reconstruction_error(*oracle_prediction(m, assets, renderer, t), gt, nose, t, opts)
     # The truth, sampled on the UV grid: sub-millimetre; rigid ICP (scale stays 1), converged
     # before the cap; interocular ~ the model's.

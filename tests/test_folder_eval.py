@@ -7,13 +7,14 @@ import json
 import os
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 from scipy import io as sio
 
+from prnet_jax.faces.catalog import uv_assets_for
+from prnet_jax.serving import folder_eval
+
 from conftest import shared_path
-from prnet_jax import folder_eval
-from prnet_jax.face_assets import uv_assets_for
 
 
 def test_score_matches_a_float64_brute_force():
@@ -38,14 +39,9 @@ def test_mean_shape_is_a_frontal_face_in_the_image_convention_and_fills_the_box(
   assert folder_eval.score(folder_eval.place_in_box(lm, lm * 2 + 7), lm * 2 + 7)[0] < 1e-9
 
 
-@pytest.fixture(scope='module')
-def predictor():
-  from prnet_jax.predict import Predictor
-  return Predictor.from_pretrained()
-
-
-def test_a_folder_of_ict_world_samples_with_a_broken_file(predictor, tmp_path):
-  from prnet_jax.ict_world import ICTWorld, ICTWorldConfig
+@pytest.mark.slow(reason='bundled model over a folder')
+def test_a_folder_of_ict_world_samples_with_a_broken_file(pretrained_predictor, tmp_path):
+  from prnet_jax.worlds.ict_world import ICTWorld, ICTWorldConfig
   world = ICTWorld(dataclasses.replace(ICTWorldConfig(), image_size=128, uv_resolution=128))
   folder = tmp_path / 'in'
   folder.mkdir()
@@ -55,7 +51,7 @@ def test_a_folder_of_ict_world_samples_with_a_broken_file(predictor, tmp_path):
                                            'Pose_Para': s.pose[None]})
   (folder / 'broken.jpg').write_bytes(b'not a jpeg')
   sio.savemat(folder / 'broken.mat', {'pt3d_68': np.zeros((3, 68))})
-  result = folder_eval.evaluate_folder(predictor, str(folder), str(tmp_path / 'out'))
+  result = folder_eval.evaluate_folder(pretrained_predictor, str(folder), str(tmp_path / 'out'))
   assert [s['file'] for s in result['skipped']] == ['broken']
   assert 'broken.jpg' in result['skipped'][0]['reason']
   assert len(result['files']) == 3
@@ -68,14 +64,14 @@ def test_a_folder_of_ict_world_samples_with_a_broken_file(predictor, tmp_path):
   assert len(os.listdir(tmp_path / 'out' / 'overlays')) == 3
   (tmp_path / 'empty').mkdir()
   with pytest.raises(FileNotFoundError, match='no image'):
-    folder_eval.evaluate_folder(predictor, str(tmp_path / 'empty'))
+    folder_eval.evaluate_folder(pretrained_predictor, str(tmp_path / 'empty'))
   with pytest.raises(ValueError, match=r'no readable samples \(3 skipped\)'):  # no .mat files
-    folder_eval.evaluate_folder(predictor, str(tmp_path / 'out' / 'overlays'))
+    folder_eval.evaluate_folder(pretrained_predictor, str(tmp_path / 'out' / 'overlays'))
 
 
-def test_the_bundled_model_on_the_six_real_aflw2000_samples(predictor):
+def test_the_bundled_model_on_the_six_real_aflw2000_samples(pretrained_predictor):
   """The acceptance bar: mean 2D NME <= 10% on the six real samples (README's table)."""
-  result = folder_eval.evaluate_folder(predictor, shared_path('aflw2000-samples'))
+  result = folder_eval.evaluate_folder(pretrained_predictor, shared_path('aflw2000-samples'))
   assert len(result['files']) == 6 and not result['skipped']
   m = result['mean']
   assert m['model_2d'] <= 0.10, folder_eval.markdown(result)

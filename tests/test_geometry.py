@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prnet_jax import geometry
+from prnet_jax.geometry import transforms
 
 
 def fit_similarity(src, dst):
@@ -20,7 +20,7 @@ def fit_similarity(src, dst):
 
 def test_rotation_matches_3ddfa_matrices_and_inverts():
   pitch, yaw, roll = 0.3, -0.7, 0.2
-  r = geometry.angles_to_matrix([pitch, yaw, roll])
+  r = transforms.angles_to_matrix([pitch, yaw, roll])
   c, s = np.cos, np.sin
   rx = np.array([[1, 0, 0], [0, c(pitch), s(pitch)], [0, -s(pitch), c(pitch)]])
   ry = np.array([[c(yaw), 0, -s(yaw)], [0, 1, 0], [s(yaw), 0, c(yaw)]])
@@ -31,29 +31,29 @@ def test_rotation_matches_3ddfa_matrices_and_inverts():
   rng = np.random.RandomState(0)
   for _ in range(20):
     angles = rng.uniform([-1.5, -1.5, -1.5], [1.5, 1.5, 1.5])
-    np.testing.assert_allclose(geometry.matrix_to_angles(geometry.angles_to_matrix(angles)),
+    np.testing.assert_allclose(transforms.matrix_to_angles(transforms.angles_to_matrix(angles)),
                                angles, atol=1e-9)
 
 
 def test_positive_yaw_turns_the_nose_to_image_left():
   nose = np.array([[0.0, 0.0, 100.0]])
-  posed = geometry.transform_3ddfa(nose, 1.0, [0, np.deg2rad(40), 0], [0, 0, 0])
+  posed = transforms.transform_3ddfa(nose, 1.0, [0, np.deg2rad(40), 0], [0, 0, 0])
   assert posed[0, 0] < -50
 
 
 def test_landmark_box_follows_face3d():
   kpt = np.array([[10.7, 20.2], [30.9, 60.5], [15, 40]])
-  box = geometry.landmark_box(kpt)  # int truncation: box [10, 30] x [20, 60]
+  box = transforms.landmark_box(kpt)  # int truncation: box [10, 30] x [20, 60]
   np.testing.assert_allclose(box.center, [20, 40])
   assert box.size == int(30 * 1.5)
-  box = geometry.landmark_box(kpt, perturb=(0.1, -0.1, 1.1))
+  box = transforms.landmark_box(kpt, perturb=(0.1, -0.1, 1.1))
   np.testing.assert_allclose(box.center, [23, 37])
   assert box.size == pytest.approx(45 * 1.1)
 
 
 def test_crop_transform_equals_three_point_similarity_estimate():
-  box = geometry.CropBox(np.array([120.3, 87.9]), 173.4)
-  t = geometry.crop_transform(box, 256)
+  box = transforms.CropBox(np.array([120.3, 87.9]), 173.4)
+  t = transforms.crop_transform(box, 256)
   cx, cy, s = box.center[0], box.center[1], box.size
   src = [[cx - s / 2, cy - s / 2], [cx - s / 2, cy + s / 2], [cx + s / 2, cy - s / 2]]
   np.testing.assert_allclose(t, fit_similarity(src, [[0, 0], [0, 255], [255, 0]]), atol=1e-9)
@@ -62,46 +62,46 @@ def test_crop_transform_equals_three_point_similarity_estimate():
 def test_crop_then_uncrop_returns_the_points():
   rng = np.random.RandomState(1)
   pts = rng.uniform(-50, 400, (100, 3))
-  for t in (geometry.crop_transform(geometry.CropBox(np.array([200., 150.]), 180.), 256),
-            geometry.similarity(1.7, 0.4, (12.0, -30.0))):
-    back = geometry.transform_points(geometry.invert(t), geometry.transform_points(t, pts))
+  for t in (transforms.crop_transform(transforms.CropBox(np.array([200., 150.]), 180.), 256),
+            transforms.similarity(1.7, 0.4, (12.0, -30.0))):
+    back = transforms.transform_points(transforms.invert(t), transforms.transform_points(t, pts))
     np.testing.assert_allclose(back, pts, atol=1e-9)
   # z is scaled by the similarity's scale
-  t = geometry.similarity(2.0, 0.3, (0, 0))
-  assert geometry.transform_points(t, pts)[0, 2] == pytest.approx(2 * pts[0, 2])
+  t = transforms.similarity(2.0, 0.3, (0, 0))
+  assert transforms.transform_points(t, pts)[0, 2] == pytest.approx(2 * pts[0, 2])
   # JAX arrays go through the same code
-  np.testing.assert_allclose(np.asarray(geometry.transform_points(jnp.asarray(t), jnp.asarray(
-      pts))), geometry.transform_points(t, pts), rtol=1e-5, atol=1e-3)
+  np.testing.assert_allclose(np.asarray(transforms.transform_points(jnp.asarray(t), jnp.asarray(
+      pts))), transforms.transform_points(t, pts), rtol=1e-5, atol=1e-3)
 
 
 def test_official_inference_crops():
   # PRNet's api.py, PRN.process: its own detector's box ...
-  box = geometry.box_crop([100, 50, 200, 170], 'detector')  # w 100, h 120 -> old size 110
+  box = transforms.box_crop([100, 50, 200, 170], 'detector')  # w 100, h 120 -> old size 110
   np.testing.assert_allclose(box.center, [150, 110 + 0.14 * 110])
   assert box.size == int(110 * 1.58)
   # ... a box passed as image_info=[left, right, top, bottom] ...
-  box = geometry.box_crop([100, 50, 200, 170], 'image_info')
+  box = transforms.box_crop([100, 50, 200, 170], 'image_info')
   np.testing.assert_allclose(box.center, [150, 110])
   assert box.size == int(110 * 1.6) == 176
   # ... and 68 landmarks as image_info: the same rule on their bounding box.
   kpt = np.array([[10.0, 20.0], [50.0, 90.0]])
-  box = geometry.landmark_crop(kpt)
+  box = transforms.landmark_crop(kpt)
   np.testing.assert_allclose(box.center, [30, 55])
   assert box.size == int(55 * 1.6)
   with pytest.raises(ValueError, match="box convention must be one of"):
-    geometry.box_crop([100, 50, 200, 170], 'dlib')
+    transforms.box_crop([100, 50, 200, 170], 'dlib')
 
 
 def test_warp_image_moves_a_point_where_the_transform_sends_it():
   img = np.zeros((64, 64, 3), np.float32)
   img[20, 10] = [1, 0.5, 0.25]
-  t = geometry.similarity(1.0, 0.0, (7.0, 5.0))
-  out = np.asarray(geometry.warp_image(img, t, 64, 64))
+  t = transforms.similarity(1.0, 0.0, (7.0, 5.0))
+  out = np.asarray(transforms.warp_image(img, t, 64, 64))
   assert out[25, 17].tolist() == [1, 0.5, 0.25]
   assert out.sum() == pytest.approx(1.75)
-  np.testing.assert_allclose(np.asarray(geometry.warp_image(img, np.eye(3), 64, 64)), img)
+  np.testing.assert_allclose(np.asarray(transforms.warp_image(img, np.eye(3), 64, 64)), img)
   # Scaling by 2 maps input (10, 20) to (20, 40); bilinear keeps the peak there.
-  out = np.asarray(geometry.warp_image(img, geometry.similarity(2.0, 0.0, (0, 0)), 64, 64))
+  out = np.asarray(transforms.warp_image(img, transforms.similarity(2.0, 0.0, (0, 0)), 64, 64))
   assert np.unravel_index(out[..., 0].argmax(), (64, 64)) == (40, 20)
 
 
@@ -139,18 +139,18 @@ def test_position_map_procedure_matches_face3d_steps():
   kpt_ind = rng.choice(300, 68, replace=False)
   pose = np.array([0.2, -0.9, 0.1, 220.0, 180.0, 10.0, 0.9])
   perturb = (0.05, -0.08, 1.07)
-  got = geometry.position_map_from_3dmm(vertices, pose, 450, kpt_ind, 256, perturb)
+  got = transforms.position_map_from_3dmm(vertices, pose, 450, kpt_ind, 256, perturb)
   ref = face3d_reference(vertices, pose, 450, kpt_ind, perturb)
   np.testing.assert_allclose(got.positions, ref, atol=1e-6)
   assert got.positions[:, 2].min() == 0.0
   # crop transform undoes to the original image frame
-  back = geometry.transform_points(geometry.invert(got.transform), got.positions[:, :2])
+  back = transforms.transform_points(transforms.invert(got.transform), got.positions[:, :2])
   np.testing.assert_allclose(back, got.image_vertices[:, :2], atol=1e-6)
 
 
 def test_bad_pose_is_rejected():
   with pytest.raises(ValueError, match='Pose_Para must be 7 finite numbers'):
-    geometry.position_map_from_3dmm(np.zeros((70, 3)), [0, np.nan, 0, 0, 0, 0, 1], 100,
+    transforms.position_map_from_3dmm(np.zeros((70, 3)), [0, np.nan, 0, 0, 0, 0, 1], 100,
                                     np.arange(68))
 
 
@@ -158,8 +158,8 @@ def test_warp_image_matches_scipy_map_coordinates():
   from scipy import ndimage
   rng = np.random.RandomState(0)
   img = rng.uniform(0, 1, (40, 50, 3))
-  t = geometry.similarity(1.3, 0.5, (-7.0, 4.0))
-  out = np.asarray(geometry.warp_image(img, t, 45, 35))
+  t = transforms.similarity(1.3, 0.5, (-7.0, 4.0))
+  out = np.asarray(transforms.warp_image(img, t, 45, 35))
   t_inv = np.linalg.inv(t)
   ys, xs = np.mgrid[0:45, 0:35].astype(np.float64)
   sx = t_inv[0, 0] * xs + t_inv[0, 1] * ys + t_inv[0, 2]

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from prnet_jax import icp
-from prnet_jax.procedural_face import procedural_face_model
+from prnet_jax.faces.procedural_face import procedural_face_model
+from prnet_jax.geometry import icp
 
 
 @pytest.fixture(scope='module')

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from prnet_jax import face_model as fm
-from prnet_jax import geometry, ict_face
+from prnet_jax.faces import face_model as fm
+from prnet_jax.faces import ict_face
+from prnet_jax.geometry import transforms
 
 
 @pytest.fixture(scope='module')
@@ -19,7 +20,7 @@ def signed_areas(px, tris):
 
 
 def test_uv_layout_is_face_centred_unfolded_and_fills_the_map(model):
-  px = geometry.uv_pixels(model.uv, 256)
+  px = transforms.uv_pixels(model.uv, 256)
   assert np.all((px >= 0) & (px <= 255))
   areas = signed_areas(px, model.triangles)
   assert np.all(areas < 0)  # one orientation: no fold anywhere
@@ -50,7 +51,7 @@ def test_the_300wlp_procedure_reads_every_landmark_from_the_map(model):
     vertices = model.vertices(shape, exp)
     pose = [np.deg2rad(rng.uniform(-20, 20)), np.deg2rad([-70, -30, 10, 60][k]),
             np.deg2rad(rng.uniform(-20, 20)), 200, 220, 0, 8.0]  # cm -> pixels
-    sample = geometry.position_map_from_3dmm(vertices, pose, 450, model.landmarks, 256)
+    sample = transforms.position_map_from_3dmm(vertices, pose, 450, model.landmarks, 256)
     pos = np.asarray(renderer(sample.positions.astype(np.float32)))
     np.testing.assert_allclose(assets.landmarks(pos), sample.positions[model.landmarks],
                                atol=2e-3)
@@ -95,7 +96,7 @@ def test_runs_name_the_ict_assets(model):
   """`uv_assets_for('ict', R)` (config.uv_assets / --uv_assets) gives the ICT model's assets,
   weighted like the official mask (landmarks 16 with a halo, eyes/nose/mouth 4, face 3),
   at the training resolutions."""
-  from prnet_jax.face_assets import uv_assets_for
+  from prnet_jax.faces.catalog import uv_assets_for
   a = uv_assets_for('ict', 256)
   np.testing.assert_array_equal(a.kpt_uv, fm.derive_uv_assets(model, 256).kpt_uv)
   assert sorted(np.unique(a.weight_mask)) == [3, 4, 7.5, 16]

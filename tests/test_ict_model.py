@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from prnet_jax import ict_model
+from prnet_jax.faces import ict_model
 
 
 @pytest.fixture(scope='module')
@@ -51,6 +51,7 @@ def test_the_shipped_copy_loads_without_the_originals(shipped):
   assert m.vertices(np.ones(3))[0].shape == (3,)
 
 
+@pytest.mark.slow(reason='imports the original .obj files')
 def test_the_shipped_copy_is_the_original_model(shipped, tmp_path):
   from conftest import shared_path
   archive = shared_path('ict-facekit', 'FaceXModel.tar.xz')

@@ -5,8 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from prnet_jax import face_model as fm
-from prnet_jax.ict_world import ICTWorld, ICTWorldConfig
+from prnet_jax.faces import face_model as fm
+from prnet_jax.worlds.ict_world import ICTWorld, ICTWorldConfig
 
 
 @pytest.fixture(scope='module')
@@ -62,10 +62,11 @@ def test_visible_face_pixels_of_the_map_agree_with_the_rendered_z_buffer(world):
   assert np.mean(p[:, 2] > hi[np.clip(y, 0, 255), np.clip(x, 0, 255)] + 1.0) > 0.5
 
 
+@pytest.mark.slow(reason='JAX rasteriser on the ICT head')
 def test_batches_and_rasterisers_draw_the_same_samples(world):
   """A seed's sample does not depend on its batch, nor (up to edge pixels) on which
   rasteriser draws it: the native one, or the JAX one with a window plan."""
-  from prnet_jax import render
+  from prnet_jax.geometry import render
   batch = world.sample_batch([7, 3, 9])
   single = world.sample(3)
   np.testing.assert_array_equal(batch[1].position_map, single.position_map)
@@ -82,6 +83,7 @@ def test_batches_and_rasterisers_draw_the_same_samples(world):
   assert np.mean(diff > 2) < 1e-3, np.mean(diff > 2)
 
 
+@pytest.mark.slow(reason='renders many samples')
 def test_the_world_varies_what_its_config_says(world):
   """Pose stays in the configured range, the face size in pixels follows `face_px`, and
   occluders and long hair appear at about their rates."""
@@ -115,7 +117,8 @@ def test_factors_vary_alone(world):
 
 def test_cli_writes_a_contact_sheet_and_the_samples(tmp_path, capsys):
   from PIL import Image
-  from prnet_jax import ict_world
+
+  from prnet_jax.worlds import ict_world
   assert ict_world.main(['--num=2', f'--out={tmp_path}']) == 0
   assert Image.open(tmp_path / 'contact_sheet.png').size == (8 * 256, 256)
   data = np.load(tmp_path / 'samples.npz')

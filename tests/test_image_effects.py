@@ -5,8 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from prnet_jax import image_effects as fx
-from prnet_jax.ict_world import ICTWorldConfig
+from prnet_jax.worlds import image_effects as fx
+from prnet_jax.worlds.ict_world import ICTWorldConfig
 
 
 @pytest.mark.parametrize('kind', sorted(fx.BACKGROUNDS))
@@ -51,7 +51,7 @@ def test_occluders_draw_near_the_face_and_only_when_drawn():
   img = np.zeros((128, 128, 3), np.float32)
   rng = np.random.default_rng(0)
   # A frontal 68-point layout scaled into the middle of the image.
-  from prnet_jax.ict_face import face_model
+  from prnet_jax.faces.ict_face import face_model
   lm = face_model().mean[face_model().landmarks][:, :2] * [1, -1]
   lm = (lm - lm.min(0)) / np.ptp(lm, 0) * 60 + 34
   same, drawn = fx.occlude(rng, img, lm, np.array([0.8, 0.6, 0.5]), {})
@@ -93,7 +93,7 @@ def test_long_hair_paints_behind_and_below_the_scalp():
 def test_glasses_on_far_profiles_with_narrow_eyes_draw_without_error():
   # A far profile: an eye's corners (36 and 39, 42 and 45) a pixel or two apart. Pillow cannot
   # draw rounded lenses only a few pixels across, so such lenses are ellipses.
-  from prnet_jax.ict_face import face_model
+  from prnet_jax.faces.ict_face import face_model
   base = face_model().mean[face_model().landmarks][:, :2] * [1, -1]
   base = (base - base.min(0)) / np.ptp(base, 0) * 60 + 34
   img = np.zeros((128, 128, 3), np.float32)

@@ -5,12 +5,14 @@ import subprocess
 import sys
 
 import jax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from prnet_jax.data import input_pipeline as ip
 
 from datasets import synthetic_faces
-from prnet_jax import input_pipeline as ip
 
 NUM = 24
 
@@ -31,13 +33,14 @@ def source(built):
   return built[0].as_data_source(split='train')
 
 
+@pytest.mark.slow(reason='subprocess')
 def test_a_built_dataset_is_read_without_the_builders_code(built, tmp_path):
   """Where `datasets` is another package (Hugging Face's, on Colab) or absent, a built dataset
   reads the same: from its files only."""
   shadow = tmp_path / 'datasets'
   shadow.mkdir()
   (shadow / '__init__.py').write_text('raise ImportError("not the prnet-jax builders")\n')
-  code = (f'import json, sys; from prnet_jax import input_pipeline as ip; '
+  code = (f'import json, sys; from prnet_jax.data import input_pipeline as ip; '
           f's = ip.data_source("synthetic_faces/pipe", "train", {built[1]!r}); '
           f'print(json.dumps([len(s), s[3]["file_name"].decode(), '
           f'"datasets" in sys.modules]))')

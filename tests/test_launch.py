@@ -1,19 +1,11 @@
 """The entry point and configs as a user runs them (subprocess, repository root)."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from fixtures import config_module, run_launch
 
 
-def run_launch(*args):
-  return subprocess.run([sys.executable, 'launch.py', *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=300)
-
-
+@pytest.mark.slow(reason='launch.py subprocess')
 def test_summary_of_default_config_prints_official_counts():
   r = run_launch('--config=configs/prnet.py', '--mode=summary')
   assert r.returncode == 0, r.stderr
@@ -21,6 +13,7 @@ def test_summary_of_default_config_prints_official_counts():
   assert 'Unable to initialize backend' not in r.stderr
 
 
+@pytest.mark.slow(reason='launch.py subprocess')
 def test_config_override_reaches_the_model():
   r = run_launch('--config=configs/prnet.py:small', '--mode=summary', '--config.model.width=8')
   assert r.returncode == 0, r.stderr
@@ -38,18 +31,14 @@ def test_unknown_variant_is_rejected_with_the_choices():
     ('', 'prnet_300wlp', 256), ('synthetic', 'synthetic_faces', 256),
     ('small', 'synthetic_faces/ict_small', 64), ('ict', 'synthetic_faces/ict_128', 64)])
 def test_config_variants(variant, dataset, resolution):
-  sys.path.insert(0, os.path.join(ROOT, 'configs'))
-  try:
-    import prnet as config_module
-  finally:
-    sys.path.pop(0)
-  c = config_module.get_config(variant)
+  c = config_module().get_config(variant)
   assert (c.dataset, c.model.resolution) == (dataset, resolution)
   if variant == '':  # the paper's recipe
     assert (c.batch_size, c.learning_rate, c.lr_decay_every_epochs, c.lr_decay_factor,
             c.weight_decay, c.model.width) == (16, 1e-4, 5, 0.5, 2e-4, 16)
 
 
+@pytest.mark.slow(reason='launch.py training subprocess')
 def test_train_builds_the_synthetic_dataset_on_first_use(tmp_path):
   """The quick start's path: launch.py builds an unbuilt synthetic dataset of the ICT world
   (with worker processes), then trains on it (the library itself only reads built datasets)."""

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prnet_jax.losses import l2_weight_decay, position_map_loss
-from prnet_jax.uv_assets import load_uv_assets
+from prnet_jax.faces.uv_assets import load_uv_assets
+from prnet_jax.nn.losses import l2_weight_decay, position_map_loss
 
 
 def np_loss(pred, target, weights, max_pos):
@@ -41,8 +41,8 @@ def test_loss_is_zero_only_at_target_and_scales_with_weight():
 def assets(request):
   if request.param == 'official':
     return load_uv_assets(request.getfixturevalue('official_uv_dir'))
-  from prnet_jax.face_model import derive_uv_assets
-  from prnet_jax.procedural_face import procedural_face_model
+  from prnet_jax.faces.face_model import derive_uv_assets
+  from prnet_jax.faces.procedural_face import procedural_face_model
   return derive_uv_assets(procedural_face_model())
 
 

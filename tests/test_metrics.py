@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from prnet_jax import metrics
+from prnet_jax.evaluation import metrics
 
 
 def ref_nme(pred, gt, dims, norm, z_align):

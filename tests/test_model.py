@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prnet_jax import model as model_lib
-from prnet_jax.model import ConvBN, ModelConfig, PRNet, count_params, init_variables
+from prnet_jax.nn import model as model_lib
+from prnet_jax.nn.model import ConvBN, ModelConfig, PRNet, count_params, init_variables
 
 
 def np_conv_same(x, w, s):
@@ -39,6 +39,7 @@ def np_conv_transpose_same(x, w, s):
   return y[:, off:off + n, off:off + n, :]
 
 
+@pytest.mark.slow(reason='full model')
 def test_default_model_has_official_sizes():
   rows, n_params, n_stats = model_lib.layer_table(PRNet())
   assert n_params == 13_353_618
@@ -94,6 +95,7 @@ def small_variables():
   return jax.jit(lambda k: init_variables(small_model(), k))(jax.random.key(0))
 
 
+@pytest.mark.slow(reason='full model')
 def test_output_shape_range_and_max_pos(small_variables):
   model, variables = small_model(), small_variables
   x = jax.random.uniform(jax.random.key(1), (3, 64, 64, 3))
@@ -103,6 +105,7 @@ def test_output_shape_range_and_max_pos(small_variables):
   assert float(out.min()) > 0 and float(out.max()) < model.max_pos
 
 
+@pytest.mark.slow(reason='full model')
 def test_train_mode_uses_batch_stats_and_updates_them_with_tf_decay(small_variables):
   model, variables = small_model(), small_variables
   x = jax.random.uniform(jax.random.key(1), (4, 64, 64, 3))
@@ -164,6 +167,7 @@ def test_no_biases_and_bn_epsilon(small_variables):
   assert model_lib.BN_EPSILON == 1e-3
 
 
+@pytest.mark.slow(reason='full model')
 def test_bfloat16_compute_keeps_float32_params_and_stats(small_variables):
   model32, model16 = small_model(), small_model(dtype='bfloat16')
   shapes = jax.eval_shape(lambda k: init_variables(model16, k), jax.random.key(0))

@@ -16,10 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prnet_jax import conv_ops, native
-from prnet_jax.model import PRNet, init_variables
+from prnet_jax import native
+from prnet_jax.nn import conv_ops
+from prnet_jax.nn.model import PRNet, init_variables
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from fixtures import ROOT
 
 
 @pytest.fixture(scope='module')
@@ -57,6 +58,7 @@ CASES = [  # (n, h, w, ci, co, kh, kw, padding)
 ]
 
 
+@pytest.mark.slow(reason='float64 brute force')
 @pytest.mark.parametrize('n,h,w,ci,co,kh,kw,padding', CASES)
 def test_kernel_grad_matches_float64_brute_force_and_xla(lanes, n, h, w, ci, co, kh, kw,
                                                          padding):
@@ -172,6 +174,7 @@ def test_conv_ops_gradients_use_the_native_kernel_and_agree_with_xla(lanes, monk
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
 
 
+@pytest.mark.slow(reason='full-model gradients')
 def test_whole_model_gradients_match_with_and_without_the_native_kernel(lanes, monkeypatch):
   """Full-width PRNet at 32 px (16-512 channels): loss gradients of every parameter with the
   native kernel gradients equal XLA's to float32 round-off."""
@@ -212,7 +215,8 @@ def test_a_failing_compiler_is_reported_and_xla_takes_over(tmp_path):
              PYTHONPATH=ROOT)
   code = '''
 import jax, jax.numpy as jnp
-from prnet_jax import conv_ops, native
+from prnet_jax import native
+from prnet_jax.nn import conv_ops
 try:
   native.build()
 except native.NativeBuildError as e:
@@ -234,6 +238,7 @@ print('GRAD', float(g.sum()))
                                           4, 4, ((1, 2), (1, 2))).sum()
 
 
+@pytest.mark.slow(reason='native builds for other vector widths')
 @pytest.mark.skipif(platform.machine().lower() not in ('x86_64', 'amd64'), reason='x86 flags')
 @pytest.mark.parametrize('flags,want_lanes', [('-march=x86-64-v3', 8), ('-march=x86-64', 4)])
 def test_kernels_built_for_narrower_vectors_compute_the_same(lanes, tmp_path, flags,

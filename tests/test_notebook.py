@@ -4,9 +4,10 @@ import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from fixtures import ROOT
 
 
+@pytest.mark.slow(reason='executes the notebook (trains)')
 def test_quickstart_notebook_executes(tmp_path, monkeypatch):
   nbformat = pytest.importorskip('nbformat')
   nbclient = pytest.importorskip('nbclient')

@@ -12,12 +12,13 @@ import sys
 import tomllib
 
 import numpy as np
-import pytest
 from packaging.requirements import Requirement
+import pytest
 
 from prnet_jax import runtime
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from fixtures import ROOT
+
 PACKAGE = os.path.join(ROOT, 'prnet_jax')
 
 
@@ -82,26 +83,83 @@ def find_cycle(graph: dict[str, set[str]]):
   return None
 
 
-def test_cycle_finder_finds_a_cycle():  # the check below can fail
-  assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c', 'a']
-  assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': set()}) is None
+# The layers of the package, top (0) to bottom: a module may import its own sub-package and
+# those of lower numbers only. The package's __init__ (lazy exports for users) is above all.
+LAYERS = {
+    'native': 0, 'runtime': 0, 'assets': 0,
+    'geometry': 1,
+    'faces': 2, 'data': 2, 'nn': 2,
+    'worlds': 3, 'evaluation': 3,
+    'training': 4,
+    'serving': 5,
+}
 
 
-def test_no_import_cycles_and_no_imports_of_the_repository_folders():
+def import_graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
   modules = package_modules()
-  assert 'prnet_jax.train' in modules and 'prnet_jax.native' in modules
   graph, outside = {}, {}
   for name, path in modules.items():
     inside, other = imports_of(path, set(modules))
     graph[name] = inside - {name, 'prnet_jax'}
     outside[name] = other
-  assert graph['prnet_jax.train'] >= {'prnet_jax.evaluator', 'prnet_jax.checkpointing'}
+  return graph, outside
+
+
+def part(module: str) -> str:
+  """'prnet_jax.nn.model' -> 'nn'; 'prnet_jax.runtime' -> 'runtime'."""
+  return module.split('.')[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+  """(importer, imported) pairs that import a sub-package of the same or a higher layer."""
+  return sorted((a, b) for a, deps in graph.items() if a != 'prnet_jax'
+                for b in deps if part(a) != part(b) and LAYERS[part(b)] >= LAYERS[part(a)])
+
+
+def test_cycle_and_layer_checks_can_fail():
+  assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c', 'a']
+  assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': set()}) is None
+  assert upward_imports({'prnet_jax.geometry.render': {'prnet_jax.nn.model'},
+                         'prnet_jax.nn.model': {'prnet_jax.nn.conv_ops', 'prnet_jax.native'},
+                         'prnet_jax.faces.catalog': {'prnet_jax.data.readers'}}) == [
+      ('prnet_jax.faces.catalog', 'prnet_jax.data.readers'),
+      ('prnet_jax.geometry.render', 'prnet_jax.nn.model')]
+
+
+def test_the_top_level_holds_sub_packages_and_few_modules():
+  entries = sorted(os.listdir(PACKAGE))
+  folders = {e for e in entries if os.path.isfile(os.path.join(PACKAGE, e, '__init__.py'))}
+  modules = {e for e in entries if e.endswith('.py')}
+  assert folders == set(LAYERS) - {'runtime'}, folders
+  assert modules == {'__init__.py', 'runtime.py'}, modules
+
+
+def test_imports_run_downward_without_cycles_or_repository_folders():
+  graph, outside = import_graph()
+  assert {part(m) for m in graph if m != 'prnet_jax'} == set(LAYERS)
+  assert graph['prnet_jax.training.train'] >= {'prnet_jax.evaluation.alignment',
+                                               'prnet_jax.training.checkpointer'}
   assert find_cycle(graph) is None, ' -> '.join(find_cycle(graph))
+  assert upward_imports(graph) == []
+  # Serving loads models without the training code (model-variable checkpoints are in nn/).
+  assert not any(part(b) == 'training' for a, deps in graph.items() if a != 'prnet_jax' and part(a) == 'serving'
+                 for b in deps)
   # The repository's datasets/, configs/, benchmarks/ and tests/ are not part of an install.
   for name, other in outside.items():
     assert not other & {'datasets', 'configs', 'benchmarks', 'tests'}, (name, other)
 
 
+def test_the_package_exports_resolve_lazily():
+  code = ('import sys, prnet_jax; before = {m for m in sys.modules if m.startswith("prnet_jax.")}; '
+          'names = {n: getattr(prnet_jax, n).__module__ for n in prnet_jax.__all__}; '
+          'print(sorted(before), names["Predictor"])')
+  r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                     timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert r.stdout.split() == ['[]', 'prnet_jax.serving.inference']
+
+
+@pytest.mark.slow(reason='subprocess importing every module')
 def test_importing_every_module_changes_no_process_state():
   """The environment after importing every module equals the one after importing just the
   third-party packages they import (some of those set variables of their own)."""
@@ -194,6 +252,7 @@ def test_restart_tuned_runs_the_same_argv_in_the_tuned_environment(tmp_path):
 
 # ------------------------------------------------------------------------------ dependencies
 
+@pytest.mark.slow(reason='subprocess compiling a train step')
 def test_trainer_and_model_need_no_input_pipeline_packages():
   """Accelerator images often lack grain / TFDS / TensorFlow: the model, the jitted train step
   (make_trainer) and the benchmarks built on them must import and run without them."""
@@ -207,8 +266,8 @@ def guard(name, *args, **kwargs):
 builtins.__import__ = guard
 sys.path.insert(0, 'configs')
 import jax, numpy as np, prnet
-from prnet_jax import train
-from prnet_jax.face_assets import uv_assets_for
+from prnet_jax.training import train
+from prnet_jax.faces.catalog import uv_assets_for
 c = prnet.get_config('small')
 c.model.width, c.batch_size, c.augment = 2, 2, None
 trainer = train.make_trainer(c, 10, uv_assets_for('procedural', 64))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from prnet_jax import posmap_codec as codec
+from prnet_jax.data import posmap_codec as codec
 
 
 def smooth_map(seed=0):

@@ -1,5 +1,6 @@
 """Predictor, writers, CLI, video and the serving export."""
 
+import io
 import json
 import os
 import subprocess
@@ -7,16 +8,19 @@ import sys
 
 import jax
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
+
+from prnet_jax.data import image_io, mesh_io
+from prnet_jax.faces.catalog import uv_assets_for
+from prnet_jax.geometry import transforms
+from prnet_jax.nn import checkpoints
+from prnet_jax.nn.model import ModelConfig, PRNet, init_variables
+from prnet_jax.serving import inference, outputs, predict
+from prnet_jax.worlds.procedural_world import SyntheticWorld
 
 import configs.prnet as prnet_config
-from prnet_jax import checkpointing, geometry, mesh_io, outputs, predict
-from prnet_jax.face_assets import uv_assets_for
-from prnet_jax.model import ModelConfig, PRNet, init_variables
-from prnet_jax.synthetic import SyntheticWorld
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from fixtures import ROOT
 
 
 @pytest.fixture(scope='module')
@@ -25,32 +29,34 @@ def ckpt(tmp_path_factory):
   every CLI and loader here takes the workdir as users pass it."""
   model_config = ModelConfig.from_mapping(dict(prnet_config.get_config('small').model))
   workdir = tmp_path_factory.mktemp('predict') / 'run'
-  checkpointing.save_variables(str(workdir / 'checkpoints'), init_variables(
+  checkpoints.save_variables(str(workdir / 'checkpoints'), init_variables(
       PRNet.from_config(model_config), jax.random.key(1)), model_config)
   return str(workdir)
 
 
 @pytest.fixture(scope='module')
 def predictor(ckpt):
-  return predict.Predictor.from_checkpoint(ckpt)
+  return inference.Predictor.from_checkpoint(ckpt)
 
 
+@pytest.mark.slow(reason='compiles several predictors')
 def test_a_run_predicts_with_the_uv_assets_it_trained_with(ckpt, tmp_path):
   """Without --uv_assets a run's workdir (or its checkpoints/ folder) brings its own UV assets
   (config.json); a checkpoint without a run config falls back to 'procedural'."""
   import json
   import shutil
-  from prnet_jax.face_assets import uv_assets_for
+
+  from prnet_jax.faces.catalog import uv_assets_for
   run = tmp_path / 'run'
   shutil.copytree(ckpt, run)
   (run / 'config.json').write_text(json.dumps({'uv_assets': 'ict'}))
   ict, procedural = uv_assets_for('ict', 64).kpt_uv, uv_assets_for('procedural', 64).kpt_uv
   assert not np.array_equal(ict, procedural)
   for path in (run, run / 'checkpoints'):
-    np.testing.assert_array_equal(predict.Predictor.from_checkpoint(str(path)).assets.kpt_uv, ict)
+    np.testing.assert_array_equal(inference.Predictor.from_checkpoint(str(path)).assets.kpt_uv, ict)
   np.testing.assert_array_equal(
-      predict.Predictor.from_checkpoint(str(run), 'procedural').assets.kpt_uv, procedural)
-  np.testing.assert_array_equal(predict.Predictor.from_checkpoint(ckpt).assets.kpt_uv, procedural)
+      inference.Predictor.from_checkpoint(str(run), 'procedural').assets.kpt_uv, procedural)
+  np.testing.assert_array_equal(inference.Predictor.from_checkpoint(ckpt).assets.kpt_uv, procedural)
 
 
 @pytest.fixture(scope='module')
@@ -58,12 +64,13 @@ def sample():
   return SyntheticWorld(image_size=256, uv_resolution=64).sample(11)
 
 
+@pytest.mark.slow(reason='compiles a predictor')
 def test_results_are_mapped_back_to_the_original_image(predictor, sample, monkeypatch):
   """A perfect network (the ground-truth map, moved into the predictor's crop) gives back the
   ground truth in the original image: crops and their inverse follow the official code."""
   lms = sample.landmarks  # 256 px image frame
-  t = geometry.crop_transform(geometry.landmark_crop(lms), 64)
-  truth = geometry.transform_points(t, sample.position_map.reshape(-1, 3)).reshape(64, 64, 3)
+  t = transforms.crop_transform(transforms.landmark_crop(lms), 64)
+  truth = transforms.transform_points(t, sample.position_map.reshape(-1, 3)).reshape(64, 64, 3)
   monkeypatch.setattr(predictor, 'forward', lambda crops: truth[None].astype(np.float32))
   (face,) = predictor.predict(sample.image, landmarks=lms)
   np.testing.assert_allclose(face.crop_transform, t, rtol=1e-5)
@@ -88,19 +95,19 @@ def test_given_boxes_crop_by_the_official_conventions(predictor, sample, monkeyp
   always use the detector rule."""
   monkeypatch.setattr(predictor, 'forward', lambda crops: crops * 0.0 + np.float32(1))
   (face,) = predictor.predict(sample.image, boxes=[(60, 50, 180, 170)])
-  official = geometry.CropBox(np.array([120.0, 110.0]), float(int(1.6 * 120)))
-  np.testing.assert_allclose(face.crop_transform, geometry.crop_transform(official, 64),
+  official = transforms.CropBox(np.array([120.0, 110.0]), float(int(1.6 * 120)))
+  np.testing.assert_allclose(face.crop_transform, transforms.crop_transform(official, 64),
                              rtol=1e-6)
   (face,) = predictor.predict(sample.image, boxes=[(60, 50, 180, 170)],
                               box_convention='detector')
-  detector = geometry.CropBox(np.array([120.0, 110 + 0.14 * 120]), float(int(1.58 * 120)))
-  np.testing.assert_allclose(face.crop_transform, geometry.crop_transform(detector, 64),
+  detector = transforms.CropBox(np.array([120.0, 110 + 0.14 * 120]), float(int(1.58 * 120)))
+  np.testing.assert_allclose(face.crop_transform, transforms.crop_transform(detector, 64),
                              rtol=1e-6)
   monkeypatch.setattr(predictor, '_detector', lambda image: np.array([[60, 50, 180, 170.0]]))
   (face,) = predictor.predict(sample.image)
-  np.testing.assert_allclose(face.crop_transform, geometry.crop_transform(detector, 64),
+  np.testing.assert_allclose(face.crop_transform, transforms.crop_transform(detector, 64),
                              rtol=1e-6)
-  with pytest.raises(predict.PredictError, match='box_convention must be one of'):
+  with pytest.raises(inference.PredictError, match='box_convention must be one of'):
     predictor.predict(sample.image, boxes=[(60, 50, 180, 170)], box_convention='dlib')
 
 
@@ -110,7 +117,7 @@ def test_the_network_sees_the_float_crop(predictor, sample, monkeypatch):
   monkeypatch.setattr(predictor, 'forward',
                       lambda crops: seen.setdefault('c', crops) * 0.0 + np.float32(1))
   (face,) = predictor.predict(sample.image, boxes=[(61.3, 50.7, 180.2, 170.9)])
-  expected = np.asarray(geometry.warp_image(sample.image.astype(np.float32),
+  expected = np.asarray(transforms.warp_image(sample.image.astype(np.float32),
                                             face.crop_transform.astype(np.float64), 64, 64))
   assert seen['c'].dtype == np.float32
   np.testing.assert_allclose(seen['c'][0], expected, atol=1e-3)
@@ -119,28 +126,39 @@ def test_the_network_sees_the_float_crop(predictor, sample, monkeypatch):
 
 def test_input_forms(predictor, sample):
   img = sample.image
-  rgb = predict.load_image(img)
-  np.testing.assert_array_equal(predict.load_image(img[..., ::-1], 'BGR'), rgb)
-  np.testing.assert_array_equal(predict.load_image(img / 255.0), rgb)
-  assert predict.load_image(img[..., 0]).shape == img.shape
+  rgb = image_io.load_photo(img)
+  np.testing.assert_array_equal(image_io.load_photo(img[..., ::-1], 'BGR'), rgb)
+  np.testing.assert_array_equal(image_io.load_photo(img / 255.0), rgb)
+  assert image_io.load_photo(img[..., 0]).shape == img.shape
   rgba = np.concatenate([img, np.full(img.shape[:2] + (1,), 255, np.uint8)], -1)
-  np.testing.assert_array_equal(predict.load_image(rgba), rgb)
+  np.testing.assert_array_equal(image_io.load_photo(rgba), rgb)
   for bad, why in ((np.zeros((0, 10, 3), np.uint8), 'at least 8x8'),
                    (np.zeros((20, 20, 5), np.uint8), 'channels')):
-    with pytest.raises(predict.PredictError, match=why):
-      predict.load_image(bad)
-  with pytest.raises(predict.PredictError, match='file not found'):
-    predict.load_image('/nonexistent/photo.jpg')
+    with pytest.raises(image_io.ImageError, match=why):
+      image_io.load_photo(bad)
+  with pytest.raises(image_io.ImageError, match='file not found'):
+    image_io.load_photo('/nonexistent/photo.jpg')
 
 
 def test_huge_and_tiny_image_files_are_refused_with_a_message(tmp_path, monkeypatch):
-  monkeypatch.setattr(predict, 'MAX_PIXELS', 100 * 100)
+  monkeypatch.setattr(image_io, 'MAX_PIXELS', 100 * 100)
   Image.fromarray(np.zeros((120, 120, 3), np.uint8)).save(tmp_path / 'big.png')
-  with pytest.raises(predict.PredictError, match='big.png: image too large'):
-    predict.load_image(str(tmp_path / 'big.png'))
+  with pytest.raises(image_io.ImageError, match='big.png: image too large'):
+    image_io.load_photo(str(tmp_path / 'big.png'))
   Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / 'tiny.png')
-  with pytest.raises(predict.PredictError, match='tiny.png: not an image of at least 8x8'):
-    predict.load_image(str(tmp_path / 'tiny.png'))
+  with pytest.raises(image_io.ImageError, match='tiny.png: not an image of at least 8x8'):
+    image_io.load_photo(str(tmp_path / 'tiny.png'))
+  # Encoded bytes (uploads) read like the file they came from; undecodable bytes are named.
+  buf = io.BytesIO()
+  Image.fromarray(np.zeros((16, 24, 3), np.uint8)).save(buf, 'PNG')
+  assert image_io.load_photo(buf.getvalue(), name='upload').shape == (16, 24, 3)
+  with pytest.raises(image_io.ImageError, match='^upload: not a readable image$'):
+    image_io.load_photo(b'not an image', name='upload')
+
+
+def test_the_predictor_reports_a_bad_image_as_a_predict_error(predictor):
+  with pytest.raises(inference.PredictError, match='/nonexistent/photo.jpg: file not found'):
+    predictor.predict('/nonexistent/photo.jpg')
 
 
 def test_all_faces_of_several_images_share_one_forward_pass(predictor, sample, monkeypatch):
@@ -165,12 +183,13 @@ def mean_face_forward(predictor):
   return lambda crops: np.repeat(pos[None], len(crops), 0)
 
 
+@pytest.mark.slow(reason='CNN face detector on real photos')
 def test_real_photos_detected_and_every_writer_valid(predictor, tmp_path, monkeypatch):
   from conftest import shared_path
   folder = shared_path('photos')
   monkeypatch.setattr(predictor, 'forward', mean_face_forward(predictor))
   for name in sorted(os.listdir(folder)):
-    image = predict.load_image(os.path.join(folder, name))
+    image = image_io.load_photo(os.path.join(folder, name))
     boxes = predictor.detector(image)
     assert len(boxes) >= 1, name
     faces = predictor.predict(image)
@@ -193,6 +212,7 @@ def test_real_photos_detected_and_every_writer_valid(predictor, tmp_path, monkey
       assert o.size == image.shape[1::-1]
 
 
+@pytest.mark.slow(reason='CLI subprocesses')
 def test_cli_reports_bad_files_and_processes_the_rest(ckpt, tmp_path, sample):
   inp = tmp_path / 'in'
   inp.mkdir()
@@ -200,7 +220,7 @@ def test_cli_reports_bad_files_and_processes_the_rest(ckpt, tmp_path, sample):
   (inp / 'notes.txt').write_text('not an image')
   Image.fromarray(np.full((64, 64, 3), 127, np.uint8)).save(inp / 'blank.png')
   (inp / 'cut.jpg').write_bytes(open(inp / 'face.png', 'rb').read()[:300])
-  r = subprocess.run([sys.executable, '-m', 'prnet_jax.predict', f'--checkpoint={ckpt}',
+  r = subprocess.run([sys.executable, '-m', 'prnet_jax.serving.predict', f'--checkpoint={ckpt}',
                       f'--input={inp}', f'--output={tmp_path / "out"}'], cwd=ROOT,
                      capture_output=True, text=True, timeout=600)
   assert r.returncode == 1, r.stdout + r.stderr
@@ -272,22 +292,23 @@ def test_video_tracks_faces_between_detections(predictor, sample, tmp_path, monk
     np.testing.assert_allclose(rows[detected]['faces'][0]['box'], [60, 50, 190, 200])
 
 
+@pytest.mark.slow(reason='export subprocess')
 def test_export_reloads_without_flax_and_matches(ckpt, tmp_path):
   out = str(tmp_path / 'prnet.jaxexport')
-  r = subprocess.run([sys.executable, '-m', 'prnet_jax.export', f'--checkpoint={ckpt}',
+  r = subprocess.run([sys.executable, '-m', 'prnet_jax.serving.export', f'--checkpoint={ckpt}',
                       f'--output={out}'], cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-2000:]
   images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3)).astype(np.uint8)
   np.save(tmp_path / 'x.npy', images)
   code = ('import sys; sys.modules["flax"] = None\n'  # any Flax import would now fail
-          'import numpy as np\nfrom prnet_jax.export import load\n'
+          'import numpy as np\nfrom prnet_jax.serving.export import load\n'
           f'f = load({out!r}); x = np.load({str(tmp_path / "x.npy")!r})\n'
           f'np.save({str(tmp_path / "y.npy")!r}, np.asarray(f(x)))\n'
           'assert np.asarray(f(x[:1])).shape == (1, 64, 64, 3)\n')
   r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
                      timeout=600)
   assert r.returncode == 0, r.stderr[-2000:]
-  variables, model_config, _ = checkpointing.load_variables(ckpt)
+  variables, model_config, _ = checkpoints.load_variables(ckpt)
   model = PRNet.from_config(model_config)
   ref = np.asarray(jax.jit(lambda v, x: model.apply(v, x / 255.0, train=False))(variables,
                                                                                images))
@@ -295,17 +316,19 @@ def test_export_reloads_without_flax_and_matches(ckpt, tmp_path):
   assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
+@pytest.mark.slow(reason='memory probe subprocess')
 def test_memory_stays_bounded_for_an_untrained_network_on_real_photos(monkeypatch, tmp_path):
   """An untrained full-size network's position maps are not smooth: their meshes' triangles are
   huge and scattered. The z-buffers (visibility, depth image) must still test at most
   render.BUDGET_PER_PIXEL pixel centres per output pixel (memory bounded by the image size),
   and every output is still written."""
+  from prnet_jax.geometry import render
+
   from conftest import shared_path
-  from prnet_jax import render
   photos = shared_path('photos')
   model_config = ModelConfig()  # the official 256 px network, untrained
   model = PRNet.from_config(model_config)
-  predictor = predict.Predictor(model, init_variables(model, jax.random.key(5)),
+  predictor = inference.Predictor(model, init_variables(model, jax.random.key(5)),
                                 uv_assets_for('procedural', 256))
   real = render.rasterize
   seen = []
@@ -330,7 +353,7 @@ def test_memory_stays_bounded_for_an_untrained_network_on_real_photos(monkeypatc
       assert (tmp_path / run / f'{stem}_depth.png').exists()
       assert (tmp_path / run / f'{stem}_overlay.png').exists()
   # Without the budget the noise meshes ask for far more (what the budget prevents).
-  image = predict.load_image(os.path.join(photos, sorted(os.listdir(photos))[0]))
+  image = image_io.load_photo(os.path.join(photos, sorted(os.listdir(photos))[0]))
   face = predictor.predict(image)[0]
   need = render.triangle_windows(face.vertices, face.triangles).astype(np.float64)
   assert (need ** 2).sum() > 10 * render.BUDGET_PER_PIXEL * image.shape[0] * image.shape[1]
@@ -358,13 +381,14 @@ def test_antialias_low_passes_only_crops_that_shrink(predictor, monkeypatch):
   np.testing.assert_array_equal(big0, big1)
 
 
-def test_the_pretrained_model_on_real_photos_finds_the_face_parts():
+@pytest.mark.slow(reason='CNN face detector on real photos')
+def test_the_pretrained_model_on_real_photos_finds_the_face_parts(pretrained_predictor):
   """The bundled model, detector boxes, real portraits: in the face's own frame, brows above
   the eyes, eyes level and above the nose, the nose above the mouth, the mouth above the chin,
   and on the frontal portrait the jaw's ends either side of the eyes, the eyes level."""
   from conftest import shared_path
   folder = shared_path('photos')
-  p = predict.Predictor.from_pretrained()
+  p = pretrained_predictor
   assert p.antialias and p.refine == 1 and p.model.resolution == 64
   for name in sorted(os.listdir(folder)):
     faces = p.predict(os.path.join(folder, name))
@@ -390,13 +414,13 @@ PROFILE_POINTS = {'nose tip': (100, 243), 'eyes': (138, 193), 'mouth': (128, 272
                   'chin': (150, 316)}
 
 
-def test_the_pretrained_model_on_a_far_profile_on_black():
+def test_the_pretrained_model_on_a_far_profile_on_black(pretrained_predictor):
   """A face turned ~80 degrees to the left in front of a black backdrop: the face is read the
   right way round (nose in front of the eyes and the jaw, a far profile), and the nose tip,
   eyes, mouth and chin land on average within 12% of the face's size of where they are, each
   within 20% (a face read the wrong way round puts them on the ear and cheek: ~75%)."""
   from conftest import PROFILE_BOX, shared_path
-  p = predict.Predictor.from_pretrained()
+  p = pretrained_predictor
   faces = p.predict(shared_path('photos', '3.jpg'))
   assert len(faces) == 1
   face = faces[0]
@@ -411,6 +435,7 @@ def test_the_pretrained_model_on_a_far_profile_on_black():
   assert np.mean(list(errors.values())) < 0.12 and max(errors.values()) < 0.2, errors
 
 
+@pytest.mark.slow(reason='launch.py subprocess')
 def test_launch_predicts_with_the_pretrained_model_without_a_checkpoint(tmp_path, sample):
   Image.fromarray(sample.image).save(tmp_path / 'face.png')
   out = tmp_path / 'out'
@@ -432,11 +457,25 @@ def test_refine_recrops_around_the_predicted_landmarks(predictor, sample, monkey
   first = predictor.predict(sample.image, boxes=box)[0]
   monkeypatch.setattr(predictor, 'refine', 1)
   again = predictor.predict(sample.image, boxes=box)[0]
-  expected = geometry.crop_transform(geometry.landmark_crop(first.landmarks),
+  expected = transforms.crop_transform(transforms.landmark_crop(first.landmarks),
                                      predictor.model.resolution)
   np.testing.assert_allclose(again.crop_transform, expected, rtol=1e-5, atol=1e-3)
   assert not np.allclose(again.crop_transform, first.crop_transform, atol=1e-2)
   # Given landmarks are the landmark crop already: no refinement.
   given = predictor.predict(sample.image, landmarks=sample.landmarks[:, :2])[0]
-  np.testing.assert_allclose(given.crop_transform, geometry.crop_transform(
-      geometry.landmark_crop(sample.landmarks), predictor.model.resolution), atol=1e-3)
+  np.testing.assert_allclose(given.crop_transform, transforms.crop_transform(
+      transforms.landmark_crop(sample.landmarks), predictor.model.resolution), atol=1e-3)
+
+
+def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch):
+  """The README's Python example, on a real photo: the names it imports exist, and it writes
+  what it says it writes."""
+  from conftest import shared_path
+  photo = shared_path('photos', '0.jpg')
+  readme = open(os.path.join(ROOT, 'README.md')).read()
+  code = readme.split('## Predict on your photo')[1].split('```python\n')[1].split('```')[0]
+  assert "'photo.jpg'" in code and 'write_outputs' in code
+  monkeypatch.chdir(tmp_path)
+  exec(compile(code.replace("'photo.jpg'", repr(photo)), 'README.md', 'exec'), {})  # pylint: disable=exec-used
+  assert (tmp_path / 'out' / 'photo_face0.obj').exists()
+  assert (tmp_path / 'out' / 'photo_overlay.png').exists()

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prnet_jax import render
+from prnet_jax.geometry import render
 
 EDGE_TOL = 1e-6
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from prnet_jax import reports
+from prnet_jax.evaluation import reports
 
 
 def report_for(norm: str, dense: bool = True):

@@ -1,16 +1,16 @@
 """The synthetic face world: deterministic, exact ground truth, and the CLI's outputs."""
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
-from prnet_jax import face_model as fm
-from prnet_jax import synthetic
+from prnet_jax.faces import face_model as fm
+from prnet_jax.worlds import procedural_world
 
 
 @pytest.fixture(scope='module')
 def world():
-  return synthetic.SyntheticWorld()
+  return procedural_world.SyntheticWorld()
 
 
 @pytest.fixture(scope='module')
@@ -60,7 +60,7 @@ def test_poses_cover_profile_to_profile(world):
 
 
 def test_cli_writes_images_sheet_and_arrays(tmp_path, capsys):
-  assert synthetic.main(['--num=3', f'--out={tmp_path}', '--seed=10']) == 0
+  assert procedural_world.main(['--num=3', f'--out={tmp_path}', '--seed=10']) == 0
   assert 'wrote 3 samples' in capsys.readouterr().out
   assert sorted(p.name for p in (tmp_path / 'images').iterdir()) == [
       '000010.png', '000011.png', '000012.png']

@@ -16,9 +16,10 @@ import jax
 import numpy as np
 import pytest
 
-from prnet_jax import checkpointing
+from prnet_jax.nn import checkpoints
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from fixtures import ROOT, tiny_config
+
 WORKER = os.path.join(ROOT, 'tests', 'train_worker.py')
 
 
@@ -29,15 +30,7 @@ def run_worker(*args, timeout=600, env=None):
   return r
 
 
-@pytest.fixture(scope='module')
-def tiny_data(tmp_path_factory):
-  """synthetic_faces/tiny built once for this module."""
-  data_dir = str(tmp_path_factory.mktemp('tfds'))
-  from datasets import build
-  build.build('synthetic_faces/tiny', data_dir=data_dir, num_workers=0)
-  return data_dir
-
-
+@pytest.mark.slow(reason='training subprocesses on 1-8 devices')
 def test_same_loss_and_gradients_on_1_and_8_devices_and_fsdp():
   # (devices, fsdp): data parallel on 1 and 8 devices, and parameters sharded over 2 of 4.
   runs = [(1, 1), (8, 1), (4, 2)]
@@ -67,7 +60,7 @@ def test_same_loss_and_gradients_on_1_and_8_devices_and_fsdp():
 
 
 def final_params(workdir):
-  variables, _, step = checkpointing.load_variables(os.path.join(workdir, 'checkpoints'))
+  variables, _, step = checkpoints.load_variables(os.path.join(workdir, 'checkpoints'))
   return variables, step
 
 
@@ -80,11 +73,11 @@ def free_port():
 SGD = ['sgd', '0.002']
 
 
-def train_two_processes(tiny_data, workdir, env=None):
+def train_two_processes(tiny_dataset, workdir, env=None):
   """4 SGD steps (lr 0.002) on 2 processes x 2 devices (jax.distributed on 127.0.0.1, gloo
   collectives, per-process data slices, orbax multi-host checkpoints); returns the metrics rows."""
   address = f'127.0.0.1:{free_port()}'
-  procs = [subprocess.Popen([sys.executable, WORKER, 'train', '2', str(workdir), tiny_data, '4',
+  procs = [subprocess.Popen([sys.executable, WORKER, 'train', '2', str(workdir), tiny_dataset, '4',
                              address, '2', str(i), *SGD], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(2)]
@@ -95,18 +88,19 @@ def train_two_processes(tiny_data, workdir, env=None):
   return [json.loads(l) for l in open(workdir / 'metrics.jsonl')]
 
 
-def test_two_processes_end_with_the_same_parameters_as_one_process_float64(tiny_data, tmp_path):
+@pytest.mark.slow(reason='multi-process training')
+def test_two_processes_end_with_the_same_parameters_as_one_process_float64(tiny_dataset, tmp_path):
   """The float64 model: 2 processes x 2 devices end with the same parameters as 1 process x 4
   devices, bitwise. This proves the multi-host code path computes the same
   training; in float32 the two differ by round-off (next test)."""
   # One checkpoint, the final one (orbax saves dominate such short runs).
   env = dict(os.environ, CKPT_EVERY='4', PRNET_FLOAT64='1')
   single = tmp_path / 'single'
-  run_worker('train', '4', single, tiny_data, '4', f'127.0.0.1:{free_port()}', '1', '0', *SGD,
+  run_worker('train', '4', single, tiny_dataset, '4', f'127.0.0.1:{free_port()}', '1', '0', *SGD,
              env=env)
   multi = tmp_path / 'multi'
   rows = [[json.loads(l) for l in open(single / 'metrics.jsonl')],
-          train_two_processes(tiny_data, multi, env)]
+          train_two_processes(tiny_dataset, multi, env)]
   assert [r['step'] for r in rows[0]] == [r['step'] for r in rows[1]] == [1, 2, 4]
   for r0, r1 in zip(*rows):
     assert r1['loss'] == pytest.approx(r0['loss'], rel=1e-12)
@@ -127,7 +121,8 @@ def test_two_processes_end_with_the_same_parameters_as_one_process_float64(tiny_
 STEP_TOLERANCE = 0.1
 
 
-def test_two_processes_train_like_one_process_with_four_devices(tiny_data, tmp_path):
+@pytest.mark.slow(reason='multi-process training')
+def test_two_processes_train_like_one_process_with_four_devices(tiny_dataset, tmp_path):
   """float32, step by step: each step of a 2-process x 2-device run is within float32 round-off
   of the exact step (the float64 step from the run's own previous state and batch, computed by
   1 process x 4 devices), as a 1-process float32 step is. Per step, so round-off is not
@@ -135,9 +130,9 @@ def test_two_processes_train_like_one_process_with_four_devices(tiny_data, tmp_p
   that change with the machine."""
   env = dict(os.environ, CKPT_EVERY='1', LOG_EVERY='1', KEEP_CHECKPOINTS='5')
   multi = tmp_path / 'multi'
-  rows = train_two_processes(tiny_data, multi, env)
+  rows = train_two_processes(tiny_dataset, multi, env)
   assert [r['step'] for r in rows] == [1, 2, 3, 4]
-  replay = json.loads(run_worker('replay', '4', multi, tiny_data, '4', *SGD,
+  replay = json.loads(run_worker('replay', '4', multi, tiny_dataset, '4', *SGD,
                                  env=env).stdout.strip().splitlines()[-1])
   assert [(r['step'], r['run_step'], r['my_step']) for r in replay] == [(k, k, k)
                                                                          for k in (1, 2, 3, 4)]
@@ -147,14 +142,15 @@ def test_two_processes_train_like_one_process_with_four_devices(tiny_data, tmp_p
     assert r['run_vs_exact'] <= STEP_TOLERANCE * r['update'], r   # float32 on two processes
 
 
-def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(tiny_data, tmp_path):
+@pytest.mark.slow(reason='training subprocesses')
+def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(tiny_dataset, tmp_path):
   steps = 24  # 3 epochs of tiny: the resumed run crosses epoch boundaries
   env = dict(os.environ, CKPT_EVERY='4')
   straight = tmp_path / 'straight'
-  run_worker('train', 1, straight, tiny_data, steps, env=env)
+  run_worker('train', 1, straight, tiny_dataset, steps, env=env)
 
   interrupted = tmp_path / 'interrupted'
-  p = subprocess.Popen([sys.executable, WORKER, 'train', '1', str(interrupted), tiny_data,
+  p = subprocess.Popen([sys.executable, WORKER, 'train', '1', str(interrupted), tiny_dataset,
                         str(steps)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True)
   ckpts = interrupted / 'checkpoints'
@@ -168,7 +164,7 @@ def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(tiny_data,
   p.wait()
   killed_at = max(int(d) for d in os.listdir(ckpts) if d.isdigit())
   assert killed_at < steps, 'the run finished before it could be killed'
-  r = run_worker('train', 1, interrupted, tiny_data, steps, env=env)
+  r = run_worker('train', 1, interrupted, tiny_dataset, steps, env=env)
   assert 'resumed from' in r.stdout
   a, _ = final_params(straight)
   b, step = final_params(interrupted)
@@ -178,15 +174,7 @@ def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(tiny_data,
 
 
 def small_config(data_dir, steps):
-  sys.path.insert(0, os.path.join(ROOT, 'configs'))
-  try:
-    import prnet as config_module
-  finally:
-    sys.path.pop(0)
-  c = config_module.get_config('small')
-  c.model.width = 2
-  c.dataset, c.uv_assets = 'synthetic_faces/tiny', 'procedural'
-  c.data_dir = data_dir
+  c = tiny_config(data_dir, width=2)
   c.batch_size = 8
   c.num_train_steps = steps
   c.log_every = 2
@@ -195,9 +183,10 @@ def small_config(data_dir, steps):
   return c
 
 
-def test_run_writes_config_metrics_tensorboard_and_evaluates(tiny_data, tmp_path, capsys):
-  from prnet_jax import train
-  last = train.train_and_evaluate(small_config(tiny_data, 4), str(tmp_path))
+@pytest.mark.slow(reason='trains')
+def test_run_writes_config_metrics_tensorboard_and_evaluates(tiny_dataset, tmp_path, capsys):
+  from prnet_jax.training import train
+  last = train.train_and_evaluate(small_config(tiny_dataset, 4), str(tmp_path))
   out = capsys.readouterr().out
   assert 'step 2/4' in out and 'img/s' in out and 'ETA' in out
   assert json.load(open(tmp_path / 'config.json'))['dataset'] == 'synthetic_faces/tiny'
@@ -207,11 +196,12 @@ def test_run_writes_config_metrics_tensorboard_and_evaluates(tiny_data, tmp_path
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path / 'tensorboard'))
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
-  from prnet_jax import train
-  c = small_config(tiny_data, 8)
+@pytest.mark.slow(reason='trains')
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_path):
+  from prnet_jax.training import train
+  c = small_config(tiny_dataset, 8)
   train.train_and_evaluate(c, str(tmp_path))  # a good run to step 8
-  c = small_config(tiny_data, 16)
+  c = small_config(tiny_dataset, 16)
   c.learning_rate = float('nan')  # poisons the next update
   with pytest.raises(train.TrainingError, match=r'not finite.*last good checkpoint is .*/8'):
     train.train_and_evaluate(c, str(tmp_path))
@@ -228,8 +218,9 @@ def test_default_config_without_data_says_how_to_prepare(tmp_path):
   assert '300W_LP' in r.stderr and 'configs/prnet.py:small' in r.stderr
 
 
-def test_sigterm_saves_and_stops(tiny_data, tmp_path):
-  p = subprocess.Popen([sys.executable, WORKER, 'train', '1', str(tmp_path), tiny_data, '100000'],
+@pytest.mark.slow(reason='training subprocess')
+def test_sigterm_saves_and_stops(tiny_dataset, tmp_path):
+  p = subprocess.Popen([sys.executable, WORKER, 'train', '1', str(tmp_path), tiny_dataset, '100000'],
                        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   deadline = time.time() + 300
   while time.time() < deadline and not (tmp_path / 'metrics.jsonl').exists():
@@ -244,13 +235,14 @@ def test_sigterm_saves_and_stops(tiny_data, tmp_path):
   assert step == saved and 0 < saved < 100000
 
 
-def test_broken_newest_checkpoint_falls_back_to_the_previous(tiny_data, tmp_path):
-  run_worker('train', 1, tmp_path, tiny_data, 6)
+@pytest.mark.slow(reason='training subprocesses')
+def test_broken_newest_checkpoint_falls_back_to_the_previous(tiny_dataset, tmp_path):
+  run_worker('train', 1, tmp_path, tiny_dataset, 6)
   newest = tmp_path / 'checkpoints' / '6' / 'train'
   for f in newest.rglob('*'):
     if f.is_file():
       f.write_bytes(b'garbage')
-  r = run_worker('train', 1, tmp_path, tiny_data, 8)
+  r = run_worker('train', 1, tmp_path, tiny_dataset, 8)
   assert 'checkpoint' in r.stdout and '/6 could not be restored' in r.stdout
   assert 'resumed from' in r.stdout and r.stdout.split('resumed from ')[1].split()[0].endswith(
       '/4')

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from prnet_jax.uv_assets import AssetError, grid_triangles, load_uv_assets
+from prnet_jax.faces.uv_assets import AssetError, grid_triangles, load_uv_assets
 
 
 def test_official_assets_load(official_uv_dir):

@@ -12,22 +12,21 @@ import json
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, 'configs'))
+import fixtures  # tests/ (this script's folder) is on sys.path
+
+sys.path.insert(0, fixtures.ROOT)
+sys.path.insert(0, os.path.join(fixtures.ROOT, 'configs'))
 
 import jax  # noqa: E402
 
 
-def tiny_config():
+def worker_config():
   import prnet as config_module
-  c = config_module.get_config('small')
+  c = fixtures.tiny_config(width=2)
   # The paper's regulariser and augmentation (what pod runs use), not the demo's lighter ones.
   paper = config_module.get_config('')
   c.weight_decay = paper.weight_decay
   c.augment = paper.augment
-  c.model.width = 2
-  c.dataset, c.uv_assets = 'synthetic_faces/tiny', 'procedural'
   c.batch_size = 8
   c.log_every = int(os.environ.get('LOG_EVERY', 2))
   c.checkpoint_every = int(os.environ.get('CKPT_EVERY', 2))
@@ -39,9 +38,10 @@ def tiny_config():
 def first_gradients(fsdp=1):
   """Loss, gradients and BatchNorm statistics of the first step on a fixed batch."""
   import numpy as np
-  from prnet_jax import train
-  from prnet_jax.face_assets import uv_assets_for
-  c = tiny_config()
+
+  from prnet_jax.faces.catalog import uv_assets_for
+  from prnet_jax.training import train
+  c = worker_config()
   c.mesh.fsdp = fsdp
   trainer = train.make_trainer(c, 10, uv_assets_for('procedural', 64))
   rng = np.random.RandomState(0)
@@ -66,21 +66,23 @@ def replay(workdir, data_dir, steps, optimizer, lr):
   float32's eyes). Reports the distances between the three new states' parameters. A per-step
   comparison: round-off is not compounded over steps."""
   import numpy as np
-  from prnet_jax import checkpointing, input_pipeline, train
-  from prnet_jax.face_assets import uv_assets_for
-  from prnet_jax.model import ModelConfig
-  c = tiny_config()
+
+  from prnet_jax.data import input_pipeline
+  from prnet_jax.faces.catalog import uv_assets_for
+  from prnet_jax.nn.model import ModelConfig
+  from prnet_jax.training import checkpointer, train
+  c = worker_config()
   c.data_dir, c.optimizer, c.learning_rate = data_dir, optimizer, lr
   source = train.training_data(c)
   steps_per_epoch = max(len(source) // c.batch_size, 1)
   assets = uv_assets_for('procedural', 64)
   trainer = train.make_trainer(c, steps_per_epoch, assets)
-  c64 = tiny_config()
+  c64 = worker_config()
   c64.optimizer, c64.learning_rate, c64.model.dtype = optimizer, lr, 'float64'
   trainer64 = train.make_trainer(c64, steps_per_epoch, assets, trainer.mesh)
   loader = input_pipeline.train_loader(source, c.batch_size, c.seed, 64)
   batches = input_pipeline.DeviceIterator(loader, trainer.data_sharding)
-  ckpt = checkpointing.TrainCheckpointer(os.path.join(workdir, 'checkpoints'),
+  ckpt = checkpointer.TrainCheckpointer(os.path.join(workdir, 'checkpoints'),
                                          ModelConfig.from_mapping(dict(c.model)), keep=steps + 1)
   flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(
       jax.device_get(t))]).astype(np.float64)
@@ -124,8 +126,8 @@ def main():
   if len(sys.argv) > 6:
     jax.distributed.initialize(coordinator_address=sys.argv[6], num_processes=int(sys.argv[7]),
                                process_id=int(sys.argv[8]))
-  from prnet_jax import train
-  c = tiny_config()
+  from prnet_jax.training import train
+  c = worker_config()
   if os.environ.get('PRNET_FLOAT64'):
     c.model.dtype = 'float64'
   c.data_dir = data_dir

@@ -37,9 +37,9 @@ import threading
 from typing import Optional, Sequence
 
 import jax
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 SOURCES = tuple(pathlib.Path(__file__).with_name(n) for n in ('conv_kernels.cc', 'raster.cc'))
 HEADERS = (pathlib.Path(__file__).with_name('parallel.h'),)

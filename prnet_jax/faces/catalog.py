@@ -1,0 +1,43 @@
+"""The UV assets a run uses, by name: the embedded face model's or an official uv-data folder.
+
+    uv_assets_for('procedural', 64)                 # derived from the embedded procedural model
+    uv_assets_for('ict', 256)                       # derived from the ICT model (the ICT world)
+    uv_assets_for('PRNet/Data/uv-data', 256)        # PRNet's official assets (the BFM layout)
+
+Training, evaluation and prediction all resolve `config.uv_assets` (or `--uv_assets`) here.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prnet_jax.faces.face_model import derive_uv_assets
+from prnet_jax.faces.procedural_face import procedural_face_model
+from prnet_jax.faces.uv_assets import AssetError, UVAssets, load_uv_assets
+
+PROCEDURAL = 'procedural'
+ICT = 'ict'
+
+
+def uv_assets_for(name: str, resolution: int) -> UVAssets:
+  """Loss weights, landmark pixels and mesh of `resolution`-px position maps for `name`:
+  'procedural' (the embedded procedural face model: `synthetic_faces` default/small/tiny),
+  'ict' (the ICT position-map model: `synthetic_faces/ict*`) or an official-format uv-data
+  folder. Raises AssetError naming the problem."""
+  if name == PROCEDURAL:
+    return derive_uv_assets(procedural_face_model(), resolution)
+  if name == ICT:
+    from prnet_jax.faces.ict_face import face_model
+    return derive_uv_assets(face_model(), resolution)
+  if not name:
+    raise AssetError('no UV assets given: set config.uv_assets (or --uv_assets) to an official '
+                     f'uv-data folder (PRNet/Data/uv-data), to "{PROCEDURAL}" for models '
+                     f'trained on the procedural synthetic faces or to "{ICT}" for the ICT world')
+  if not os.path.isdir(name):
+    raise AssetError(f'{name}: UV assets folder not found (expected "{PROCEDURAL}", "{ICT}" '
+                     'or an official uv-data folder such as PRNet/Data/uv-data)')
+  assets = load_uv_assets(name)
+  if assets.resolution != resolution:
+    raise AssetError(f'{name}: the UV assets are for {assets.resolution} px maps, the model '
+                     f'is {resolution} px')
+  return assets

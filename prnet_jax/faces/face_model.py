@@ -1,0 +1,263 @@
+"""One typed 3D morphable face model, its loaders, and PRNet's UV assets derived from it.
+
+A `FaceModel` is a linear model: ``vertices = mean + shape_basis @ shape + exp_basis @ exp``
+with bases stored flat and vertex-interleaved (x0, y0, z0, x1, ...) as in the Basel Face
+Model, model space y up and z towards the viewer. It carries triangles, UV coordinates in
+[0, 1] (v up, as `BFM_UV.mat`), the 68 landmark vertices (iBUG-68 order) and per-vertex regions.
+
+Sources:
+* `load_bfm(bfm_mat, bfm_uv_mat)`: face3d's `BFM.mat` + `BFM_UV.mat` (users bring BFM);
+* `prnet_jax.faces.procedural_face.procedural_face_model()`: the embedded, code-built model.
+
+`derive_uv_assets(model)` makes the PRNet assets (landmark UV positions, face mask and pixel
+indices, grid triangles, canonical vertices, 16:4:3:0 weight mask) in the official formats.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+import numpy as np
+
+from prnet_jax.faces.uv_assets import NUM_LANDMARKS, UVAssets, grid_triangles
+from prnet_jax.geometry import render, transforms
+
+# Region labels (per vertex). Loss weights: landmarks 16, eyes/nose/mouth 4, face 3, other 0.
+OTHER, FACE, EYES, NOSE, MOUTH = 0, 1, 2, 3, 4
+REGION_NAMES = ('other', 'face', 'eyes', 'nose', 'mouth')
+REGION_WEIGHTS = np.array([0.0, 3.0, 4.0, 4.0, 4.0], np.float32)
+LANDMARK_WEIGHT = 16.0
+LANDMARK_HALO_WEIGHT = 7.5  # the official mask has a ~120/255 halo around landmark pixels
+
+# iBUG-68 groups.
+JAW, BROWS, NOSE_PTS = slice(0, 17), slice(17, 27), slice(27, 36)
+RIGHT_EYE, LEFT_EYE, MOUTH_PTS = slice(36, 42), slice(42, 48), slice(48, 68)
+
+
+class FaceModelError(ValueError):
+  """A face model file is missing or malformed; the message names the file and the problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FaceModel:
+  """A linear 3DMM.
+
+  Attributes:
+    mean: (V, 3) float32 mean shape (with the mean expression).
+    shape_basis: (3V, Ks) float32 identity basis (already scaled: shape params ~ N(0, ev^2)).
+    shape_ev: (Ks,) standard deviations of the shape parameters.
+    exp_basis: (3V, Ke) float32 expression basis.
+    exp_ev: (Ke,) standard deviations of the expression parameters.
+    triangles: (T, 3) int32 (counter-clockwise seen from the front in model space).
+    uv: (V, 2) float32 UV coordinates in [0, 1], v up.
+    landmarks: (68,) int32 landmark vertex indices, iBUG-68 order.
+    regions: (V,) int8 region labels (OTHER, FACE, EYES, NOSE, MOUTH).
+    albedo: optional (V, 3) float32 mean colour in [0, 1].
+    exp_names: names of the expression components (when known).
+  """
+  mean: np.ndarray
+  shape_basis: np.ndarray
+  shape_ev: np.ndarray
+  exp_basis: np.ndarray
+  exp_ev: np.ndarray
+  triangles: np.ndarray
+  uv: np.ndarray
+  landmarks: np.ndarray
+  regions: np.ndarray
+  albedo: Optional[np.ndarray] = None
+  exp_names: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    v = self.mean.shape[0]
+    checks = [
+        (self.mean.shape == (v, 3), f'mean shape {self.mean.shape}'),
+        (self.shape_basis.shape[0] == 3 * v, f'shape_basis rows {self.shape_basis.shape}'),
+        (self.exp_basis.shape[0] == 3 * v, f'exp_basis rows {self.exp_basis.shape}'),
+        (self.shape_ev.shape == (self.shape_basis.shape[1],), 'shape_ev length'),
+        (self.exp_ev.shape == (self.exp_basis.shape[1],), 'exp_ev length'),
+        (self.uv.shape == (v, 2), f'uv shape {self.uv.shape}'),
+        (self.landmarks.shape == (NUM_LANDMARKS,), f'landmarks shape {self.landmarks.shape}'),
+        (self.regions.shape == (v,), f'regions shape {self.regions.shape}'),
+        (self.triangles.ndim == 2 and self.triangles.shape[1] == 3, 'triangles shape'),
+        (self.triangles.size == 0 or (0 <= self.triangles.min() and self.triangles.max() < v),
+         'triangle indices out of range'),
+        (0 <= self.landmarks.min() and self.landmarks.max() < v, 'landmark indices out of range'),
+    ]
+    for ok, what in checks:
+      if not ok:
+        raise FaceModelError(f'Inconsistent face model: {what}')
+
+  @property
+  def num_vertices(self) -> int:
+    return self.mean.shape[0]
+
+  def vertices(self, shape_para=None, exp_para=None) -> np.ndarray:
+    """(V, 3) float64 model-space vertices for the given parameters (zeros when omitted)."""
+    flat = self.mean.reshape(-1).astype(np.float64)
+    if shape_para is not None:
+      flat = flat + self.shape_basis @ np.asarray(shape_para, np.float64).reshape(-1)
+    if exp_para is not None:
+      flat = flat + self.exp_basis @ np.asarray(exp_para, np.float64).reshape(-1)
+    return flat.reshape(-1, 3)
+
+  def uv_renderer(self, resolution: int = 256) -> render.UVRenderer:
+    """Renders per-vertex values (e.g. cropped positions) into a UV map of this model."""
+    return render.UVRenderer.create(transforms.uv_pixels(self.uv, resolution), self.triangles,
+                                    resolution)
+
+
+# ----------------------------------------------------------------------------- BFM (face3d)
+
+def _loadmat(path: str) -> dict:
+  from scipy import io as sio
+  if not os.path.isfile(path):
+    raise FaceModelError(f'{path}: file not found')
+  try:
+    return sio.loadmat(path)
+  except Exception as e:  # scipy raises ValueError/TypeError/... for truncated files
+    raise FaceModelError(f'{path}: cannot read .mat ({e})') from e
+
+
+def load_bfm(bfm_mat: str, bfm_uv_mat: str) -> FaceModel:
+  """Loads face3d's `BFM.mat` (struct `model`) and `BFM_UV.mat` (field `UV`).
+
+  As face3d does: shapeMU + expMU is the mean, MATLAB 1-based `tri`, `tri_mouth` and `kpt_ind`
+  become 0-based, and the mouth triangles are appended to the face triangles."""
+  data = _loadmat(bfm_mat)
+  if 'model' not in data:
+    raise FaceModelError(f'{bfm_mat}: no struct "model" (expected face3d\'s BFM.mat)')
+  m = data['model'][0, 0]
+  names = m.dtype.names or ()
+  need = ('shapeMU', 'shapePC', 'shapeEV', 'expMU', 'expPC', 'expEV', 'tri', 'kpt_ind')
+  missing = [k for k in need if k not in names]
+  if missing:
+    raise FaceModelError(f'{bfm_mat}: model lacks fields {missing}')
+  mean = (m['shapeMU'] + m['expMU']).astype(np.float64).reshape(-1)
+  if mean.size % 3:
+    raise FaceModelError(f'{bfm_mat}: shapeMU has {mean.size} values, not 3 per vertex')
+  v = mean.size // 3
+
+  def tri(x):
+    x = np.asarray(x).astype(np.int64)
+    return (x.T if x.shape[0] == 3 and x.shape[1] != 3 else x) - 1
+
+  triangles = tri(m['tri'])
+  if 'tri_mouth' in names and m['tri_mouth'].size:
+    triangles = np.concatenate([triangles, tri(m['tri_mouth'])])
+  landmarks = np.asarray(m['kpt_ind']).reshape(-1).astype(np.int64) - 1
+
+  uv_data = _loadmat(bfm_uv_mat)
+  if 'UV' not in uv_data:
+    raise FaceModelError(f'{bfm_uv_mat}: no field "UV" (expected BFM_UV.mat)')
+  uv = np.asarray(uv_data['UV'], np.float64)
+  if uv.shape != (v, 2):
+    raise FaceModelError(f'{bfm_uv_mat}: UV has shape {uv.shape}, the model has {v} vertices')
+  albedo = None
+  if 'texMU' in names and m['texMU'].size == 3 * v:
+    albedo = (m['texMU'].reshape(-1, 3) / 255.0).astype(np.float32)
+  regions = regions_from_landmarks(transforms.uv_pixels(uv, 256), landmarks)
+  try:
+    return FaceModel(
+        mean=mean.reshape(v, 3).astype(np.float32),
+        shape_basis=np.asarray(m['shapePC'], np.float32),
+        shape_ev=np.asarray(m['shapeEV'], np.float32).reshape(-1),
+        exp_basis=np.asarray(m['expPC'], np.float32),
+        exp_ev=np.asarray(m['expEV'], np.float32).reshape(-1),
+        triangles=triangles.astype(np.int32), uv=uv.astype(np.float32),
+        landmarks=landmarks.astype(np.int32), regions=regions, albedo=albedo)
+  except FaceModelError as e:
+    raise FaceModelError(f'{bfm_mat}: {e}') from e
+
+
+# ----------------------------------------------------------------------------- regions
+
+def _inside_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+  """Even-odd rule: (N, 2) points inside the closed (M, 2) polygon."""
+  x, y = points[:, 0:1], points[:, 1:2]
+  x0, y0 = polygon[:, 0][None], polygon[:, 1][None]
+  x1, y1 = np.roll(polygon[:, 0], -1)[None], np.roll(polygon[:, 1], -1)[None]
+  crosses = (y0 > y) != (y1 > y)
+  with np.errstate(divide='ignore', invalid='ignore'):
+    xi = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
+  return (crosses & (x < xi)).sum(1) % 2 == 1
+
+
+def _dilate(polygon: np.ndarray, amount: float) -> np.ndarray:
+  """Pushes polygon vertices away from its centroid by `amount` (pixels)."""
+  c = polygon.mean(0)
+  d = polygon - c
+  n = np.linalg.norm(d, axis=1, keepdims=True)
+  return c + d * (1 + amount / np.maximum(n, 1e-9))
+
+
+def regions_from_landmarks(uv_px: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+  """Per-vertex regions from the 68 landmarks' UV positions (works for any UV layout).
+
+  face: inside the jaw line closed over the brows, raised by half the brow-to-nose height
+  (the forehead); eyes, nose and mouth: their landmark polygons, dilated by a fraction of the
+  inter-ocular distance. Rows grow downwards (UV pixels)."""
+  k = uv_px[landmarks]
+  iod = np.linalg.norm(k[36] - k[45])
+  brow_lift = 0.6 * (k[33, 1] - k[BROWS, 1].mean())
+  forehead = k[BROWS][::-1] - np.array([0.0, brow_lift])
+  face_poly = np.concatenate([k[JAW], forehead])
+  regions = np.full(len(uv_px), OTHER, np.int8)
+  regions[_inside_polygon(uv_px, face_poly)] = FACE
+  for sl, label, grow in ((MOUTH_PTS, MOUTH, 0.12), (RIGHT_EYE, EYES, 0.12),
+                          (LEFT_EYE, EYES, 0.12)):
+    regions[_inside_polygon(uv_px, _dilate(k[sl], grow * iod))] = label
+  nose_poly = np.array([k[27] - [0.12 * iod, 0], k[31] - [0.1 * iod, 0.0],
+                        k[33] + [0, 0.05 * iod], k[35] + [0.1 * iod, 0.0],
+                        k[27] + [0.12 * iod, 0]])
+  regions[_inside_polygon(uv_px, nose_poly)] = NOSE
+  return regions
+
+
+# ----------------------------------------------------------------------------- PRNet assets
+
+def _render_labels(renderer: render.UVRenderer, values: np.ndarray) -> np.ndarray:
+  """Nearest-vertex (largest barycentric weight) lookup of per-vertex labels in UV space."""
+  ids = np.asarray(renderer.vertex_ids)
+  w = np.asarray(renderer.weights)
+  nearest = np.take_along_axis(ids, w.argmax(-1)[..., None], -1)[..., 0]
+  out = np.asarray(values)[nearest]
+  out[~np.asarray(renderer.mask)] = 0
+  return out
+
+
+def canonical_frame_vertices(model: FaceModel, resolution: int = 256) -> np.ndarray:
+  """(V, 3) mean shape, frontal, in a position-map frame: y down, landmark-box crop of the
+  300W-LP procedure (no perturbation) so the face fills the crop like a training sample."""
+  v = model.vertices()
+  span = np.ptp(v[model.landmarks, :2], axis=0).mean()
+  scale = 0.6 * resolution / span  # any scale works: the crop normalises it
+  pose = [0, 0, 0, resolution / 2, resolution / 2, 0, scale]
+  sample = transforms.position_map_from_3dmm(v, pose, resolution, model.landmarks, resolution)
+  return sample.positions
+
+
+def derive_uv_assets(model: FaceModel, resolution: int = 256) -> UVAssets:
+  """PRNet's UV assets for `model`, in the official formats and meanings (see uv_assets)."""
+  renderer = model.uv_renderer(resolution)
+  labels = _render_labels(renderer, model.regions)
+  face_mask = (labels != OTHER).astype(np.float32)
+  kpt_uv = np.round(transforms.uv_pixels(model.uv, resolution)[model.landmarks]).astype(np.int32)
+  kpt_uv = np.clip(kpt_uv, 0, resolution - 1)
+  weights = REGION_WEIGHTS[labels]
+  # Landmark pixels get 16 and a one-pixel halo, as in the official mask.
+  for u, v in kpt_uv:
+    r0, r1, c0, c1 = max(v - 1, 0), min(v + 2, resolution), max(u - 1, 0), min(u + 2, resolution)
+    weights[r0:r1, c0:c1] = np.maximum(weights[r0:r1, c0:c1], LANDMARK_HALO_WEIGHT)
+  weights[kpt_uv[:, 1], kpt_uv[:, 0]] = LANDMARK_WEIGHT
+  face_mask[kpt_uv[:, 1], kpt_uv[:, 0]] = 1.0  # landmarks are always face pixels
+  # Outside the face the official weight mask still holds the plain-face weight (48/255);
+  # only the product with the face mask is zero there.
+  weights = np.where(face_mask > 0, weights, REGION_WEIGHTS[FACE]).astype(np.float32)
+  face_indices = np.flatnonzero(face_mask.reshape(-1) > 0).astype(np.int32)
+  canonical_map = np.asarray(renderer(canonical_frame_vertices(model, resolution)))
+  canonical = canonical_map.reshape(-1, 3)[face_indices].astype(np.float32)
+  return UVAssets(kpt_uv=kpt_uv, face_indices=face_indices, face_mask=face_mask,
+                  weight_mask=weights, canonical_vertices=canonical,
+                  triangles=grid_triangles(face_mask))

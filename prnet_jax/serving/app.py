@@ -1,0 +1,300 @@
+r"""A browser demo on localhost: reconstruction and face swap with the bundled model (or any).
+
+    python -m prnet_jax.serving.app [--port=7860] [--checkpoint=pretrained] [--examples=DIR]
+    # then open http://127.0.0.1:7860
+
+One page (`prnet_jax/serving/web/index.html`, plain HTML and JavaScript, nothing fetched from the
+internet) talks JSON to this server, built on the standard library's `http.server`: no web
+framework to install, nothing that pins our numpy, pillow or protobuf (Gradio, the field's usual
+choice, brings FastAPI, pydantic, pandas and a hub client with their own pins).
+
+  GET  /                      the page
+  GET  /api/examples          [{name, url}] example photos (--examples, plus a face of the
+                              embedded ICT world rendered at start-up)
+  GET  /api/example/NAME      an example photo
+  POST /api/predict           {image: data URL, face?: int} -> overlay and depth (data URLs),
+                              pose, 68 landmarks, the mesh for the 3D view, download links
+  POST /api/swap              {source, target: data URLs, part: 'face' | 'eyes'} -> image
+  GET  /api/download/ID/FILE  the .obj, .ply and .json of a prediction (the last 32 kept)
+
+Errors come back as {error: message} with status 400 (bad input) or 413 (body over the limit).
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import io
+import json
+import os
+import threading
+from typing import Any, Optional, Sequence
+import uuid
+
+import numpy as np
+
+MAX_BODY = 40 * 1024 * 1024   # two photos as data URLs
+KEEP_RESULTS = 32
+WEB = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'web')
+
+
+class AppError(ValueError):
+  """A request the demo cannot serve; the message is shown on the page."""
+
+
+def _png_data_url(image) -> str:
+  from PIL import Image
+  buf = io.BytesIO()
+  (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buf, 'PNG')
+  return 'data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode()
+
+
+def decode_upload(data_url: Any, what: str) -> np.ndarray:
+  """A data URL (or bare base64) of an image file -> (H, W, 3) uint8 RGB
+  (`prnet_jax.data.image_io.load_photo`'s checks); AppError naming `what` otherwise."""
+  import binascii
+
+  from prnet_jax.data import image_io
+  if not isinstance(data_url, str) or not data_url:
+    raise AppError(f'{what}: no image given')
+  payload = data_url.split(',', 1)[1] if data_url.startswith('data:') else data_url
+  try:
+    return image_io.load_photo(base64.b64decode(payload, validate=False), name=what)
+  except binascii.Error as e:
+    raise AppError(f'{what}: not a readable image') from e
+  except image_io.ImageError as e:
+    raise AppError(str(e)) from e
+
+
+class Demo:
+  """The model and the results kept for download; thread-safe (one forward pass at a time)."""
+
+  def __init__(self, predictor, examples: Optional[str] = None, world_example: bool = True):
+    self.predictor = predictor
+    self._lock = threading.Lock()
+    self._results: collections.OrderedDict[str, dict[str, bytes]] = collections.OrderedDict()
+    self.examples: dict[str, bytes] = {}
+    if examples:
+      for name in sorted(os.listdir(examples)):
+        if name.lower().endswith(('.jpg', '.jpeg', '.png')):
+          with open(os.path.join(examples, name), 'rb') as f:
+            self.examples[name] = f.read()
+    if world_example:
+      self.examples['ict_world_face.png'] = _world_face()
+
+  def _faces(self, image: np.ndarray, what: str) -> list:
+    with self._lock:
+      faces = self.predictor.predict(image)
+    if not faces:
+      raise AppError(f'{what}: no face found')
+    return faces
+
+  def predict(self, request: dict) -> dict:
+    from prnet_jax.serving import outputs
+    image = decode_upload(request.get('image'), 'photo')
+    faces = self._faces(image, 'photo')
+    try:
+      index = int(request.get('face', 0))
+    except (TypeError, ValueError) as e:
+      raise AppError(f"face must be a face's index, got {request.get('face')!r}") from e
+    if not 0 <= index < len(faces):
+      raise AppError(f'photo: {len(faces)} face(s) found, face {index} is out of range')
+    face = faces[index]
+    depth = outputs.scale_depth(outputs.depth_image(faces, *image.shape[:2]), 40, 255)
+    files = self._files(face)
+    rid = uuid.uuid4().hex[:12]
+    with self._lock:
+      self._results[rid] = files
+      while len(self._results) > KEEP_RESULTS:
+        self._results.popitem(last=False)
+    yaw, pitch, roll = (round(float(a), 1) for a in face.pose_angles_deg)
+    return {
+        'faces': len(faces), 'face': index,
+        'pose': {'yaw': yaw, 'pitch': pitch, 'roll': roll},
+        'landmarks': np.round(face.landmarks, 1).tolist(),
+        'overlay': _png_data_url(outputs.overlay(image, faces)),
+        'depth': _png_data_url(depth.astype(np.uint8)),
+        'mesh': _mesh_json(face),
+        'downloads': {k: f'/api/download/{rid}/{k}' for k in files},
+    }
+
+  def swap(self, request: dict) -> dict:
+    from prnet_jax.serving import applications
+    part = request.get('part', 'face')
+    if part not in applications.PARTS:
+      raise AppError(f"part must be one of {applications.PARTS}, got {part!r}")
+    src_img = decode_upload(request.get('source'), 'source photo')
+    tgt_img = decode_upload(request.get('target'), 'target photo')
+    src = self._faces(src_img, 'source photo')[0]
+    tgt = self._faces(tgt_img, 'target photo')[0]
+    out = applications.swap_faces(src, src_img, tgt, tgt_img, self.predictor.assets, part)
+    return {'image': _png_data_url(out)}
+
+  def download(self, rid: str, name: str) -> bytes:
+    with self._lock:
+      files = self._results.get(rid)
+    if files is None or name not in files:
+      raise AppError(f'{rid}/{name}: no such result (only the last {KEEP_RESULTS} are kept)')
+    return files[name]
+
+  @staticmethod
+  def _files(face) -> dict[str, bytes]:
+    import tempfile
+
+    from prnet_jax.data import mesh_io
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+      mesh_io.write_obj(os.path.join(d, 'f.obj'), face.vertices, face.triangles,
+                        colors=face.colors)
+      mesh_io.write_ply(os.path.join(d, 'f.ply'), face.vertices, face.triangles, face.colors)
+      for ext in ('obj', 'ply'):
+        with open(os.path.join(d, 'f.' + ext), 'rb') as f:
+          out['face.' + ext] = f.read()
+    out['face.json'] = json.dumps(face.to_json(), indent=1).encode()
+    return out
+
+
+def _mesh_json(face) -> dict:
+  """The mesh for the page's 3D view: vertices centred and scaled to [-1, 1] (y up), colours
+  as 0-255 integers, flattened."""
+  v = face.vertices.astype(np.float64) * np.array([1, -1, 1])
+  v = (v - (v.min(0) + v.max(0)) / 2) / max(np.ptp(v, 0).max() / 2, 1e-6)
+  return {'vertices': np.round(v, 4).ravel().tolist(),
+          'triangles': face.triangles.astype(int).ravel().tolist(),
+          'colors': np.round(face.colors * 255).astype(int).ravel().tolist()}
+
+
+def _world_face() -> bytes:
+  """A PNG of one face of the embedded ICT world (an example that needs no photo)."""
+  from PIL import Image
+
+  from prnet_jax.worlds import ict_world
+  world = ict_world.ICTWorld(ict_world.ICTWorldConfig(image_size=256, uv_resolution=64))
+  sample = world.sample(3)
+  buf = io.BytesIO()
+  Image.fromarray(np.asarray(sample.image)).save(buf, 'PNG')
+  return buf.getvalue()
+
+
+def make_handler(demo: Demo):
+  class Handler(BaseHTTPRequestHandler):
+    server_version = 'prnet-jax'
+
+    def log_message(self, fmt, *args):  # quiet; errors are answered, not logged
+      pass
+
+    def _send(self, status: int, body: bytes, kind: str):
+      self.send_response(status)
+      self.send_header('Content-Type', kind)
+      self.send_header('Content-Length', str(len(body)))
+      self.end_headers()
+      self.wfile.write(body)
+
+    def _json(self, status: int, obj: Any):
+      self._send(status, json.dumps(obj).encode(), 'application/json')
+
+    def do_GET(self):  # noqa: N802
+      try:
+        if self.path in ('/', '/index.html'):
+          with open(os.path.join(WEB, 'index.html'), 'rb') as f:
+            return self._send(200, f.read(), 'text/html; charset=utf-8')
+        if self.path == '/api/examples':
+          return self._json(200, [{'name': n, 'url': f'/api/example/{n}'}
+                                  for n in demo.examples])
+        if self.path.startswith('/api/example/'):
+          name = self.path.rsplit('/', 1)[1]
+          if name not in demo.examples:
+            raise AppError(f'{name}: no such example')
+          kind = 'image/png' if name.lower().endswith('.png') else 'image/jpeg'
+          return self._send(200, demo.examples[name], kind)
+        if self.path.startswith('/api/download/'):
+          parts = self.path.split('/')
+          if len(parts) != 5:
+            raise AppError(f'{self.path}: not a download')
+          kind = 'application/json' if parts[4].endswith('.json') else 'text/plain'
+          return self._send(200, demo.download(parts[3], parts[4]), kind)
+        self._json(404, {'error': f'{self.path}: not found'})
+      except AppError as e:
+        self._json(400, {'error': str(e)})
+
+    def do_POST(self):  # noqa: N802
+      length = int(self.headers.get('Content-Length') or 0)
+      if length > MAX_BODY:
+        return self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                          {'error': f'request of {length / 1e6:.0f} MB is over the '
+                                    f'{MAX_BODY / 1e6:.0f} MB limit'})
+      try:
+        try:
+          request = json.loads(self.rfile.read(length) or b'{}')
+        except json.JSONDecodeError as e:
+          raise AppError(f'the request is not JSON ({e})') from e
+        if not isinstance(request, dict):
+          raise AppError('the request must be a JSON object')
+        if self.path == '/api/predict':
+          return self._json(200, demo.predict(request))
+        if self.path == '/api/swap':
+          return self._json(200, demo.swap(request))
+        self._json(404, {'error': f'{self.path}: not found'})
+      except AppError as e:
+        self._json(400, {'error': str(e)})
+      except Exception as e:  # pylint: disable=broad-except  # keep serving; say what failed
+        from prnet_jax.serving import applications, inference
+        if isinstance(e, (inference.PredictError, applications.ApplicationError)):
+          return self._json(400, {'error': str(e)})
+        self._json(500, {'error': f'{type(e).__name__}: {e}'})
+
+  return Handler
+
+
+def serve(demo: Demo, host: str = '127.0.0.1', port: int = 7860) -> ThreadingHTTPServer:
+  """A started server (in a daemon thread); `server.server_address` has the bound port
+  (pass port 0 for a free one); `server.shutdown()` stops it."""
+  server = ThreadingHTTPServer((host, port), make_handler(demo))
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  return server
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  import argparse
+
+  from prnet_jax.nn import checkpoints
+  from prnet_jax.serving import detectors, inference
+  p = argparse.ArgumentParser(description='The PRNet browser demo on localhost.')
+  p.add_argument('--host', default='127.0.0.1')
+  p.add_argument('--port', type=int, default=7860)
+  p.add_argument('--checkpoint', default=checkpoints.PRETRAINED,
+                 help="checkpoint directory, a run's workdir, or 'pretrained' (the default)")
+  p.add_argument('--uv_assets', default=None)
+  p.add_argument('--detector', default='auto', choices=detectors.NAMES)
+  p.add_argument('--examples', default=None, help='a folder of example photos to offer')
+  a = p.parse_args(argv)
+  if a.examples and not os.path.isdir(a.examples):
+    print(f'error: {a.examples}: no such folder')
+    return 2
+  try:
+    predictor = inference.Predictor.from_checkpoint(a.checkpoint, a.uv_assets, a.detector)
+    predictor.detector  # pylint: disable=pointless-statement
+  except inference.PredictError as e:
+    print(f'error: {e}')
+    return 2
+  print('loading the model and an example face ...', flush=True)
+  demo = Demo(predictor, a.examples)
+  try:
+    server = serve(demo, a.host, a.port)
+  except OSError as e:
+    print(f'error: cannot listen on {a.host}:{a.port} ({e}); pick another --port')
+    return 2
+  host, port = server.server_address[:2]
+  print(f'PRNet demo on http://{host}:{port}  (Ctrl-C stops it)', flush=True)
+  try:
+    threading.Event().wait()
+  except KeyboardInterrupt:
+    server.shutdown()
+  return 0
+
+
+if __name__ == '__main__':
+  import sys
+  sys.exit(main())

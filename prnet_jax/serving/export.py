@@ -1,0 +1,91 @@
+r"""Serving export: the jitted forward pass serialised with `jax.export`, batch size symbolic.
+
+    python -m prnet_jax.serving.export --checkpoint=DIR --output=prnet.jaxexport [--platforms=cpu,cuda]
+
+The file is an `.npz` holding the serialised `jax.export.Exported` (StableHLO; input uint8
+images (B, R, R, 3), output float32 position maps (B, R, R, 3) in crop pixels) and the model
+variables as its leading arguments. Loading needs only JAX and NumPy, not Flax or this package's
+model code:
+
+    forward = prnet_jax.serving.export.load('prnet.jaxexport')   # or copy `load`: it is ten lines
+    maps = forward(images)
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from typing import Callable, Optional, Sequence
+
+import jax
+from jax import export as jax_export
+import jax.numpy as jnp
+import numpy as np
+
+# Only JAX and NumPy at import time: `load` must work where Flax is not installed.
+
+
+def export_forward(model, variables, platforms: Sequence[str] = ('cpu',)):
+  """(Exported, flat variables): f(*flat_variables, images) -> position maps."""
+  from prnet_jax.nn.model import inference_fn
+  prepare, forward = inference_fn(model)
+  variables = prepare(variables)  # decoder kernels rearranged once, here
+  flat, treedef = jax.tree_util.tree_flatten(variables)
+  flat = [np.asarray(x) for x in flat]
+
+  def exported_forward(*args):
+    return forward(jax.tree_util.tree_unflatten(treedef, args[:-1]), args[-1])
+
+  (b,) = jax_export.symbolic_shape('b')
+  r = model.resolution
+  specs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in flat]
+  specs.append(jax.ShapeDtypeStruct((b, r, r, 3), jnp.uint8))
+  # Plain XLA ops only: the artifact must run where prnet_jax's native kernels are not there.
+  from prnet_jax.nn import conv_ops
+  with conv_ops.native_kernels(False):
+    exported = jax_export.export(jax.jit(exported_forward), platforms=tuple(platforms))(*specs)
+  return exported, flat
+
+
+def save(path: str, exported, flat_variables, meta: dict) -> None:
+  arrays = {f'v{i:04d}': x for i, x in enumerate(flat_variables)}
+  with open(path, 'wb') as f:
+    np.savez(f, exported=np.frombuffer(exported.serialize(), np.uint8),
+             meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+
+
+def load(path: str) -> Callable[[np.ndarray], jax.Array]:
+  """The exported forward as a function of uint8 images (B, R, R, 3), for any B."""
+  with open(path, 'rb') as f:
+    data = np.load(io.BytesIO(f.read()))
+  exported = jax_export.deserialize(bytearray(data['exported'].tobytes()))
+  flat = [jnp.asarray(data[k]) for k in sorted(k for k in data.files if k.startswith('v'))]
+  return lambda images: exported.call(*flat, jnp.asarray(images, jnp.uint8))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  p = argparse.ArgumentParser(description='Export the PRNet forward pass with jax.export.')
+  p.add_argument('--checkpoint', required=True)
+  p.add_argument('--output', required=True)
+  p.add_argument('--platforms', default='cpu', help='comma-separated: cpu,cuda,tpu')
+  a = p.parse_args(argv)
+  from prnet_jax.nn import checkpoints
+  from prnet_jax.nn.model import PRNet
+  try:
+    variables, model_config, step = checkpoints.load_variables(a.checkpoint)
+  except checkpoints.CheckpointError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  model = PRNet.from_config(model_config)
+  exported, flat = export_forward(model, variables, a.platforms.split(','))
+  save(a.output, exported, flat, {'model_config': model_config.to_dict(), 'step': int(step),
+                                  'checkpoint': a.checkpoint})
+  print(f'wrote {a.output}: input uint8 (b, {model.resolution}, {model.resolution}, 3), '
+        f'platforms {a.platforms}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,256 @@
+r"""The predictor: images -> per-face position maps, landmarks, meshes and poses (`Face`).
+
+    predictor = Predictor.from_checkpoint('workdirs/small/checkpoints')
+    faces = predictor.predict('photo.jpg')            # every detected face
+    faces = predictor.predict(image, boxes=[(l, t, r, b)])   # or given boxes / 68 landmarks
+    write_outputs(faces, image, 'out/photo')          # .obj, .ply, landmarks, pose, depth, overlay
+
+Files, folders and videos from the command line: `prnet_jax.serving.predict`.
+
+Crops follow the official code (`transforms.box_crop`): the detector's boxes with its detector
+rule (centre moved down 0.14 x size, side 1.58 x size); given boxes by default with its rule for
+boxes passed as `image_info` (box centre, side 1.6 x size; `box_convention='detector'` for the
+other); 68 landmarks: their box, side 1.6 x size. The float crop goes to the network, as in the
+official code. All faces of an image go through one jitted, batched forward pass (batch padded
+to a power of two, so few shapes compile); results are mapped back to the original image (x, y
+through the inverse crop similarity, z divided by its scale).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prnet_jax.data import image_io
+from prnet_jax.faces.catalog import uv_assets_for
+from prnet_jax.faces.uv_assets import AssetError, UVAssets
+from prnet_jax.geometry import icp, render, transforms
+from prnet_jax.nn import checkpoints
+from prnet_jax.nn.model import PRNet, inference_fn
+from prnet_jax.serving.detectors import DetectorError, FaceDetector, get_detector
+
+DetectorArg = Union[str, FaceDetector, None]
+
+
+class PredictError(ValueError):
+  """Bad input for prediction; the message names the input and the problem."""
+
+
+# ------------------------------------------------------------------------------- results
+
+@dataclasses.dataclass
+class Face:
+  """One face, everything in the original image frame (x right, y down, z towards the viewer,
+  in pixels) unless named otherwise."""
+  box: np.ndarray               # (4,) the crop's source box or landmarks' box (l, t, r, b)
+  crop_transform: np.ndarray    # (3, 3) original -> crop similarity
+  position_map: np.ndarray      # (R, R, 3) in the original image frame
+  landmarks: np.ndarray         # (68, 3)
+  vertices: np.ndarray          # (N, 3) dense face vertices
+  triangles: np.ndarray         # (T, 3)
+  face_indices: np.ndarray      # (N,) flat UV-map pixel of each vertex
+  colors: np.ndarray            # (N, 3) in [0, 1], sampled from the image
+  visibility: np.ndarray        # (N,) bool, by a z-buffer of the face mesh
+  pose_angles_deg: np.ndarray   # (3,) yaw, pitch, roll
+  camera_matrix: np.ndarray     # (3, 4) scaled rotation | translation: canonical -> vertices
+  uv_texture: np.ndarray        # (R, R, 3) uint8: the image sampled at the position map
+
+  def to_json(self) -> dict:
+    yaw, pitch, roll = (float(a) for a in self.pose_angles_deg)
+    return {'box': self.box.tolist(), 'yaw_deg': yaw, 'pitch_deg': pitch, 'roll_deg': roll,
+            'camera_matrix': self.camera_matrix.tolist(),
+            'landmarks': self.landmarks.tolist()}
+
+
+def estimate_pose(canonical: np.ndarray, vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Similarity fit canonical -> vertices (the official pose estimate): (yaw, pitch, roll) in
+  degrees and the (3, 4) camera matrix [s R | t] (y up). Both are in position-map frames
+  (y down); flipping both to y up gives angles in the 3DDFA convention."""
+  flip = np.array([1, -1, 1])
+  up = np.asarray(vertices, np.float64) * flip
+  fit = icp.umeyama((np.asarray(canonical, np.float64) * flip).astype(np.float32),
+                    up.astype(np.float32))
+  r = np.asarray(fit.rotation, np.float64)
+  pitch, yaw, roll = np.rad2deg(transforms.matrix_to_angles(r))
+  camera = np.concatenate([float(fit.scale) * r, np.asarray(fit.translation)[:, None]], 1)
+  return np.array([yaw, pitch, roll]), camera
+
+
+class Predictor:
+  """A model, its UV assets and a detector; `predict` returns a `Face` per face."""
+
+  def __init__(self, model: PRNet, variables, assets: UVAssets,
+               detector: DetectorArg = None, antialias: bool = False,
+               refine: int = 0):
+    """`detector`: a name of `detectors.NAMES` or a callable image -> boxes (default 'auto':
+    dlib's CNN detector when installed, else OpenCV's Haar cascades); made on first use.
+    `antialias`: low-pass the photo before a crop shrinks it (Gaussian, sigma (s - 1) / 2
+    for a shrink by s, as skimage's rescale), for models trained on band-limited renders; off,
+    the crop is bilinear like the official code's."""
+    self.antialias = antialias
+    # `refine`: after detector or box crops, re-crop around the predicted landmarks so many
+    # times (models trained on landmark crops; the run's config says `predict_refine`).
+    self.refine = refine
+    if assets.resolution != model.resolution:
+      raise PredictError(f'UV assets are {assets.resolution} px, the model {model.resolution} px')
+    self.model, self.assets = model, assets
+    prepare, forward = inference_fn(model)
+    self.variables = jax.device_put(jax.jit(prepare)(variables))
+    self._detector = detector
+    self._forward = jax.jit(forward)
+
+  @classmethod
+  def from_checkpoint(cls, path: str, uv_assets: Optional[str] = None,
+                      detector: DetectorArg = None) -> 'Predictor':
+    """`path`: a checkpoint directory or a training run's workdir (ours or converted official
+    weights); `uv_assets`: 'ict' or 'procedural' (models trained on the ICT or the procedural
+    world) or an official uv-data folder; by default the run's own (its `config.json`), else
+    'procedural'."""
+    try:
+      variables, model_config, _ = checkpoints.load_variables(path)
+    except checkpoints.CheckpointError as e:
+      raise PredictError(str(e)) from e
+    run = checkpoints.run_config(path) or {}
+    if uv_assets is None:
+      uv_assets = run.get('uv_assets') or 'procedural'
+    model = PRNet.from_config(model_config)
+    try:
+      assets = uv_assets_for(uv_assets, model.resolution)
+    except AssetError as e:
+      raise PredictError(str(e)) from e
+    # A run trained on band-limited renders (the ICT world) says so in its config.
+    return cls(model, variables, assets, detector, bool(run.get('predict_antialias', False)),
+               int(run.get('predict_refine', 0)))
+
+  @classmethod
+  def from_pretrained(cls, detector: DetectorArg = None) -> 'Predictor':
+    """The bundled model, trained on the ICT face world (`prnet_jax.training.pretrained`)."""
+    return cls.from_checkpoint(checkpoints.PRETRAINED, None, detector)
+
+  @property
+  def detector(self) -> FaceDetector:
+    if not callable(self._detector):
+      try:
+        self._detector = get_detector(self._detector)
+      except DetectorError as e:
+        raise PredictError(str(e)) from e
+    return self._detector
+
+  def forward(self, crops: np.ndarray) -> np.ndarray:
+    """(B, R, R, 3) crops, pixel values in [0, 255] (float, as warped, or uint8) -> (B, R, R, 3)
+    position maps in the crop frame."""
+    b = len(crops)
+    size = 1 << max(b - 1, 0).bit_length()  # pad to a power of two: few compiled shapes
+    padded = np.concatenate([crops, np.zeros((size - b,) + crops.shape[1:], crops.dtype)])
+    return np.asarray(self._forward(self.variables, jnp.asarray(padded)))[:b]
+
+  def crops_for(self, image: np.ndarray, boxes=None, landmarks=None,
+                box_convention: str = 'image_info'):
+    """Crop boxes (transforms.CropBox) and source boxes for the given or detected faces: 68
+    landmarks crop like the official `image_info` landmarks; given boxes by `box_convention`
+    (`transforms.box_crop`); the detector's boxes by the official detector rule."""
+    if landmarks is not None:
+      lms = np.asarray(landmarks, np.float64).reshape(-1, 68, np.shape(landmarks)[-1])
+      src = np.array([[l[:, 0].min(), l[:, 1].min(), l[:, 0].max(), l[:, 1].max()] for l in lms])
+      return [transforms.landmark_crop(l) for l in lms], src
+    if boxes is None:
+      boxes, box_convention = self.detector(image), 'detector'
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return [transforms.box_crop(b, box_convention) for b in boxes], boxes
+
+  def predict(self, image: Any, boxes=None, landmarks=None, channel_order: str = 'RGB',
+              box_convention: str = 'image_info') -> list[Face]:
+    """Every face of `image`: detected, unless `boxes` (left, top, right, bottom) or 68
+    `landmarks` per face are given.
+
+    `box_convention` says how a given box becomes the crop (`transforms.box_crop`): 'image_info'
+    (the official code's rule for boxes passed to `PRN.process(image, image_info=...)`: box
+    centre, side 1.6 x size) or 'detector' (its rule for its dlib detector's boxes: centre 0.14 x
+    size lower, side 1.58 x size; pick it for boxes from a similar detector)."""
+    if box_convention not in transforms.BOX_CONVENTIONS:
+      raise PredictError(f'box_convention must be one of {transforms.BOX_CONVENTIONS}, got '
+                         f'{box_convention!r}')
+    try:
+      image = image_io.load_photo(image, channel_order)
+    except image_io.ImageError as e:
+      raise PredictError(str(e)) from e
+    return self.predict_batch([image], [boxes], [landmarks], box_convention)[0]
+
+  def predict_batch(self, images: Sequence[np.ndarray], boxes=None, landmarks=None,
+                    box_convention: str = 'image_info') -> list[list[Face]]:
+    """Faces of several RGB uint8 images (e.g. video frames) in one forward pass."""
+    r = self.model.resolution
+    jobs = []
+    for i, image in enumerate(images):
+      crops, src = self.crops_for(image, None if boxes is None else boxes[i],
+                                  None if landmarks is None else landmarks[i], box_convention)
+      for crop, sb in zip(crops, src):
+        if crop.size < 4:
+          continue
+        t = transforms.crop_transform(crop, r)
+        jobs.append((i, sb, t))
+    out: list[list[Face]] = [[] for _ in images]
+    if not jobs:
+      return out
+    # The float crop, as the official code feeds it (bilinear; rounding it to uint8 moves
+    # landmarks by 0.2-0.4 px).
+    crops, maps = self._run(images, jobs)
+    # Detector or given boxes frame faces differently from the landmark crops a model may have
+    # trained on: crop again around its own 68 landmarks (the official landmark rule).
+    boxed = [landmarks is None or landmarks[i] is None for i, _, _ in jobs]
+    for _ in range(self.refine if any(boxed) else 0):
+      jobs = [(i, sb, self._landmark_transform(pos, t)) if b else (i, sb, t)
+              for (i, sb, t), pos, b in zip(jobs, maps, boxed)]
+      crops, maps = self._run(images, jobs)
+    for (i, sb, t), pos, crop in zip(jobs, maps, crops):
+      out[i].append(self._face(images[i], pos, crop, sb, t))
+    return out
+
+  def _landmark_transform(self, pos_crop: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The landmark crop's transform around the 68 landmarks of a map predicted in crop `t`."""
+    pos = transforms.transform_points(transforms.invert(t), pos_crop.reshape(-1, 3))
+    return transforms.crop_transform(transforms.landmark_crop(
+        self.assets.landmarks(pos.reshape(pos_crop.shape))), self.model.resolution)
+
+  def _run(self, images, jobs):
+    r = self.model.resolution
+    crops = np.stack([np.asarray(transforms.warp_image(self._prefilter(images[i], t), t, r, r),
+                                 np.float32) for i, _, t in jobs])
+    return crops, self.forward(crops)
+
+  def _prefilter(self, image: np.ndarray, t: np.ndarray) -> np.ndarray:
+    image = image.astype(np.float32)
+    shrink = 1.0 / float(np.sqrt(abs(np.linalg.det(t[:2, :2]))))
+    if not self.antialias or shrink <= 1.0:
+      return image
+    import cv2
+    return cv2.GaussianBlur(image, (0, 0), (shrink - 1.0) / 2.0, borderType=cv2.BORDER_REFLECT)
+
+  def _face(self, image, pos_crop, crop, source_box, t) -> Face:
+    a = self.assets
+    pos = transforms.transform_points(transforms.invert(t), pos_crop.reshape(-1, 3)).reshape(
+        pos_crop.shape).astype(np.float32)
+    verts_crop = a.vertices(pos_crop)
+    # Visibility by a z-buffer of the face mesh in the crop (cheap at R px).
+    r = self.model.resolution
+    windows, triangles = render.plan_windows_within(verts_crop, a.triangles,
+                                                    render.BUDGET_PER_PIXEL * r * r)
+    raster = render.rasterize(verts_crop, triangles, r, r, windows)
+    visible = np.asarray(render.vertex_visibility(jnp.asarray(verts_crop), raster,
+                                                  tolerance=1.0 * self.model.resolution / 256))
+    uv_tex = np.asarray(transforms.bilinear_sample(jnp.asarray(crop, jnp.float32),
+                                                 jnp.asarray(pos_crop[..., 0]),
+                                                 jnp.asarray(pos_crop[..., 1])))
+    uv_tex = np.clip(np.round(uv_tex), 0, 255).astype(np.uint8)
+    vertices = a.vertices(pos)
+    colors = a.vertices(uv_tex).astype(np.float32) / 255.0
+    angles, camera = estimate_pose(a.canonical_vertices, vertices)
+    return Face(box=np.asarray(source_box, np.float32), crop_transform=t.astype(np.float32),
+                position_map=pos, landmarks=a.landmarks(pos), vertices=vertices,
+                triangles=a.triangles, face_indices=a.face_indices, colors=colors, visibility=visible,
+                pose_angles_deg=angles.astype(np.float32), camera_matrix=camera.astype(np.float32),
+                uv_texture=uv_tex)

@@ -177,7 +177,12 @@ def test_conv_ops_gradients_use_the_native_kernel_and_agree_with_xla(lanes, monk
 @pytest.mark.slow(reason='full-model gradients')
 def test_whole_model_gradients_match_with_and_without_the_native_kernel(lanes, monkeypatch):
   """Full-width PRNet at 32 px (16-512 channels): loss gradients of every parameter with the
-  native kernel gradients equal XLA's to float32 round-off."""
+  native kernel gradients equal XLA's to float32 round-off.
+
+  BatchNorm uses its statistics (train=False): with batch statistics this freshly initialised
+  network is ill-conditioned (even in float64, a 1e-7 relative change of the input moves some
+  gradients by 5-30%), so any change of round-off would exceed any fixed tolerance; with the
+  statistics the same change moves them by ~1e-6. Every convolution runs the same kernels."""
   if jax.device_count() != 1:
     pytest.skip('the native kernel gradient is used on a single device only')
   monkeypatch.setattr(native, 'MIN_REDUCTION_PIXELS', 0)  # every layer that qualifies by shape
@@ -188,8 +193,8 @@ def test_whole_model_gradients_match_with_and_without_the_native_kernel(lanes, m
   target = jnp.asarray(r.rand(2, 32, 32, 3) * 32, jnp.float32)
 
   def loss(params):
-    y, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
-                       train=True, mutable=['batch_stats'])
+    y = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
+                    train=False)
     return jnp.mean((y - target) ** 2)
   grads = {}
   for on in (True, False):
@@ -201,7 +206,7 @@ def test_whole_model_gradients_match_with_and_without_the_native_kernel(lanes, m
   flat_off = jax.tree_util.tree_leaves(grads[False])
   assert len(flat_on) == len(flat_off) > 50
   for (path, a), b in zip(flat_on, flat_off):
-    np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4 * float(jnp.max(jnp.abs(b))) + 1e-12,
+    np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5 * float(jnp.max(jnp.abs(b))) + 1e-12,
                                err_msg=jax.tree_util.keystr(path))
 
 

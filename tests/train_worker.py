@@ -32,31 +32,45 @@ def worker_config():
   c.checkpoint_every = int(os.environ.get('CKPT_EVERY', 2))
   c.keep_checkpoints = int(os.environ.get('KEEP_CHECKPOINTS', 3))
   c.eval_every = 0
+  if os.environ.get('PRNET_FLOAT64'):
+    c.model.dtype = 'float64'
   return c
 
 
 def first_gradients(fsdp=1):
-  """Loss, gradients and BatchNorm statistics of the first step on a fixed batch."""
+  """Loss, gradients and BatchNorm statistics of the first step on a fixed batch, without
+  augmentation; and the loss and statistics of the same step with the paper's augmentation."""
   import numpy as np
 
   from prnet_jax.faces.catalog import uv_assets_for
   from prnet_jax.training import train
-  c = worker_config()
-  c.mesh.fsdp = fsdp
-  trainer = train.make_trainer(c, 10, uv_assets_for('procedural', 64))
   rng = np.random.RandomState(0)
-  batch = {'image': rng.randint(0, 255, (8, 64, 64, 3)).astype(np.uint8),
-           'position_map': rng.uniform(0, 60, (8, 64, 64, 3)).astype(np.float32)}
-  batch = jax.device_put(batch, trainer.data_sharding)
-  state = trainer.init(jax.random.key(0))
-  sharded = [str(x.sharding.spec) for x in jax.tree_util.tree_leaves(state.params)
-             if 'fsdp' in str(x.sharding.spec)]
-  grad_fn = jax.jit(jax.value_and_grad(trainer.loss_fn, has_aux=True))
-  (loss, (_, stats)), grads = jax.device_get(grad_fn(state.params, state, batch))
-  return {'loss': float(loss), 'devices': jax.device_count(), 'fsdp_leaves': len(sharded),
-          'grads': [np.asarray(g).tolist() for g in jax.tree_util.tree_leaves(grads)[:6]],
-          'grad_norms': [float(np.linalg.norm(g)) for g in jax.tree_util.tree_leaves(grads)],
-          'stats': [float(np.abs(s).sum()) for s in jax.tree_util.tree_leaves(stats)]}
+  host_batch = {'image': rng.randint(0, 255, (8, 64, 64, 3)).astype(np.uint8),
+                'position_map': rng.uniform(0, 60, (8, 64, 64, 3)).astype(np.float32)}
+  out = {'devices': jax.device_count()}
+  for augmented in (False, True):
+    c = worker_config()
+    c.mesh.fsdp = fsdp
+    if not augmented:
+      c.augment = None
+    trainer = train.make_trainer(c, 10, uv_assets_for('procedural', 64))
+    batch = jax.device_put(host_batch, trainer.data_sharding)
+    state = trainer.init(jax.random.key(0))
+    tag = '_augmented' if augmented else ''
+    if augmented:
+      loss, (_, stats) = jax.device_get(jax.jit(trainer.loss_fn)(state.params, state, batch))
+    else:
+      out['fsdp_leaves'] = sum('fsdp' in str(x.sharding.spec)
+                               for x in jax.tree_util.tree_leaves(state.params))
+      grad_fn = jax.jit(jax.value_and_grad(trainer.loss_fn, has_aux=True))
+      (loss, (_, stats)), grads = jax.device_get(grad_fn(state.params, state, batch))
+      leaves = jax.tree_util.tree_leaves(grads)
+      out.update(dtype=str(leaves[0].dtype),
+                 grads=[np.asarray(g).tolist() for g in leaves[:6]],
+                 grad_norms=[float(np.linalg.norm(g)) for g in leaves])
+    out['loss' + tag] = float(loss)
+    out['stats' + tag] = [float(np.abs(s).sum()) for s in jax.tree_util.tree_leaves(stats)]
+  return out
 
 
 def replay(workdir, data_dir, steps, optimizer, lr):
@@ -128,8 +142,6 @@ def main():
                                process_id=int(sys.argv[8]))
   from prnet_jax.training import train
   c = worker_config()
-  if os.environ.get('PRNET_FLOAT64'):
-    c.model.dtype = 'float64'
   c.data_dir = data_dir
   c.num_train_steps = steps
   if len(sys.argv) > 9:

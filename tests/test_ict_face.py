@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from prnet_jax.faces import face_model as fm
-from prnet_jax.faces import ict_face
+from prnet_jax.faces import ict_face, ict_model
 from prnet_jax.geometry import transforms
 
 
@@ -19,12 +19,20 @@ def signed_areas(px, tris):
           - (a[:, 2, 0] - a[:, 0, 0]) * (a[:, 1, 1] - a[:, 0, 1]))
 
 
+def ict_own_landmarks(model):
+  """(68,) ICT's own landmark vertices in the face model's numbering."""
+  keep = ict_face.ict_vertices()
+  own = np.searchsorted(keep, ict_model.load().landmarks)
+  assert np.array_equal(keep[own], ict_model.load().landmarks)
+  return own
+
+
 def test_uv_layout_is_face_centred_unfolded_and_fills_the_map(model):
   px = transforms.uv_pixels(model.uv, 256)
   assert np.all((px >= 0) & (px <= 255))
   areas = signed_areas(px, model.triangles)
   assert np.all(areas < 0)  # one orientation: no fold anywhere
-  k = px[model.landmarks]
+  k = px[ict_own_landmarks(model)]
   np.testing.assert_allclose(k, np.round(k), atol=1e-4)  # landmarks on pixel centres
   # Where PRNet's official layout puts them: jaw ends, brows, chin; left/right symmetric.
   np.testing.assert_allclose(k[[0, 16], 0], [15, 240], atol=0.5)
@@ -53,10 +61,15 @@ def test_the_300wlp_procedure_reads_every_landmark_from_the_map(model):
             np.deg2rad(rng.uniform(-20, 20)), 200, 220, 0, 8.0]  # cm -> pixels
     sample = transforms.position_map_from_3dmm(vertices, pose, 450, model.landmarks, 256)
     pos = np.asarray(renderer(sample.positions.astype(np.float32)))
-    np.testing.assert_allclose(assets.landmarks(pos), sample.positions[model.landmarks],
-                               atol=2e-3)
+    # The landmarks are surface points between pixel centres: the map's bilinear sample equals
+    # the barycentric point up to the surface's bend within a pixel. The inner mouth corners
+    # (60, 64) sit on the crease where the lips part: one pixel spans both lips of an open mouth.
+    lm = model.landmark_points(sample.positions)
+    err = np.linalg.norm(assets.landmarks(pos) - lm, axis=-1)
+    crease = np.isin(np.arange(68), [60, 64])
+    assert np.median(err) < 0.05 and np.percentile(err, 90) < 0.4, err
+    assert err[~crease].max() < 1.5 and err[crease].max() < 5.0, err
     # The face fills the crop like a 300W-LP sample: landmarks well inside it.
-    lm = sample.positions[model.landmarks]
     assert lm[:, :2].min() > 20 and lm[:, :2].max() < 236
   weights = assets.weight_mask * assets.face_mask
   assert set(np.unique(weights)) >= {0.0, 3.0, 4.0, 16.0}

@@ -23,8 +23,14 @@ def test_samples_are_deterministic_and_landmarks_come_from_the_map(world):
   for seed in range(4):
     s = world.sample(seed)
     assert s.image.shape == (256, 256, 3) and s.image.dtype == np.uint8
-    # The 68 landmarks read from the map are the posed mesh's projected landmarks.
-    np.testing.assert_allclose(assets.landmarks(s.position_map), s.landmarks, atol=2e-3)
+    # The 68 landmarks read from the map (bilinearly, between pixel centres) are the posed
+    # mesh's landmark points, up to the surface's bend within a pixel (most at the inner mouth
+    # corners 60 and 64, where one pixel spans both lips: up to 4 px of 256 when the mouth is
+    # wide open).
+    err = np.linalg.norm(assets.landmarks(s.position_map) - s.landmarks, axis=-1)
+    crease = np.isin(np.arange(68), [60, 64])
+    assert np.median(err) < 0.05 and np.percentile(err, 90) < 0.4, err
+    assert err[~crease].max() < 1.5 and err[crease].max() < 5.0, err
     assert s.landmarks[:, :2].min() > 0 and s.landmarks[:, :2].max() < 256
     assert s.landmarks[:, 2].min() >= 0  # z shifted as in 300W-LP (minimum of the face at 0)
 

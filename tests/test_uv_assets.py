@@ -1,5 +1,6 @@
 """UV assets: the official files load into one typed object; errors name file and problem."""
 
+import dataclasses
 import os
 import shutil
 
@@ -47,6 +48,38 @@ def test_save_then_load_round_trips(official_uv_dir, tmp_path):
     np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
   np.testing.assert_allclose(a.canonical_vertices, b.canonical_vertices)
 
+
+
+def with_subpixel(a, seed=0):
+  """The assets with landmarks moved to random sub-pixel positions near their pixels."""
+  offset = np.random.default_rng(seed).uniform(-0.49, 0.49, (68, 2))
+  sub = np.clip(a.kpt_uv + offset, 0, a.resolution - 1).astype(np.float32)
+  return dataclasses.replace(a, kpt_uv=np.round(sub).astype(np.int32), kpt_uv_subpixel=sub)
+
+
+def test_subpixel_landmarks_are_bilinear_samples_and_round_trip(official_uv_dir, tmp_path):
+  a = with_subpixel(load_uv_assets(official_uv_dir))
+  # On a map linear in (u, v) the bilinear sample is exact: the map's value at the point.
+  u, v = np.meshgrid(np.arange(256.0), np.arange(256.0))
+  pos = np.stack([2 * u + 3 * v + 1, -u + 0.5 * v, u * 0 + 7], -1)[None].repeat(2, 0)
+  k, sub = a.landmarks(pos), a.kpt_uv_subpixel.astype(np.float64)
+  expected = np.stack([2 * sub[:, 0] + 3 * sub[:, 1] + 1, -sub[:, 0] + 0.5 * sub[:, 1],
+                       np.full(68, 7.0)], -1)
+  np.testing.assert_allclose(k[1], expected, rtol=1e-6, atol=1e-4)
+  assert sum(w for _, _, w in a.bilinear_taps()) == pytest.approx(np.ones(68))
+  a.save(str(tmp_path))
+  b = load_uv_assets(str(tmp_path))
+  np.testing.assert_allclose(b.kpt_uv_subpixel, a.kpt_uv_subpixel, atol=1e-6)
+  np.testing.assert_array_equal(b.kpt_uv, a.kpt_uv)
+  # Saving assets without sub-pixel positions over them leaves the official meaning.
+  load_uv_assets(official_uv_dir).save(str(tmp_path))
+  assert load_uv_assets(str(tmp_path)).kpt_uv_subpixel is None
+
+
+def test_subpixel_positions_must_round_to_the_landmark_pixels(official_uv_dir):
+  a = with_subpixel(load_uv_assets(official_uv_dir))
+  with pytest.raises(AssetError, match='rounding'):
+    dataclasses.replace(a, kpt_uv=a.kpt_uv + 1)
 
 def test_grid_triangles_on_a_known_mask():
   mask = np.zeros((4, 5))

@@ -34,6 +34,12 @@ LANDMARK_HALO_WEIGHT = 7.5  # the official mask has a ~120/255 halo around landm
 # iBUG-68 groups.
 JAW, BROWS, NOSE_PTS = slice(0, 17), slice(17, 27), slice(27, 36)
 RIGHT_EYE, LEFT_EYE, MOUTH_PTS = slice(36, 42), slice(42, 48), slice(48, 68)
+# The 68 points' mirror images (iBUG-68 order): point i of a face is point MIRROR_68[i] of the
+# face flipped left to right.
+MIRROR_68 = np.array([*range(16, -1, -1), *range(26, 16, -1), 27, 28, 29, 30, 35, 34, 33, 32, 31,
+                      45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40,
+                      54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66,
+                      65])
 
 
 class FaceModelError(ValueError):
@@ -56,6 +62,9 @@ class FaceModel:
     regions: (V,) int8 region labels (OTHER, FACE, EYES, NOSE, MOUTH).
     albedo: optional (V, 3) float32 mean colour in [0, 1].
     exp_names: names of the expression components (when known).
+    landmark_corners, landmark_weights: optional (68, 3) int32 vertices and (68, 3) float32
+      barycentric weights: landmarks that are surface points, not vertices
+      (`landmark_points`); `landmarks` then holds each one's nearest corner.
   """
   mean: np.ndarray
   shape_basis: np.ndarray
@@ -68,6 +77,8 @@ class FaceModel:
   regions: np.ndarray
   albedo: Optional[np.ndarray] = None
   exp_names: tuple[str, ...] = ()
+  landmark_corners: Optional[np.ndarray] = None
+  landmark_weights: Optional[np.ndarray] = None
 
   def __post_init__(self):
     v = self.mean.shape[0]
@@ -84,7 +95,18 @@ class FaceModel:
         (self.triangles.size == 0 or (0 <= self.triangles.min() and self.triangles.max() < v),
          'triangle indices out of range'),
         (0 <= self.landmarks.min() and self.landmarks.max() < v, 'landmark indices out of range'),
+        ((self.landmark_corners is None) == (self.landmark_weights is None),
+         'landmark_corners and landmark_weights come together'),
     ]
+    if self.landmark_corners is not None:
+      c, w = self.landmark_corners, self.landmark_weights
+      checks += [
+          (c.shape == (NUM_LANDMARKS, 3) and w.shape == (NUM_LANDMARKS, 3),
+           f'landmark corners/weights shapes {c.shape} / {w.shape}'),
+          (c.size and 0 <= c.min() and c.max() < v, 'landmark corners out of range'),
+          (np.allclose(np.sum(w, -1), 1, atol=1e-4) and np.all(w >= -1e-6),
+           'landmark weights are not barycentric'),
+      ]
     for ok, what in checks:
       if not ok:
         raise FaceModelError(f'Inconsistent face model: {what}')
@@ -92,6 +114,14 @@ class FaceModel:
   @property
   def num_vertices(self) -> int:
     return self.mean.shape[0]
+
+  def landmark_points(self, vertices):
+    """(..., V, D) per-vertex values (positions, UV pixels) -> (..., 68, D) at the landmarks:
+    the vertices, or the barycentric points when the model has them."""
+    if self.landmark_corners is None:
+      return vertices[..., self.landmarks, :]
+    corners = vertices[..., self.landmark_corners, :]             # (..., 68, 3, D)
+    return (corners * self.landmark_weights[:, :, None].astype(corners.dtype)).sum(-2)
 
   def vertices(self, shape_para=None, exp_para=None) -> np.ndarray:
     """(V, 3) float64 model-space vertices for the given parameters (zeros when omitted)."""
@@ -192,17 +222,36 @@ def _dilate(polygon: np.ndarray, amount: float) -> np.ndarray:
   return c + d * (1 + amount / np.maximum(n, 1e-9))
 
 
-def regions_from_landmarks(uv_px: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+def convex_hull(points: np.ndarray) -> np.ndarray:
+  """(N, 2) points -> (H, 2) their convex hull, in order (Andrew's monotone chain)."""
+  pts = sorted(map(tuple, np.asarray(points, np.float64)))
+  cross = lambda o, a, b: (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+  lower, upper = [], []
+  for p in pts:
+    while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
+      lower.pop()
+    lower.append(p)
+  for p in reversed(pts):
+    while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
+      upper.pop()
+    upper.append(p)
+  return np.asarray(lower[:-1] + upper[:-1])
+
+
+def regions_from_landmarks(uv_px: np.ndarray, landmarks: np.ndarray, forehead: float = 0.6,
+                           face_points: Optional[np.ndarray] = None) -> np.ndarray:
   """Per-vertex regions from the 68 landmarks' UV positions (works for any UV layout).
 
-  face: inside the jaw line closed over the brows, raised by half the brow-to-nose height
-  (the forehead); eyes, nose and mouth: their landmark polygons, dilated by a fraction of the
+  face: inside the jaw line closed over the brows, raised by `forehead` times the brow-to-nose
+  height (the forehead), and around `face_points` (UV pixels) when given; eyes, nose and mouth: their landmark polygons, dilated by a fraction of the
   inter-ocular distance. Rows grow downwards (UV pixels)."""
   k = uv_px[landmarks]
   iod = np.linalg.norm(k[36] - k[45])
-  brow_lift = 0.6 * (k[33, 1] - k[BROWS, 1].mean())
+  brow_lift = forehead * (k[33, 1] - k[BROWS, 1].mean())
   forehead = k[BROWS][::-1] - np.array([0.0, brow_lift])
-  face_poly = np.concatenate([k[JAW], forehead])
+  # Convex: the brows' arches would leave peaks and a notch in the forehead's outline.
+  face_poly = convex_hull(np.concatenate(
+      [k[JAW], forehead] + ([] if face_points is None else [np.asarray(face_points)[:, :2]])))
   regions = np.full(len(uv_px), OTHER, np.int8)
   regions[_inside_polygon(uv_px, face_poly)] = FACE
   for sl, label, grow in ((MOUTH_PTS, MOUTH, 0.12), (RIGHT_EYE, EYES, 0.12),
@@ -216,6 +265,47 @@ def regions_from_landmarks(uv_px: np.ndarray, landmarks: np.ndarray) -> np.ndarr
 
 
 # ----------------------------------------------------------------------------- PRNet assets
+
+# The face mask is opened by a disk of this fraction of the map: where a mesh's own border is
+# ragged (ICT's face ends at the hairline in steps), the region's edge leaves one-pixel
+# peninsulas and notches in the map, which the network cannot follow and the mesh shows as
+# strips and notches cut into the forehead.
+SMOOTH_FRACTION = 2.5 / 64
+
+
+def _disk_filter(mask: np.ndarray, radius: int, grow: bool) -> np.ndarray:
+  """Binary erosion (grow=False) or dilation (True) of a 2D mask by a disk; outside is empty."""
+  r = radius
+  padded = np.pad(mask, r, constant_values=False)
+  out = np.zeros_like(mask) if grow else np.ones_like(mask)
+  h, w = mask.shape
+  for dy in range(-r, r + 1):
+    for dx in range(-r, r + 1):
+      if dy * dy + dx * dx <= r * r:
+        shifted = padded[r + dy:r + dy + h, r + dx:r + dx + w]
+        out = (out | shifted) if grow else (out & shifted)
+  return out
+
+
+def trim_ragged_top(mask: np.ndarray) -> np.ndarray:
+  """(R, R) bool mask without its top rows down to the first row that is one unbroken run:
+  where the mesh's own top edge is ragged (ICT's face ends at the hairline in steps), the
+  forehead's last rows are combs of gaps."""
+  mask = np.asarray(mask, bool).copy()
+  for r in np.nonzero(mask.any(1))[0]:
+    idx = np.nonzero(mask[r])[0]
+    if len(idx) == idx[-1] - idx[0] + 1:
+      break
+    mask[r] = False
+  return mask
+
+
+def smooth_mask(mask: np.ndarray, radius: int) -> np.ndarray:
+  """(R, R) bool mask opened by a disk of `radius` pixels (erosion, then dilation within the
+  mask): peninsulas and bridges thinner than the disk go, the rest keeps its outline."""
+  mask = np.asarray(mask, bool)
+  return _disk_filter(_disk_filter(mask, radius, False), radius, True) & mask
+
 
 def _render_labels(renderer: render.UVRenderer, values: np.ndarray) -> np.ndarray:
   """Nearest-vertex (largest barycentric weight) lookup of per-vertex labels in UV space."""
@@ -242,9 +332,13 @@ def derive_uv_assets(model: FaceModel, resolution: int = 256) -> UVAssets:
   """PRNet's UV assets for `model`, in the official formats and meanings (see uv_assets)."""
   renderer = model.uv_renderer(resolution)
   labels = _render_labels(renderer, model.regions)
-  face_mask = (labels != OTHER).astype(np.float32)
-  kpt_uv = np.round(transforms.uv_pixels(model.uv, resolution)[model.landmarks]).astype(np.int32)
-  kpt_uv = np.clip(kpt_uv, 0, resolution - 1)
+  face_mask = smooth_mask(trim_ragged_top(labels != OTHER),
+                          max(1, round(resolution * SMOOTH_FRACTION)))
+  labels = np.where(face_mask, labels, OTHER)
+  face_mask = face_mask.astype(np.float32)
+  subpixel = np.clip(model.landmark_points(transforms.uv_pixels(model.uv, resolution)),
+                     0, resolution - 1).astype(np.float32)
+  kpt_uv = np.round(subpixel).astype(np.int32)  # of the float32 values the assets keep
   weights = REGION_WEIGHTS[labels]
   # Landmark pixels get 16 and a one-pixel halo, as in the official mask.
   for u, v in kpt_uv:
@@ -252,6 +346,14 @@ def derive_uv_assets(model: FaceModel, resolution: int = 256) -> UVAssets:
     weights[r0:r1, c0:c1] = np.maximum(weights[r0:r1, c0:c1], LANDMARK_HALO_WEIGHT)
   weights[kpt_uv[:, 1], kpt_uv[:, 0]] = LANDMARK_WEIGHT
   face_mask[kpt_uv[:, 1], kpt_uv[:, 0]] = 1.0  # landmarks are always face pixels
+  if model.landmark_corners is not None:
+    # ... and so are the four pixels each sub-pixel landmark is read from (trained, in the mesh).
+    lo = np.minimum(np.floor(subpixel).astype(np.int32), resolution - 2)
+    for du in (0, 1):
+      for dv in (0, 1):
+        u, v = lo[:, 0] + du, lo[:, 1] + dv
+        weights[v, u] = np.where(face_mask[v, u] > 0, weights[v, u], LANDMARK_HALO_WEIGHT)
+        face_mask[v, u] = 1.0
   # Outside the face the official weight mask still holds the plain-face weight (48/255);
   # only the product with the face mask is zero there.
   weights = np.where(face_mask > 0, weights, REGION_WEIGHTS[FACE]).astype(np.float32)
@@ -259,5 +361,7 @@ def derive_uv_assets(model: FaceModel, resolution: int = 256) -> UVAssets:
   canonical_map = np.asarray(renderer(canonical_frame_vertices(model, resolution)))
   canonical = canonical_map.reshape(-1, 3)[face_indices].astype(np.float32)
   return UVAssets(kpt_uv=kpt_uv, face_indices=face_indices, face_mask=face_mask,
+                  kpt_uv_subpixel=(None if model.landmark_corners is None
+                                   else subpixel),
                   weight_mask=weights, canonical_vertices=canonical,
                   triangles=grid_triangles(face_mask))

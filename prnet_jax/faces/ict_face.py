@@ -12,9 +12,13 @@ UV layout: spherical coordinates about a point between the ears at eye height (l
 right-left, latitude up-down), mapped linearly so that the 68 landmarks fall where PRNet's
 official layout has them (jaw ends at columns 15 and 240, brows at row 39, chin at row 193 of
 256), so the face is centred and fills the map like PRNet's. A face is star-shaped about that
-point, so the layout has no folds under the nose or chin (a cylindrical unwrap has). The 68
-landmark vertices sit on pixel centres of the 256 map, so a position map holds each landmark
-exactly. Units: centimetres.
+point, so the layout has no folds under the nose or chin (a cylindrical unwrap has). ICT's
+landmark vertices sit on pixel centres of the 256 map.
+
+Landmarks: the 68 points are the benchmark's (BFM-68, as 300W-LP and AFLW2000-3D define them)
+placed on ICT's surface by `landmark_calibration` (a triangle and barycentric weights each, so
+they move with identity and expression); the UV assets read them between pixel centres
+(`UVAssets.kpt_uv_subpixel`). Units: centimetres.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import functools
 import numpy as np
 
 from prnet_jax.faces import face_model as fm
+from prnet_jax import assets
 from prnet_jax.faces import ict_model
 
 # Where PRNet's official 256 px UV layout puts landmarks (uv_kpt_ind.txt): jaw ends 0 / 16 at
@@ -31,6 +36,9 @@ from prnet_jax.faces import ict_model
 _JAW_COLUMNS = (15.0, 240.0)
 _BROW_ROW, _CHIN_ROW = 39.0, 193.0
 _SIZE = 256
+# The benchmark's 68 landmarks on ICT's surface (written by `landmark_calibration`): ICT vertex
+# corners (68, 3) and barycentric weights (68, 3).
+LANDMARK_POINTS = assets.path('ict_landmarks_bfm68.npz')
 
 
 def _spherical(vertices: np.ndarray, centre: np.ndarray) -> np.ndarray:
@@ -152,8 +160,17 @@ def _model() -> tuple[fm.FaceModel, np.ndarray]:
   new = np.full(len(ict.neutral), -1, np.int64)
   new[keep] = np.arange(len(keep))
   uv = np.stack([px[keep, 0] / (_SIZE - 1), 1 - px[keep, 1] / (_SIZE - 1)], 1)
-  landmarks = new[ict.landmarks]
-  regions = fm.regions_from_landmarks(px[keep], landmarks)
+  # Regions (eyes, nose, mouth loss weights) from ICT's own landmark vertices; the 68
+  # landmarks themselves are the benchmark's (BFM-68) points on ICT's surface.
+  with np.load(LANDMARK_POINTS) as d:
+    corners, weights = new[d['corners'].astype(np.int64)], d['weights'].astype(np.float64)
+  if np.any(corners < 0):
+    raise ict_model.ICTModelError(f'{LANDMARK_POINTS}: landmark corners outside the '
+                                  'position-map surface')
+  # The face region (trained, meshed) holds both definitions' jaws.
+  points_px = (weights[:, :, None] * px[keep][corners]).sum(1)
+  regions = fm.regions_from_landmarks(px[keep], new[ict.landmarks], face_points=points_px)
+  landmarks = corners[np.arange(len(corners)), np.argmax(weights, 1)]
   ki, ke = len(ict.identity_modes), len(ict.expression_modes)
   model = fm.FaceModel(
       mean=ict.neutral[keep].astype(np.float32),
@@ -163,7 +180,8 @@ def _model() -> tuple[fm.FaceModel, np.ndarray]:
       exp_ev=np.ones(ke, np.float32),    # blendshape weights in [0, 1]
       triangles=new[tris].astype(np.int32), uv=uv.astype(np.float32),
       landmarks=landmarks.astype(np.int32), regions=regions,
-      exp_names=ict.expression_names)
+      exp_names=ict.expression_names, landmark_corners=corners.astype(np.int32),
+      landmark_weights=weights.astype(np.float32))
   return model, keep
 
 

@@ -11,6 +11,9 @@ Files of the official ``Data/uv-data/`` folder (all 256x256 UV space, row = v, c
 * ``canonical_vertices.npy``: (num_face_pixels, 3) canonical face, used for pose estimation.
 * ``triangles.txt`` (optional): (T, 3) triangles over the face pixels, from the UV pixel grid;
   derived from the face mask when absent.
+* ``uv_kpt_subpixel.txt`` (optional, this project's): 2x68 floats, the landmarks' exact UV
+  positions when they lie between pixel centres; a landmark is then read by bilinear
+  interpolation of the map (``uv_kpt_ind.txt`` keeps the nearest pixels, the official meaning).
 
 ``weight_mask`` is held in relative units: ``png * 16 / 255``, so landmark : eyes/nose/mouth :
 face = 16 : 4 : 3 (4.02 and 3.01 exactly, as the PNG rounds them), and neck/background 0
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Optional
 
 import numpy as np
 
@@ -46,6 +50,8 @@ class UVAssets:
     weight_mask: (R, R) float32 relative weights (landmark 16, eyes/nose/mouth 4, face 3).
     canonical_vertices: (N, 3) float32.
     triangles: (T, 3) int32 indices into the N face vertices.
+    kpt_uv_subpixel: optional (68, 2) float32 exact (u, v) of landmarks between pixel centres
+      (read bilinearly); `kpt_uv` is then its rounding.
   """
   kpt_uv: np.ndarray
   face_indices: np.ndarray
@@ -53,6 +59,7 @@ class UVAssets:
   weight_mask: np.ndarray
   canonical_vertices: np.ndarray
   triangles: np.ndarray
+  kpt_uv_subpixel: Optional[np.ndarray] = None
 
   def __post_init__(self):
     r = self.resolution
@@ -66,6 +73,12 @@ class UVAssets:
         (self.triangles.ndim == 2 and self.triangles.shape[1] == 3,
          f'triangles shape {self.triangles.shape}'),
     ]
+    if self.kpt_uv_subpixel is not None:
+      k = self.kpt_uv_subpixel
+      checks += [(k.shape == (NUM_LANDMARKS, 2) and np.all(k >= 0) and np.all(k <= r - 1),
+                  f'kpt_uv_subpixel shape {k.shape} or values outside [0, {r - 1}]'),
+                 (np.array_equal(np.round(k).astype(np.int32), self.kpt_uv),
+                  'kpt_uv is not the rounding of kpt_uv_subpixel')]
     for ok, what in checks:
       if not ok:
         raise AssetError(f'Inconsistent UV assets: {what}')
@@ -80,8 +93,25 @@ class UVAssets:
     return (self.weight_mask * self.face_mask).astype(np.float32)
 
   def landmarks(self, pos):
-    """(..., R, R, 3) position maps -> (..., 68, 3) landmarks (works on NumPy and JAX arrays)."""
-    return pos[..., self.kpt_uv[:, 1], self.kpt_uv[:, 0], :]
+    """(..., R, R, 3) position maps -> (..., 68, 3) landmarks (works on NumPy and JAX arrays):
+    the landmark pixels, or bilinear samples at the sub-pixel positions when given."""
+    if self.kpt_uv_subpixel is None:
+      return pos[..., self.kpt_uv[:, 1], self.kpt_uv[:, 0], :]
+    return sum(w[:, None].astype(pos.dtype) * pos[..., v, u, :]
+               for u, v, w in self.bilinear_taps())
+
+  def bilinear_taps(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The four (u (68,), v (68,), weight (68,)) taps of each landmark's bilinear sample (one
+    tap of weight 1 per landmark without sub-pixel positions)."""
+    if self.kpt_uv_subpixel is None:
+      return [(self.kpt_uv[:, 0], self.kpt_uv[:, 1], np.ones(NUM_LANDMARKS, np.float32))]
+    r = self.resolution
+    k = self.kpt_uv_subpixel.astype(np.float64)
+    lo = np.minimum(np.floor(k).astype(np.int32), r - 2)
+    f = k - lo
+    return [(lo[:, 0] + du, lo[:, 1] + dv,
+             ((f[:, 0] if du else 1 - f[:, 0]) * (f[:, 1] if dv else 1 - f[:, 1])
+              ).astype(np.float32)) for dv in (0, 1) for du in (0, 1)]
 
   def vertices(self, pos):
     """(..., R, R, 3) position maps -> (..., N, 3) dense face vertices."""
@@ -93,6 +123,11 @@ class UVAssets:
     from PIL import Image
     os.makedirs(directory, exist_ok=True)
     np.savetxt(os.path.join(directory, 'uv_kpt_ind.txt'), self.kpt_uv.T.astype(np.float64))
+    subpixel = os.path.join(directory, 'uv_kpt_subpixel.txt')
+    if self.kpt_uv_subpixel is not None:
+      np.savetxt(subpixel, self.kpt_uv_subpixel.T.astype(np.float64))
+    elif os.path.exists(subpixel):
+      os.remove(subpixel)
     np.savetxt(os.path.join(directory, 'face_ind.txt'), self.face_indices.astype(np.float64))
     Image.fromarray((self.face_mask > 0).astype(np.uint8) * 255).save(
         os.path.join(directory, 'uv_face_mask.png'))
@@ -165,6 +200,14 @@ def load_uv_assets(directory: str) -> UVAssets:
   if kpt_uv.min() < 0 or kpt_uv.max() >= r:
     raise AssetError(f'{kpt_path}: landmark positions outside the {r}x{r} UV map')
 
+  sub_path = os.path.join(directory, 'uv_kpt_subpixel.txt')
+  subpixel = None
+  if os.path.isfile(sub_path):
+    sub = _read_txt(sub_path)
+    if sub.shape != (2, NUM_LANDMARKS):
+      raise AssetError(f'{sub_path}: expected 2x{NUM_LANDMARKS} (u, v) values, got {sub.shape}')
+    subpixel = sub.T.astype(np.float32)
+
   ind_path = _path(directory, 'face_ind.txt')
   face_indices = _read_txt(ind_path).astype(np.int64)
   mask_indices = np.flatnonzero(face_mask_png.reshape(-1) > 0)
@@ -191,7 +234,8 @@ def load_uv_assets(directory: str) -> UVAssets:
     return UVAssets(kpt_uv=kpt_uv, face_indices=face_indices.astype(np.int32),
                     face_mask=face_mask,
                     weight_mask=weight_png.astype(np.float32) * np.float32(WEIGHT_PNG_SCALE),
-                    canonical_vertices=canonical.astype(np.float32), triangles=triangles)
+                    canonical_vertices=canonical.astype(np.float32), triangles=triangles,
+                    kpt_uv_subpixel=subpixel)
   except AssetError as e:
     raise AssetError(f'{directory}: {e}') from e
 

@@ -59,15 +59,25 @@ def _sample_uv(values: np.ndarray, size: int) -> np.ndarray:
                                              jnp.asarray(ys)))
 
 
-def _mirror_pairs_ok(assets: UVAssets) -> bool:
-  """Whether the UV layout is left-right symmetric (column u <-> R - 1 - u): the 68 landmarks'
-  mirror pairs (jaw, brows, eyes, mouth corners) sit at mirrored columns, on the same row,
-  within 2 px of a 256-px map (at least 1 px)."""
-  pairs = [(0, 16), (4, 12), (17, 26), (36, 45), (39, 42), (48, 54), (31, 35)]
-  r, k = assets.resolution, assets.kpt_uv.astype(np.float64)
-  tol = max(2 * r / 256, 1.0)
-  return all(abs(k[a, 0] + k[b, 0] - (r - 1)) <= tol and abs(k[a, 1] - k[b, 1]) <= tol
-             for a, b in pairs)
+def mirror_symmetric(assets: UVAssets) -> bool:
+  """Whether the UV layout is left-right symmetric (column u <-> R - 1 - u): where a face
+  pixel's mirror pixel is a face pixel too, the canonical face holds mirror points there (x
+  about the face's centre line, the same y and z) within 2% of the face's width, for 95% of
+  them. (The layout's geometry, not its landmarks: 68-point definitions such as BFM-68's are
+  not exactly symmetric.)"""
+  r = assets.resolution
+  canonical = np.zeros((r * r, 3), np.float64)
+  canonical[assets.face_indices] = assets.canonical_vertices
+  canonical = canonical.reshape(r, r, 3)
+  face = assets.face_mask > 0
+  both = face & face[:, ::-1]
+  if both.sum() < 0.5 * face.sum():
+    return False
+  a, b = canonical[both], canonical[:, ::-1][both]
+  centre = np.median(a[:, 0] + b[:, 0]) / 2
+  off = np.abs(np.stack([a[:, 0] + b[:, 0] - 2 * centre, a[:, 1] - b[:, 1], a[:, 2] - b[:, 2]],
+                        1)).max(1)
+  return bool(np.percentile(off, 95) <= 0.02 * np.ptp(assets.canonical_vertices[:, 0]))
 
 
 def how_well_seen(face, assets: UVAssets, height: int, width: int) -> np.ndarray:
@@ -109,7 +119,7 @@ def fill_hidden(texture: np.ndarray, visibility: np.ndarray, assets: UVAssets,
   symmetric layouts), then from `fallback` (e.g. the target's own texture) where given."""
   out = texture.copy()
   hidden = visibility < seen
-  if _mirror_pairs_ok(assets):
+  if mirror_symmetric(assets):
     mirror = visibility[:, ::-1]
     mirrored_ok = hidden & (mirror > visibility) & (mirror >= 0.5 * seen)
     out[mirrored_ok] = texture[:, ::-1][mirrored_ok]
@@ -128,7 +138,8 @@ def part_mask(part: Part, assets: UVAssets, size: int = 256) -> np.ndarray:
     if part == 'face':
       return (_sample_uv(assets.face_mask[..., None], size)[..., 0] > 0.5).astype(np.float32)
     if part == 'eyes':
-      k = (assets.kpt_uv.astype(np.float64) + 0.5) * size / assets.resolution - 0.5
+      k = assets.kpt_uv if assets.kpt_uv_subpixel is None else assets.kpt_uv_subpixel
+      k = (k.astype(np.float64) + 0.5) * size / assets.resolution - 0.5
       mask = np.zeros((size, size), np.float32)
       for eye, brow in ((range(36, 42), range(17, 22)), (range(42, 48), range(22, 27))):
         pts = k[list(eye) + list(brow)]
@@ -247,7 +258,7 @@ def swap_faces(src, src_img: np.ndarray, tgt, tgt_img: np.ndarray, assets: UVAss
   tgt_tex = fill_hidden(tgt_tex, tgt_vis, assets)
   src_tex = fill_hidden(src_tex, src_vis, assets, fallback=tgt_tex)
   # Paste only what the source shows (itself or mirrored); the target keeps the rest.
-  seen = np.maximum(src_vis, src_vis[:, ::-1]) if _mirror_pairs_ok(assets) else src_vis
+  seen = np.maximum(src_vis, src_vis[:, ::-1]) if mirror_symmetric(assets) else src_vis
   m = (part_mask(part, assets, s) * np.clip(seen / 0.25, 0, 1))[..., None]
   new = tgt_tex * (1 - m) + src_tex * m
   h, w = tgt_img.shape[:2]

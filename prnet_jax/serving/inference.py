@@ -27,6 +27,7 @@ import numpy as np
 
 from prnet_jax.data import image_io
 from prnet_jax.faces.catalog import uv_assets_for
+from prnet_jax.faces.face_model import MIRROR_68
 from prnet_jax.faces.uv_assets import AssetError, UVAssets
 from prnet_jax.geometry import icp, render, transforms
 from prnet_jax.nn import checkpoints
@@ -80,12 +81,24 @@ def estimate_pose(canonical: np.ndarray, vertices: np.ndarray) -> tuple[np.ndarr
   return np.array([yaw, pitch, roll]), camera
 
 
+def in_plane_angle(canonical: np.ndarray, vertices: np.ndarray) -> float:
+  """The face's in-plane rotation in the image (radians, image frame, x right, y down; 0 when
+  its up axis points up the image, positive when turned clockwise): the similarity fit of the
+  canonical face (`estimate_pose`'s) gives the face's up axis."""
+  flip = np.array([1, -1, 1])
+  fit = icp.umeyama((np.asarray(canonical, np.float64) * flip).astype(np.float32),
+                    (np.asarray(vertices, np.float64) * flip).astype(np.float32))
+  r = np.asarray(fit.rotation, np.float64)
+  up = np.array([r[0, 1], -r[1, 1]])   # the face's up axis in the image frame (y down)
+  return float(np.arctan2(up[0], -up[1]))
+
+
 class Predictor:
   """A model, its UV assets and a detector; `predict` returns a `Face` per face."""
 
   def __init__(self, model: PRNet, variables, assets: UVAssets,
                detector: DetectorArg = None, antialias: bool = False,
-               refine: int = 0):
+               refine: int = 0, upright: bool = False, flip: bool = False):
     """`detector`: a name of `detectors.NAMES` or a callable image -> boxes (default 'auto':
     dlib's CNN detector when installed, else OpenCV's Haar cascades); made on first use.
     `antialias`: low-pass the photo before a crop shrinks it (Gaussian, sigma (s - 1) / 2
@@ -95,6 +108,11 @@ class Predictor:
     # `refine`: after detector or box crops, re-crop around the predicted landmarks so many
     # times (models trained on landmark crops; the run's config says `predict_refine`).
     self.refine = refine
+    # `upright`: one more pass in a crop turned so that the face stands upright (by the first
+    # pass's in-plane angle), for models trained on a limited roll range; its box is the given
+    # landmarks' (the protocol's crop, turned) or the model's own. `flip`: the landmarks are the
+    # mean of the crop's and its mirror image's (the position map and mesh are the crop's).
+    self.upright, self.flip = upright, flip
     if assets.resolution != model.resolution:
       raise PredictError(f'UV assets are {assets.resolution} px, the model {model.resolution} px')
     self.model, self.assets = model, assets
@@ -124,7 +142,8 @@ class Predictor:
       raise PredictError(str(e)) from e
     # A run trained on band-limited renders (the ICT world) says so in its config.
     return cls(model, variables, assets, detector, bool(run.get('predict_antialias', False)),
-               int(run.get('predict_refine', 0)))
+               int(run.get('predict_refine', 0)), bool(run.get('predict_upright', False)),
+               bool(run.get('predict_flip', False)))
 
   @classmethod
   def from_pretrained(cls, detector: DetectorArg = None) -> 'Predictor':
@@ -184,15 +203,18 @@ class Predictor:
                     box_convention: str = 'image_info') -> list[list[Face]]:
     """Faces of several RGB uint8 images (e.g. video frames) in one forward pass."""
     r = self.model.resolution
-    jobs = []
+    jobs, given = [], []   # given: each face's given landmarks (None for boxes, detections)
     for i, image in enumerate(images):
-      crops, src = self.crops_for(image, None if boxes is None else boxes[i],
-                                  None if landmarks is None else landmarks[i], box_convention)
-      for crop, sb in zip(crops, src):
+      lms = None if landmarks is None or landmarks[i] is None else np.asarray(
+          landmarks[i], np.float64).reshape(-1, 68, np.shape(landmarks[i])[-1])
+      crops, src = self.crops_for(image, None if boxes is None else boxes[i], lms,
+                                  box_convention)
+      for j, (crop, sb) in enumerate(zip(crops, src)):
         if crop.size < 4:
           continue
         t = transforms.crop_transform(crop, r)
         jobs.append((i, sb, t))
+        given.append(None if lms is None else lms[j])
     out: list[list[Face]] = [[] for _ in images]
     if not jobs:
       return out
@@ -206,9 +228,27 @@ class Predictor:
       jobs = [(i, sb, self._landmark_transform(pos, t)) if b else (i, sb, t)
               for (i, sb, t), pos, b in zip(jobs, maps, boxed)]
       crops, maps = self._run(images, jobs)
-    for (i, sb, t), pos, crop in zip(jobs, maps, crops):
-      out[i].append(self._face(images[i], pos, crop, sb, t))
+    if self.upright:
+      jobs = [(i, sb, self._upright_transform(pos, t, g))
+              for (i, sb, t), pos, g in zip(jobs, maps, given)]
+      crops, maps = self._run(images, jobs)
+    mirrored = self.forward(crops[:, :, ::-1]) if self.flip else [None] * len(jobs)
+    for (i, sb, t), pos, crop, pos_m in zip(jobs, maps, crops, mirrored):
+      out[i].append(self._face(images[i], pos, crop, sb, t, pos_m))
     return out
+
+  def _upright_transform(self, pos_crop: np.ndarray, t: np.ndarray,
+                         box_points: Optional[np.ndarray]) -> np.ndarray:
+    """The crop transform turned so that the face of a map predicted in crop `t` stands
+    upright: the landmark crop of `box_points` (or of the map's own landmarks), in the image
+    turned by the face's in-plane angle."""
+    pos = transforms.transform_points(transforms.invert(t), pos_crop.reshape(-1, 3)).reshape(
+        pos_crop.shape)
+    angle = in_plane_angle(self.assets.canonical_vertices, self.assets.vertices(pos))
+    turn = transforms.similarity(1.0, -angle, (0.0, 0.0))
+    points = self.assets.landmarks(pos) if box_points is None else box_points
+    turned = transforms.transform_points(turn, np.asarray(points, np.float64)[:, :2])
+    return transforms.crop_transform(transforms.landmark_crop(turned), self.model.resolution) @ turn
 
   def _landmark_transform(self, pos_crop: np.ndarray, t: np.ndarray) -> np.ndarray:
     """The landmark crop's transform around the 68 landmarks of a map predicted in crop `t`."""
@@ -230,10 +270,18 @@ class Predictor:
     import cv2
     return cv2.GaussianBlur(image, (0, 0), (shrink - 1.0) / 2.0, borderType=cv2.BORDER_REFLECT)
 
-  def _face(self, image, pos_crop, crop, source_box, t) -> Face:
+  def _face(self, image, pos_crop, crop, source_box, t, pos_mirrored=None) -> Face:
     a = self.assets
-    pos = transforms.transform_points(transforms.invert(t), pos_crop.reshape(-1, 3)).reshape(
+    inverse = transforms.invert(t)
+    pos = transforms.transform_points(inverse, pos_crop.reshape(-1, 3)).reshape(
         pos_crop.shape).astype(np.float32)
+    landmarks = a.landmarks(pos)
+    if pos_mirrored is not None:
+      # The mirror crop's landmarks, mirrored back (x -> R - 1 - x, points renamed).
+      back = np.asarray(a.landmarks(pos_mirrored), np.float64)[MIRROR_68]
+      back[:, 0] = self.model.resolution - 1 - back[:, 0]
+      own = np.asarray(a.landmarks(pos_crop), np.float64)
+      landmarks = transforms.transform_points(inverse, (own + back) / 2).astype(np.float32)
     verts_crop = a.vertices(pos_crop)
     # Visibility by a z-buffer of the face mesh in the crop (cheap at R px).
     r = self.model.resolution
@@ -250,7 +298,25 @@ class Predictor:
     colors = a.vertices(uv_tex).astype(np.float32) / 255.0
     angles, camera = estimate_pose(a.canonical_vertices, vertices)
     return Face(box=np.asarray(source_box, np.float32), crop_transform=t.astype(np.float32),
-                position_map=pos, landmarks=a.landmarks(pos), vertices=vertices,
+                position_map=pos, landmarks=landmarks, vertices=vertices,
                 triangles=a.triangles, face_indices=a.face_indices, colors=colors, visibility=visible,
                 pose_angles_deg=angles.astype(np.float32), camera_matrix=camera.astype(np.float32),
                 uv_texture=uv_tex)
+
+
+def add_test_time_flags(parser) -> None:
+  """--upright / --flip (argparse; default: the checkpoint's run config)."""
+  import argparse
+  parser.add_argument('--upright', action=argparse.BooleanOptionalAction, default=None,
+                      help="one more pass in a crop turned upright (default: the run's config)")
+  parser.add_argument('--flip', action=argparse.BooleanOptionalAction, default=None,
+                      help="landmarks averaged with the mirrored crop's (default: the run's "
+                           "config)")
+
+
+def apply_test_time_flags(predictor: Predictor, args) -> Predictor:
+  if args.upright is not None:
+    predictor.upright = args.upright
+  if args.flip is not None:
+    predictor.flip = args.flip
+  return predictor

@@ -19,7 +19,8 @@ import numpy as np
 from prnet_jax.data import image_io
 from prnet_jax.nn import checkpoints
 from prnet_jax.serving import detectors
-from prnet_jax.serving.inference import Face, PredictError, Predictor
+from prnet_jax.serving.inference import (Face, PredictError, Predictor, add_test_time_flags,
+                                         apply_test_time_flags)
 
 # ------------------------------------------------------------------------------- CLI
 
@@ -156,9 +157,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument('--detector', default='auto', choices=detectors.NAMES,
                  help="face detector: 'auto' (dlib_cnn if installed, else haar), 'dlib_cnn', "
                       "'dlib_hog' or 'haar'")
+  add_test_time_flags(p)
   a = p.parse_args(argv)
   try:
-    predictor = Predictor.from_checkpoint(a.checkpoint, a.uv_assets, a.detector)
+    predictor = apply_test_time_flags(
+        Predictor.from_checkpoint(a.checkpoint, a.uv_assets, a.detector), a)
     predictor.detector  # pylint: disable=pointless-statement  # fail here if it can't be made
   except (PredictError, ValueError) as e:
     print(f'error: {e}')

@@ -378,7 +378,7 @@ class ICTWorld:
     pos_maps = np.asarray(self.uv_renderer(positions), np.float32)
     samples = []
     for k, d in enumerate(draws):
-      lm = positions[k][self.model.landmarks]
+      lm = self.model.landmark_points(positions[k])
       img = image_effects.smooth_silhouette(images[k], covered[k])
       img, _ = image_effects.occlude(d.rngs['occlusion'], img, lm, d.skin, dict(cfg.occluders))
       img = image_effects.camera(d.rngs['camera'], img, cfg)

@@ -447,9 +447,11 @@ def test_launch_predicts_with_the_pretrained_model_without_a_checkpoint(tmp_path
   assert r.returncode == 0, r.stdout + r.stderr
   lm = np.loadtxt(out / 'face_face0_landmarks.txt')
   assert lm.shape == (68, 3)
-  # The bundled model's assets (ICT, 64 px): a dense mesh of the ICT face's UV layout.
+  # The bundled model's assets (ICT, 64 px): its map resampled to 256 px of the ICT face's UV
+  # layout (the pixels read from the 64 px face pixels only).
   mesh = mesh_io.load_obj(str(out / 'face_face0.obj'))
-  assert len(mesh.vertices) == len(uv_assets_for('ict', 64).face_indices)
+  assert len(uv_assets_for('ict', 64).face_indices) * 14 < len(mesh.vertices) <= len(
+      uv_assets_for('ict', 256).face_indices)
 
 
 def test_refine_recrops_around_the_predicted_landmarks(predictor, sample, monkeypatch):
@@ -568,14 +570,37 @@ def mesh_edges(vertices, triangles):
 
 @pytest.mark.slow(reason='CNN face detector on real photos')
 def test_the_pretrained_meshes_of_real_photos_have_no_strips(pretrained_predictor):
-  """A whole forehead: no triangle of the predicted face mesh is stretched into a strip (an
-  edge over 5x the median edge; the map's ragged top rows once gave edges of 8-9x)."""
+  """A whole forehead: no triangle of the predicted face mesh, nor of the dense mesh written to
+  files, is stretched into a strip (an edge over 5x the median edge; the map's ragged top rows
+  once gave edges of 8-9x)."""
   from conftest import shared_path
   folder = shared_path('photos')
   for name in sorted(os.listdir(folder)):
-    for face in pretrained_predictor.predict(os.path.join(folder, name)):
-      e = mesh_edges(face.vertices, face.triangles)
-      assert e.max() < 5 * np.median(e), (name, e.max() / np.median(e))
+    image = image_io.load_photo(os.path.join(folder, name))
+    for face in pretrained_predictor.predict(image):
+      dense = pretrained_predictor.dense_mesh(face, image)
+      assert len(dense.vertices) > 30000 and len(face.vertices) < 3000
+      for v, t in ((face.vertices, face.triangles), (dense.vertices, dense.triangles)):
+        e = mesh_edges(v, t)
+        assert e.max() < 5 * np.median(e), (name, len(v), e.max() / np.median(e))
+      # The same surface: the dense mesh spans the face's own.
+      np.testing.assert_allclose(np.ptp(dense.vertices, 0), np.ptp(face.vertices, 0),
+                                 rtol=0.05)
+
+
+def test_upsampled_maps_are_exact_on_linear_maps_and_keep_constant_ones():
+  r, big = 16, 64
+  v, u = np.meshgrid(np.arange(r, dtype=np.float64), np.arange(r, dtype=np.float64),
+                     indexing='ij')
+  m = np.stack([3 * u + 1, -2 * v + 0.5 * u, np.full_like(u, 4.0)], -1)
+  up = outputs.upsample_map(m, big)
+  c = (np.arange(big) + 0.5) * r / big - 0.5      # the big map's pixel centres in small pixels
+  vv, uu = np.meshgrid(c, c, indexing='ij')
+  inside = (uu >= 0) & (uu <= r - 1) & (vv >= 0) & (vv <= r - 1)
+  np.testing.assert_allclose(up[inside], np.stack([3 * uu + 1, -2 * vv + 0.5 * uu,
+                                                   np.full_like(uu, 4.0)], -1)[inside],
+                             atol=1e-9)
+  np.testing.assert_array_equal(outputs.upsample_map(m, r), m)   # same size: the map itself
 
 
 def test_derived_face_masks_have_no_ragged_rows():

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prnet_jax.data import image_io
-from prnet_jax.faces.catalog import uv_assets_for
+from prnet_jax.faces.catalog import ICT, PROCEDURAL, uv_assets_for
 from prnet_jax.faces.face_model import MIRROR_68
 from prnet_jax.faces.uv_assets import AssetError, UVAssets
 from prnet_jax.geometry import icp, render, transforms
@@ -113,6 +113,11 @@ class Predictor:
     # landmarks' (the protocol's crop, turned) or the model's own. `flip`: the landmarks are the
     # mean of the crop's and its mirror image's (the position map and mesh are the crop's).
     self.upright, self.flip = upright, flip
+    # Meshes for files (`dense_mesh`): the map resampled to the layout at `mesh_resolution`
+    # px when the layout has a name to derive it from ('ict', 'procedural'); else the map's own.
+    self.layout: Optional[str] = None
+    self.mesh_resolution = 256
+    self._mesh_assets: dict[int, UVAssets] = {}
     if assets.resolution != model.resolution:
       raise PredictError(f'UV assets are {assets.resolution} px, the model {model.resolution} px')
     self.model, self.assets = model, assets
@@ -141,9 +146,23 @@ class Predictor:
     except AssetError as e:
       raise PredictError(str(e)) from e
     # A run trained on band-limited renders (the ICT world) says so in its config.
-    return cls(model, variables, assets, detector, bool(run.get('predict_antialias', False)),
-               int(run.get('predict_refine', 0)), bool(run.get('predict_upright', False)),
-               bool(run.get('predict_flip', False)))
+    predictor = cls(model, variables, assets, detector,
+                    bool(run.get('predict_antialias', False)), int(run.get('predict_refine', 0)),
+                    bool(run.get('predict_upright', False)), bool(run.get('predict_flip', False)))
+    predictor.layout = uv_assets if uv_assets in (PROCEDURAL, ICT) else None
+    return predictor
+
+  def dense_mesh(self, face: Face, image: np.ndarray):
+    """`outputs.Mesh` of a face: its map resampled to `mesh_resolution` px of the same UV
+    layout (a smooth mesh of ~36k vertices at 256 px from a 64 px model), or its own mesh when
+    the layout cannot be derived at that size (official assets are 256 px already)."""
+    from prnet_jax.serving import outputs
+    r = self.mesh_resolution
+    if self.layout is None or r <= self.model.resolution:
+      return outputs.own_mesh(face)
+    if r not in self._mesh_assets:
+      self._mesh_assets[r] = uv_assets_for(self.layout, r)
+    return outputs.dense_mesh(face, image, self._mesh_assets[r])
 
   @classmethod
   def from_pretrained(cls, detector: DetectorArg = None) -> 'Predictor':

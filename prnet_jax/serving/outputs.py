@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
 from prnet_jax.data import mesh_io
-from prnet_jax.geometry import render
+from prnet_jax.geometry import render, transforms
 
 
 def depth_image(faces: Sequence, height: int, width: int) -> np.ndarray:
@@ -82,21 +82,78 @@ def overlay(image: np.ndarray, faces: Sequence):
   return im
 
 
-def write_outputs(faces: Sequence, image: np.ndarray, prefix: str) -> list[str]:
-  """Writes every file named in the module docstring; returns their paths."""
+class Mesh(NamedTuple):
+  """A face mesh: (N, 3) vertices (image frame), (T, 3) triangles, (N, 3) colours in [0, 1] and
+  the (N,) flat pixel of each vertex in its `resolution`-px UV map."""
+  vertices: np.ndarray
+  triangles: np.ndarray
+  colors: np.ndarray
+  face_indices: np.ndarray
+  resolution: int
+
+
+def upsample_map(position_map: np.ndarray, resolution: int) -> np.ndarray:
+  """(R, R, C) map -> (resolution, resolution, C), bilinear over pixel centres (edges held)."""
+  r = position_map.shape[0]
+  c = (np.arange(resolution) + 0.5) * r / resolution - 0.5
+  y, x = np.meshgrid(np.clip(c, 0, r - 1), np.clip(c, 0, r - 1), indexing='ij')
+  x0 = np.minimum(np.floor(x).astype(np.int64), r - 2)
+  y0 = np.minimum(np.floor(y).astype(np.int64), r - 2)
+  fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+  m = np.asarray(position_map, np.float64)
+  top = m[y0, x0] * (1 - fx) + m[y0, x0 + 1] * fx
+  bottom = m[y0 + 1, x0] * (1 - fx) + m[y0 + 1, x0 + 1] * fx
+  return (top * (1 - fy) + bottom * fy).astype(position_map.dtype)
+
+
+def dense_mesh(face, image: np.ndarray, assets) -> Mesh:
+  """The face's mesh from its position map resampled to `assets` (the same UV layout at a
+  higher resolution: ~36k vertices at 256 px where a 64 px map gives ~2k), coloured from the
+  image. Only pixels whose four taps are the map's own face pixels (trained) are kept."""
+  from prnet_jax.faces.uv_assets import grid_triangles
+  r, big = face.position_map.shape[0], assets.resolution
+  trained = np.zeros(r * r, bool)
+  trained[face.face_indices] = True
+  trained = trained.reshape(r, r)
+  c = np.clip((np.arange(big) + 0.5) * r / big - 0.5, 0, r - 1)
+  lo = np.minimum(np.floor(c).astype(np.int64), r - 2)
+  taps_ok = np.ones((big, big), bool)
+  for dy in (0, 1):
+    for dx in (0, 1):
+      taps_ok &= trained[(lo + dy)[:, None], (lo + dx)[None, :]]
+  mask = (np.asarray(assets.face_mask) > 0) & taps_ok
+  face_indices = np.flatnonzero(mask.reshape(-1))
+  pos = upsample_map(np.asarray(face.position_map, np.float32), big)
+  vertices = pos.reshape(-1, 3)[face_indices]
+  colors = np.asarray(transforms.bilinear_sample(
+      jnp.asarray(image, jnp.float32), jnp.asarray(vertices[:, 0]), jnp.asarray(vertices[:, 1])))
+  return Mesh(vertices.astype(np.float32), grid_triangles(mask),
+              np.clip(colors / 255.0, 0, 1).astype(np.float32), face_indices.astype(np.int32), big)
+
+
+def own_mesh(face) -> Mesh:
+  return Mesh(face.vertices, face.triangles, face.colors, face.face_indices,
+              face.position_map.shape[0])
+
+
+def write_outputs(faces: Sequence, image: np.ndarray, prefix: str,
+                  meshes: Optional[Sequence[Mesh]] = None) -> list[str]:
+  """Writes every file named in the module docstring; returns their paths. `meshes`: one per
+  face to write instead of the faces' own (e.g. `dense_mesh`)."""
   from PIL import Image
   os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
   written = []
   for k, f in enumerate(faces):
     base = f'{prefix}_face{k}'
-    mesh_io.write_obj(base + '.obj', f.vertices, f.triangles, colors=f.colors)
-    r = f.position_map.shape[0]
+    m = own_mesh(f) if meshes is None else meshes[k]
+    mesh_io.write_obj(base + '.obj', m.vertices, m.triangles, colors=m.colors)
+    r = m.resolution
     # UV of each face vertex: its pixel centre in the map, v up (as .obj expects).
-    face_pixels = np.stack(np.unravel_index(f.face_indices, (r, r)), -1)
+    face_pixels = np.stack(np.unravel_index(m.face_indices, (r, r)), -1)
     uv = np.stack([(face_pixels[:, 1] + 0.5) / r, 1 - (face_pixels[:, 0] + 0.5) / r], -1)
-    mesh_io.write_obj(base + '_textured.obj', f.vertices, f.triangles, uv=uv,
+    mesh_io.write_obj(base + '_textured.obj', m.vertices, m.triangles, uv=uv,
                       texture=f.uv_texture.astype(np.float32) / 255.0)
-    mesh_io.write_ply(base + '.ply', f.vertices, f.triangles, f.colors)
+    mesh_io.write_ply(base + '.ply', m.vertices, m.triangles, m.colors)
     np.savetxt(base + '_landmarks.txt', f.landmarks, fmt='%.3f')
     with open(base + '_landmarks.json', 'w') as fh:
       json.dump(f.to_json(), fh, indent=1)

@@ -128,7 +128,8 @@ def run(predictor: Predictor, inputs: str, out_dir: str, batch: int = 16,
         if not faces:
           raise PredictError(f'{path}: no face found (pass boxes or landmarks for crops the '
                              f'detector misses)')
-        outputs.write_outputs(faces, image, os.path.join(out_dir, os.path.splitext(name)[0]))
+        outputs.write_outputs(faces, image, os.path.join(out_dir, os.path.splitext(name)[0]),
+                              [predictor.dense_mesh(f, image) for f in faces])
         msg = f'{name}: {len(faces)} face(s)'
     except (PredictError, image_io.ImageError) as e:
       failed += 1
@@ -157,11 +158,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument('--detector', default='auto', choices=detectors.NAMES,
                  help="face detector: 'auto' (dlib_cnn if installed, else haar), 'dlib_cnn', "
                       "'dlib_hog' or 'haar'")
+  p.add_argument('--mesh_resolution', type=int, default=256,
+                 help="meshes from the map resampled to this many px of its UV layout (0: the "
+                      "model's own map size)")
   add_test_time_flags(p)
   a = p.parse_args(argv)
   try:
     predictor = apply_test_time_flags(
         Predictor.from_checkpoint(a.checkpoint, a.uv_assets, a.detector), a)
+    predictor.mesh_resolution = a.mesh_resolution
     predictor.detector  # pylint: disable=pointless-statement  # fail here if it can't be made
   except (PredictError, ValueError) as e:
     print(f'error: {e}')

@@ -56,7 +56,8 @@ def test_api_predicts_serves_downloads_and_answers_bad_requests(server):
   assert max(mesh['triangles']) < len(v)
   with urllib.request.urlopen(url + res['downloads']['face.obj']) as r:
     obj = r.read().decode()
-  assert sum(line.startswith('v ') for line in obj.splitlines()) == len(v)
+  # The download is the dense mesh (the map resampled to 256 px), the view the map's own.
+  assert sum(line.startswith('v ') for line in obj.splitlines()) > 10 * len(v)
   with urllib.request.urlopen(url + res['downloads']['face.json']) as r:
     assert len(json.loads(r.read())['landmarks']) == 68
   # Bad input: one message each, and the server keeps serving.

@@ -103,7 +103,7 @@ class Demo:
       raise AppError(f'photo: {len(faces)} face(s) found, face {index} is out of range')
     face = faces[index]
     depth = outputs.scale_depth(outputs.depth_image(faces, *image.shape[:2]), 40, 255)
-    files = self._files(face)
+    files = self._files(face, self.predictor.dense_mesh(face, image))
     rid = uuid.uuid4().hex[:12]
     with self._lock:
       self._results[rid] = files
@@ -140,15 +140,17 @@ class Demo:
     return files[name]
 
   @staticmethod
-  def _files(face) -> dict[str, bytes]:
+  def _files(face, mesh) -> dict[str, bytes]:
+    """The downloads: the dense mesh (`Predictor.dense_mesh`) as .obj and .ply, the face as
+    JSON. (The page's 3D view draws the map's own, lighter mesh.)"""
     import tempfile
 
     from prnet_jax.data import mesh_io
     out = {}
     with tempfile.TemporaryDirectory() as d:
-      mesh_io.write_obj(os.path.join(d, 'f.obj'), face.vertices, face.triangles,
-                        colors=face.colors)
-      mesh_io.write_ply(os.path.join(d, 'f.ply'), face.vertices, face.triangles, face.colors)
+      mesh_io.write_obj(os.path.join(d, 'f.obj'), mesh.vertices, mesh.triangles,
+                        colors=mesh.colors)
+      mesh_io.write_ply(os.path.join(d, 'f.ply'), mesh.vertices, mesh.triangles, mesh.colors)
       for ext in ('obj', 'ply'):
         with open(os.path.join(d, 'f.' + ext), 'rb') as f:
           out['face.' + ext] = f.read()

@@ -178,3 +178,20 @@ def test_derived_assets_match_the_official_formats(model, tmp_path, official_uv_
   assert 0.3 < derived.face_mask.mean() < 0.8
   cols = np.flatnonzero(derived.face_mask.any(0))
   assert abs((cols[0] + cols[-1]) / 2 - 127.5) < 3
+
+
+def test_surface_landmarks_are_barycentric_points_and_bad_ones_are_named(model):
+  import dataclasses
+  rng = np.random.default_rng(0)
+  corners = model.triangles[rng.choice(len(model.triangles), 68)]
+  w = rng.dirichlet(np.ones(3), 68).astype(np.float32)
+  m = dataclasses.replace(model, landmark_corners=corners, landmark_weights=w)
+  v = model.mean.astype(np.float64)
+  expected = np.stack([w[i] @ v[corners[i]] for i in range(68)])
+  np.testing.assert_allclose(m.landmark_points(v), expected, rtol=1e-6)
+  with pytest.raises(fm.FaceModelError, match='come together'):
+    dataclasses.replace(model, landmark_corners=corners)
+  with pytest.raises(fm.FaceModelError, match='not barycentric'):
+    dataclasses.replace(model, landmark_corners=corners, landmark_weights=w * 2)
+  with pytest.raises(fm.FaceModelError, match='corners out of range'):
+    dataclasses.replace(model, landmark_corners=corners + len(v), landmark_weights=w)

@@ -95,3 +95,11 @@ def test_the_bundled_model_on_50_faces_of_the_development_half(pretrained_predic
   result = folder_eval.evaluate_folder(pretrained_predictor, str(tmp_path), baselines=False)
   assert len(result['files']) == 50
   assert result['mean']['model_2d'] <= DEV_SUBSET_NME + 0.005, result['mean']
+
+
+def test_bad_options_are_named(pretrained_predictor, tmp_path, capsys):
+  with pytest.raises(ValueError, match='overlays must be all, worst or auto'):
+    folder_eval.evaluate_folder(pretrained_predictor, str(tmp_path), overlays='some')
+  with pytest.raises(SystemExit):
+    folder_eval.main(['--input', str(tmp_path), '--worst=0'])
+  assert '--worst must be at least 1' in capsys.readouterr().err

@@ -122,3 +122,9 @@ def test_keypoints_out_of_range(copied_assets):
   np.savetxt(copied_assets / 'uv_kpt_ind.txt', kpt)
   with pytest.raises(AssetError, match=r'uv_kpt_ind.txt: landmark positions outside'):
     load_uv_assets(str(copied_assets))
+
+
+def test_a_bad_subpixel_file_is_named(copied_assets):
+  np.savetxt(copied_assets / 'uv_kpt_subpixel.txt', np.zeros((2, 60)))
+  with pytest.raises(AssetError, match=r'uv_kpt_subpixel.txt: expected 2x68'):
+    load_uv_assets(str(copied_assets))

@@ -98,7 +98,7 @@ class FaceModel:
         ((self.landmark_corners is None) == (self.landmark_weights is None),
          'landmark_corners and landmark_weights come together'),
     ]
-    if self.landmark_corners is not None:
+    if self.landmark_corners is not None and self.landmark_weights is not None:
       c, w = self.landmark_corners, self.landmark_weights
       checks += [
           (c.shape == (NUM_LANDMARKS, 3) and w.shape == (NUM_LANDMARKS, 3),
@@ -238,16 +238,17 @@ def convex_hull(points: np.ndarray) -> np.ndarray:
   return np.asarray(lower[:-1] + upper[:-1])
 
 
-def regions_from_landmarks(uv_px: np.ndarray, landmarks: np.ndarray, forehead: float = 0.6,
+def regions_from_landmarks(uv_px: np.ndarray, landmarks: np.ndarray,
                            face_points: Optional[np.ndarray] = None) -> np.ndarray:
   """Per-vertex regions from the 68 landmarks' UV positions (works for any UV layout).
 
-  face: inside the jaw line closed over the brows, raised by `forehead` times the brow-to-nose
-  height (the forehead), and around `face_points` (UV pixels) when given; eyes, nose and mouth: their landmark polygons, dilated by a fraction of the
-  inter-ocular distance. Rows grow downwards (UV pixels)."""
+  face: the convex hull of the jaw line and the brows raised by 0.6 of the brow-to-nose height
+  (the forehead), and of `face_points` (UV pixels) when given; eyes, nose and mouth: their
+  landmark polygons, dilated by a fraction of the inter-ocular distance. Rows grow downwards
+  (UV pixels)."""
   k = uv_px[landmarks]
   iod = np.linalg.norm(k[36] - k[45])
-  brow_lift = forehead * (k[33, 1] - k[BROWS, 1].mean())
+  brow_lift = 0.6 * (k[33, 1] - k[BROWS, 1].mean())
   forehead = k[BROWS][::-1] - np.array([0.0, brow_lift])
   # Convex: the brows' arches would leave peaks and a notch in the forehead's outline.
   face_poly = convex_hull(np.concatenate(

@@ -27,8 +27,8 @@ import functools
 
 import numpy as np
 
-from prnet_jax.faces import face_model as fm
 from prnet_jax import assets
+from prnet_jax.faces import face_model as fm
 from prnet_jax.faces import ict_model
 
 # Where PRNet's official 256 px UV layout puts landmarks (uv_kpt_ind.txt): jaw ends 0 / 16 at

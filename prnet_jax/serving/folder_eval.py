@@ -79,14 +79,15 @@ def untrained_predictor(predictor, seed: int = 0):
 
 def _load(image_path: str, mat_path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(image, (68, 3) landmarks, (3,) pitch/yaw/roll in degrees; NaN without Pose_Para)."""
-  mat = readers.load_mat(mat_path, {'pt3d_68': (3, 68)})
   try:
-    raw = readers.load_mat(mat_path, {'Pose_Para': None})['Pose_Para']
+    mat = readers.load_mat(mat_path, {'pt3d_68': (3, 68), 'Pose_Para': None})
+    raw = mat['Pose_Para']
     pose = readers.check_pose(mat_path, raw)
     # |yaw| as the protocol reads it: the fit's own, unwrapped (a fit at -351 deg counts as a
     # profile, ``readers.yaw_bucket``); pitch and roll wrapped into (-180, 180].
     angles = np.rad2deg([pose[0], np.asarray(raw, np.float64).reshape(-1)[1], pose[2]])
-  except readers.SampleError:
+  except readers.SampleError:   # no usable Pose_Para (or no pt3d_68: said by this read)
+    mat = readers.load_mat(mat_path, {'pt3d_68': (3, 68)})
     angles = np.full(3, np.nan)
   return (image_io.load_sample_image(image_path), np.asarray(mat['pt3d_68'], np.float64).T,
           angles)

@@ -83,12 +83,10 @@ def estimate_pose(canonical: np.ndarray, vertices: np.ndarray) -> tuple[np.ndarr
 
 def in_plane_angle(canonical: np.ndarray, vertices: np.ndarray) -> float:
   """The face's in-plane rotation in the image (radians, image frame, x right, y down; 0 when
-  its up axis points up the image, positive when turned clockwise): the similarity fit of the
-  canonical face (`estimate_pose`'s) gives the face's up axis."""
-  flip = np.array([1, -1, 1])
-  fit = icp.umeyama((np.asarray(canonical, np.float64) * flip).astype(np.float32),
-                    (np.asarray(vertices, np.float64) * flip).astype(np.float32))
-  r = np.asarray(fit.rotation, np.float64)
+  its up axis points up the image, positive when turned clockwise): `estimate_pose`'s rotation
+  gives the face's up axis."""
+  _, camera = estimate_pose(canonical, vertices)
+  r = camera[:, :3] / np.linalg.norm(camera[:, 0])   # y up
   up = np.array([r[0, 1], -r[1, 1]])   # the face's up axis in the image frame (y down)
   return float(np.arctan2(up[0], -up[1]))
 

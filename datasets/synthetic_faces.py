@@ -29,7 +29,7 @@ class SyntheticFacesConfig(tfds.core.BuilderConfig):
   num_train: int = 4000
   num_test: int = 200
   seed: int = 0
-  world: str = 'procedural'  # or 'ict'
+  world: str = 'procedural'  # or an ICT layout: 'ict', 'ict_bfm68' (`ict_face.LAYOUTS`)
 
 
 _WORLD = None
@@ -38,17 +38,17 @@ ICT_BATCH = 8
 
 def _init_world(image_size: int, world: str = 'procedural') -> None:
   global _WORLD
-  if world == 'ict':
+  if world in ('ict', 'ict_bfm68'):
     import dataclasses as dc
 
     from prnet_jax.worlds.ict_world import ICTWorld, ICTWorldConfig
     _WORLD = ICTWorld(dc.replace(ICTWorldConfig(), image_size=image_size,
-                                 uv_resolution=image_size))
+                                 uv_resolution=image_size, layout=world))
   elif world == 'procedural':
     from prnet_jax.worlds.procedural_world import SyntheticWorld
     _WORLD = SyntheticWorld(image_size=image_size, uv_resolution=image_size)
   else:
-    raise ValueError(f"unknown world {world!r}: 'procedural' or 'ict'")
+    raise ValueError(f"unknown world {world!r}: 'procedural', 'ict' or 'ict_bfm68'")
 
 
 def _example(seed: int):
@@ -97,6 +97,13 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
                            num_test=200, description='ICT world, 128 px, 4000 train / 200 test'),
       SyntheticFacesConfig(name='ict_tiny', world='ict', image_size=64, num_train=16,
                            num_test=8, description='ICT world, 64 px, 16 train / 8 test (tests)'),
+      SyntheticFacesConfig(name='ict_bfm68_128', world='ict_bfm68', image_size=128,
+                           num_train=32000, num_test=500, description='ICT world in the '
+                           "'ict_bfm68' layout (the map holds the benchmark's whole jaw), 128 px, "
+                           '32000 train / 500 test'),
+      SyntheticFacesConfig(name='ict_bfm68_tiny', world='ict_bfm68', image_size=64,
+                           num_train=16, num_test=8, description="ICT world in the 'ict_bfm68' "
+                           'layout, 64 px, 16 train / 8 test (tests)'),
   ]
 
   def __init__(self, *, num_workers: Optional[int] = None, **kwargs):

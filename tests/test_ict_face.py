@@ -49,7 +49,34 @@ def test_uv_layout_is_face_centred_unfolded_and_fills_the_map(model):
   assert loops[-1] > 100 and all(n < 30 for n in loops[:-1])
 
 
-def test_the_300wlp_procedure_reads_every_landmark_from_the_map(model):
+def test_the_bfm68_layout_puts_the_benchmarks_landmarks_where_prnet_has_them():
+  """'ict_bfm68': the layout is fitted to the BFM-68 points themselves (on ICT's skin, the jaw's
+  upper ends beside the ears), which fall where PRNet's official layout has its landmarks."""
+  model = ict_face.face_model('ict_bfm68')
+  px = transforms.uv_pixels(model.uv, 256)
+  assert np.all((px >= 0) & (px <= 255))
+  areas = signed_areas(px, model.triangles)
+  assert np.all(areas < 0)  # no fold anywhere
+  k = model.landmark_points(px)  # the benchmark's points in the map, between pixel centres
+  np.testing.assert_allclose(k[[0, 16], 0], [15, 240], atol=0.01)  # float32 UVs
+  np.testing.assert_allclose(k[[19, 24], 1].mean(), 39, atol=0.01)
+  np.testing.assert_allclose(k[8], [127.5, 193], atol=0.6)
+  # Every landmark well inside the map (the 'ict' layout's BFM-68 jaw ends would not be).
+  assert k.min() > 10 and k.max() < 245
+  mask = np.asarray(model.uv_renderer(256).mask)
+  assert mask.mean() > 0.9 and mask[np.round(k[:, 1]).astype(int),
+                                    np.round(k[:, 0]).astype(int)].all()
+  # The face region (trained, meshed) holds every landmark's taps.
+  assets = fm.derive_uv_assets(model, 256)
+  for u, v, w in assets.bilinear_taps():
+    assert np.all(assets.face_mask[v, u][w > 0] > 0)
+  with pytest.raises(ValueError, match='ict_bfm68'):
+    ict_face.face_model('bfm')
+
+
+@pytest.mark.parametrize('layout', ['ict', 'ict_bfm68'])
+def test_the_300wlp_procedure_reads_every_landmark_from_the_map(layout):
+  model = ict_face.face_model(layout)
   rng = np.random.default_rng(0)
   renderer = model.uv_renderer(256)
   assets = fm.derive_uv_assets(model, 256)
@@ -64,10 +91,11 @@ def test_the_300wlp_procedure_reads_every_landmark_from_the_map(model):
     # The landmarks are surface points between pixel centres: the map's bilinear sample equals
     # the barycentric point up to the surface's bend within a pixel. The inner mouth corners
     # (60, 64) sit on the crease where the lips part: one pixel spans both lips of an open mouth.
+    # The eyes' points bend with the lids (up to ~1 px in the 'ict_bfm68' layout).
     lm = model.landmark_points(sample.positions)
     err = np.linalg.norm(assets.landmarks(pos) - lm, axis=-1)
     crease = np.isin(np.arange(68), [60, 64])
-    assert np.median(err) < 0.05 and np.percentile(err, 90) < 0.4, err
+    assert np.median(err) < 0.05 and np.percentile(err, 90) < 0.45, err
     assert err[~crease].max() < 1.5 and err[crease].max() < 5.0, err
     # The face fills the crop like a 300W-LP sample: landmarks well inside it.
     assert lm[:, :2].min() > 20 and lm[:, :2].max() < 236

@@ -49,10 +49,11 @@ def test_closest_points_against_dense_sampling_of_every_triangle():
   assert np.all(brute - d <= longest / n)
 
 
-def test_the_shipped_points_are_reproduced_from_the_bfm_mean():
+@pytest.mark.parametrize('surface', lc.SURFACES)
+def test_the_shipped_points_are_reproduced_from_the_bfm_mean(surface):
   shape, kpt = lc.read_bfm_mean(shared_path('bfm-metadata', 'Model_Shape_Sim.mat'))
-  out = lc.calibrate(shape, kpt)
-  shipped = np.load(lc.SHIPPED)
+  out = lc.calibrate(shape, kpt, surface=surface)
+  shipped = np.load(lc.SHIPPED_FOR[surface])
   np.testing.assert_array_equal(out['corners'], shipped['corners'])
   np.testing.assert_allclose(out['weights'], shipped['weights'], atol=1e-6)
   # The mapped BFM face lies on the ICT surface for most points (cm).
@@ -95,3 +96,7 @@ def test_the_calibrated_points_lower_the_floor_on_real_frontal_faces():
   own = floor(ict.neutral.astype(np.float64)[ict.landmarks], faces)
   calibrated = floor(model.landmark_points(model.mean.astype(np.float64)), faces)
   assert calibrated < own - 0.003, (own, calibrated)
+  # The 'ict_bfm68' layout's points (anywhere on ICT's skin): lower still, under 3%.
+  wide = ict_face.face_model('ict_bfm68')
+  skin = floor(wide.landmark_points(wide.mean.astype(np.float64)), faces)
+  assert skin < min(calibrated - 0.005, 0.03), (calibrated, skin)

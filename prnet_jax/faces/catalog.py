@@ -2,6 +2,7 @@
 
     uv_assets_for('procedural', 64)                 # derived from the embedded procedural model
     uv_assets_for('ict', 256)                       # derived from the ICT model (the ICT world)
+    uv_assets_for('ict_bfm68', 256)                 # ... in the layout fitted to BFM-68
     uv_assets_for('PRNet/Data/uv-data', 256)        # PRNet's official assets (the BFM layout)
 
 Training, evaluation and prediction all resolve `config.uv_assets` (or `--uv_assets`) here.
@@ -17,18 +18,20 @@ from prnet_jax.faces.uv_assets import AssetError, UVAssets, load_uv_assets
 
 PROCEDURAL = 'procedural'
 ICT = 'ict'
+ICT_BFM68 = 'ict_bfm68'
 
 
 def uv_assets_for(name: str, resolution: int) -> UVAssets:
   """Loss weights, landmark pixels and mesh of `resolution`-px position maps for `name`:
   'procedural' (the embedded procedural face model: `synthetic_faces` default/small/tiny),
-  'ict' (the ICT position-map model: `synthetic_faces/ict*`) or an official-format uv-data
+  'ict' / 'ict_bfm68' (the ICT position-map model in its two layouts: `synthetic_faces/ict*`,
+  `synthetic_faces/ict_bfm68*`) or an official-format uv-data
   folder. Raises AssetError naming the problem."""
   if name == PROCEDURAL:
     return derive_uv_assets(procedural_face_model(), resolution)
-  if name == ICT:
+  if name in (ICT, ICT_BFM68):
     from prnet_jax.faces.ict_face import face_model
-    return derive_uv_assets(face_model(), resolution)
+    return derive_uv_assets(face_model(name), resolution)
   if not name:
     raise AssetError('no UV assets given: set config.uv_assets (or --uv_assets) to an official '
                      f'uv-data folder (PRNet/Data/uv-data), to "{PROCEDURAL}" for models '

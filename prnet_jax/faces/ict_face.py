@@ -12,8 +12,10 @@ UV layout: spherical coordinates about a point between the ears at eye height (l
 right-left, latitude up-down), mapped linearly so that the 68 landmarks fall where PRNet's
 official layout has them (jaw ends at columns 15 and 240, brows at row 39, chin at row 193 of
 256), so the face is centred and fills the map like PRNet's. A face is star-shaped about that
-point, so the layout has no folds under the nose or chin (a cylindrical unwrap has). ICT's
-landmark vertices sit on pixel centres of the 256 map.
+point, so the layout has no folds under the nose or chin (a cylindrical unwrap has). Two
+layouts (`LAYOUTS`): 'ict' maps ICT's own landmark vertices there (on pixel centres; the
+bundled model's), 'ict_bfm68' the benchmark's BFM-68 points (its jaw reaches the sides of the
+head, and the map reaches further back).
 
 Landmarks: the 68 points are the benchmark's (BFM-68, as 300W-LP and AFLW2000-3D define them)
 placed on ICT's surface by `landmark_calibration` (a triangle and barycentric weights each, so
@@ -24,6 +26,7 @@ they move with identity and expression); the UV assets read them between pixel c
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import numpy as np
 
@@ -37,8 +40,17 @@ _JAW_COLUMNS = (15.0, 240.0)
 _BROW_ROW, _CHIN_ROW = 39.0, 193.0
 _SIZE = 256
 # The benchmark's 68 landmarks on ICT's surface (written by `landmark_calibration`): ICT vertex
-# corners (68, 3) and barycentric weights (68, 3).
+# corners (68, 3) and barycentric weights (68, 3), one file per layout.
 LANDMARK_POINTS = assets.path('ict_landmarks_bfm68.npz')
+LANDMARK_POINTS_WIDE = assets.path('ict_landmarks_bfm68_skin.npz')
+# Layouts, by UV-assets name:
+#   'ict': ICT's own landmarks where PRNet's layout has its landmarks; the BFM-68 points on
+#     ICT's face region (whose jaw stops short of BFM's: the jaw's upper ends are ~2 cm behind
+#     it, beside the ears, and fall on this map's borders);
+#   'ict_bfm68': the BFM-68 points anywhere on ICT's skin (the jaw's upper ends beside the ears)
+#     and the layout fitted to them, so that the benchmark's landmarks fall where PRNet's layout
+#     has them (the map reaches further back and the face is ~10% narrower in it).
+LAYOUTS = {'ict': LANDMARK_POINTS, 'ict_bfm68': LANDMARK_POINTS_WIDE}
 
 
 def _spherical(vertices: np.ndarray, centre: np.ndarray) -> np.ndarray:
@@ -49,14 +61,28 @@ def _spherical(vertices: np.ndarray, centre: np.ndarray) -> np.ndarray:
   return np.stack([lon, lat], 1)
 
 
-def uv_layout(ict: ict_model.ICTModel) -> np.ndarray:
-  """(V, 2) UV-map pixels (column, row; rows down) of the 256 map for every ICT vertex."""
+def landmark_points(ict: ict_model.ICTModel, path: str) -> np.ndarray:
+  """(68, 3) the calibrated landmarks of `path` on ICT's neutral face (float64)."""
+  with np.load(path) as d:
+    corners, weights = d['corners'].astype(np.int64), d['weights'].astype(np.float64)
+  if corners.shape != (68, 3) or weights.shape != (68, 3) or corners.min() < 0 or \
+      corners.max() >= len(ict.neutral):
+    raise ict_model.ICTModelError(f'{path}: expected corners and weights (68, 3) over ICT\'s '
+                                  f'{len(ict.neutral)} vertices')
+  return (weights[:, :, None] * ict.neutral.astype(np.float64)[corners]).sum(1)
+
+
+def uv_layout(ict: ict_model.ICTModel, anchors: Optional[np.ndarray] = None) -> np.ndarray:
+  """(V, 2) UV-map pixels (column, row; rows down) of the 256 map for every ICT vertex.
+
+  `anchors` (68, 3): the landmarks placed where PRNet's layout has its own (jaw ends, brows,
+  chin); ICT's own landmark vertices by default."""
   v = ict.neutral.astype(np.float64)
   lm = v[ict.landmarks]
   # Between the ears at eye height: x on the mid-line, z halfway between the ears' front.
   centre = np.array([0.0, lm[[36, 45], 1].mean(), 0.0])
   sph = _spherical(v, centre)
-  s = sph[ict.landmarks]
+  s = _spherical(lm if anchors is None else np.asarray(anchors, np.float64), centre)
   cols = 127.5 + (sph[:, 0] - s[[0, 16], 0].mean()) * (
       (_JAW_COLUMNS[1] - _JAW_COLUMNS[0]) / (s[16, 0] - s[0, 0]))
   brow = s[[19, 24], 1].mean()
@@ -64,7 +90,8 @@ def uv_layout(ict: ict_model.ICTModel) -> np.ndarray:
   return np.stack([cols, rows], 1)
 
 
-def _signed_areas(px: np.ndarray, tris: np.ndarray) -> np.ndarray:
+def signed_areas(px: np.ndarray, tris: np.ndarray) -> np.ndarray:
+  """(T,) twice each triangle's signed area in pixel coordinates (px (V, 2))."""
   a = px[tris]
   return ((a[:, 1, 0] - a[:, 0, 0]) * (a[:, 2, 1] - a[:, 0, 1])
           - (a[:, 2, 0] - a[:, 0, 0]) * (a[:, 1, 1] - a[:, 0, 1]))
@@ -125,11 +152,14 @@ def _ear_clip(poly: np.ndarray, sign: float) -> list[tuple[int, int, int]]:
 
 
 @functools.lru_cache(maxsize=None)
-def _model() -> tuple[fm.FaceModel, np.ndarray]:
+def _model(layout: str = 'ict') -> tuple[fm.FaceModel, np.ndarray]:
+  if layout not in LAYOUTS:
+    raise ValueError(f'unknown ICT layout {layout!r}: one of {sorted(LAYOUTS)}')
   ict = ict_model.load()
-  px = uv_layout(ict)
-  # Landmarks on pixel centres (a position map then holds them exactly).
-  px[ict.landmarks] = np.round(px[ict.landmarks])
+  points_file = LAYOUTS[layout]
+  px = uv_layout(ict, None if layout == 'ict' else landmark_points(ict, points_file))
+  if layout == 'ict':  # ICT's own landmarks on pixel centres (as the bundled model learned)
+    px[ict.landmarks] = np.round(px[ict.landmarks])
   surface = np.zeros(len(ict.neutral), bool)
   surface[ict.part('face')] = surface[ict.part('head_and_neck')] = True
   inside = surface & np.all((px >= 0) & (px <= _SIZE - 1), 1)
@@ -138,7 +168,7 @@ def _model() -> tuple[fm.FaceModel, np.ndarray]:
   # fold over in any unwrap: leave them out, then close the holes they and the eye and mouth
   # openings leave (every loop but the map's outer border) like PRNet's BFM surface, which is
   # closed over the eyes and mouth.
-  areas = _signed_areas(px, tris)
+  areas = signed_areas(px, tris)
   sign = float(np.sign(np.median(areas)))
   tris = tris[np.sign(areas) == sign]
   loops = boundary_loops(tris)
@@ -155,18 +185,19 @@ def _model() -> tuple[fm.FaceModel, np.ndarray]:
   if caps:
     caps = np.asarray(caps, tris.dtype)
     # Ear clipping falls back to a fan on numerically degenerate loops: keep what is not folded.
-    tris = np.concatenate([tris, caps[np.sign(_signed_areas(px, caps)) == sign]])
+    tris = np.concatenate([tris, caps[np.sign(signed_areas(px, caps)) == sign]])
   keep = np.unique(np.concatenate([tris.reshape(-1), ict.landmarks]))
   new = np.full(len(ict.neutral), -1, np.int64)
   new[keep] = np.arange(len(keep))
   uv = np.stack([px[keep, 0] / (_SIZE - 1), 1 - px[keep, 1] / (_SIZE - 1)], 1)
   # Regions (eyes, nose, mouth loss weights) from ICT's own landmark vertices; the 68
   # landmarks themselves are the benchmark's (BFM-68) points on ICT's surface.
-  with np.load(LANDMARK_POINTS) as d:
+  with np.load(points_file) as d:
     corners, weights = new[d['corners'].astype(np.int64)], d['weights'].astype(np.float64)
   if np.any(corners < 0):
-    raise ict_model.ICTModelError(f'{LANDMARK_POINTS}: landmark corners outside the '
-                                  'position-map surface')
+    raise ict_model.ICTModelError(
+        f'{points_file}: landmarks {np.flatnonzero((corners < 0).any(1)).tolist()} lie outside '
+        f'the {layout!r} position-map surface')
   # The face region (trained, meshed) holds both definitions' jaws.
   points_px = (weights[:, :, None] * px[keep][corners]).sum(1)
   regions = fm.regions_from_landmarks(px[keep], new[ict.landmarks], face_points=points_px)
@@ -185,14 +216,15 @@ def _model() -> tuple[fm.FaceModel, np.ndarray]:
   return model, keep
 
 
-def face_model() -> fm.FaceModel:
-  """The position-map FaceModel of the shipped ICT model (cached)."""
-  return _model()[0]
+def face_model(layout: str = 'ict') -> fm.FaceModel:
+  """The position-map FaceModel of the shipped ICT model in `layout` (one of LAYOUTS; cached)."""
+  return _model(layout)[0]
 
 
-def ict_vertices() -> np.ndarray:
-  """(V',) the ICT vertex (over `ict_model.load()`'s numbering) of each `face_model` vertex."""
-  return _model()[1]
+def ict_vertices(layout: str = 'ict') -> np.ndarray:
+  """(V',) the ICT vertex (over `ict_model.load()`'s numbering) of each `face_model(layout)`
+  vertex."""
+  return _model(layout)[1]
 
 
 # ------------------------------------------------------------------------------ sampling

@@ -17,9 +17,11 @@ ICT surface where the BFM mean face has them:
    expression.
 
     python -m prnet_jax.faces.landmark_calibration \
-        --bfm=../shared/reference/bfm-metadata/Model_Shape_Sim.mat
+        --bfm=../shared/reference/bfm-metadata/Model_Shape_Sim.mat [--surface=skin]
 
-writes `prnet_jax/assets/ict_landmarks_bfm68.npz`: `corners` (68, 3) ICT vertex indices (over
+writes `prnet_jax/assets/ict_landmarks_bfm68.npz` (the 'ict' layout's points, on its map's face
+region) or, with `--surface=skin`, `ict_landmarks_bfm68_skin.npz` (the 'ict_bfm68' layout's,
+anywhere on ICT's face, head and neck: the layout is then fitted to them): `corners` (68, 3) ICT vertex indices (over
 `ict_model.load()`'s numbering) and `weights` (68, 3) barycentric weights. The file holds no BFM
 geometry, only where ICT's own surface carries the points (see LICENSE). The BFM file is 3DDFA's
 `Model_Shape_Sim.mat` (`mu_shape`, `keypoints`), in the AFLW2000-3D release.
@@ -38,6 +40,9 @@ from prnet_jax.faces import ict_face, ict_model
 from prnet_jax.geometry import transforms
 
 SHIPPED = ict_face.LANDMARK_POINTS
+# Which surface each shipped file's points lie on (`calibrate(surface=...)`).
+SURFACES = ('face_region', 'skin')
+SHIPPED_FOR = {'face_region': ict_face.LANDMARK_POINTS, 'skin': ict_face.LANDMARK_POINTS_WIDE}
 # Landmarks whose meaning is the same in both definitions: nose (27-35), eyes (36-47), mouth
 # corners (48, 54).
 AGREED = tuple(range(27, 48)) + (48, 54)
@@ -124,11 +129,17 @@ def read_bfm_mean(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def calibrate(bfm_shape: np.ndarray, bfm_keypoints: np.ndarray, icp_points: int = 8000,
-              seed: int = 0, depth_weight: float = 0.5, face_region_only: bool = True
+              seed: int = 0, depth_weight: float = 0.5, surface: str = 'face_region'
               ) -> dict[str, np.ndarray]:
-  """BFM-68 points on the ICT position-map surface: {'corners': (68, 3) ICT vertex ids,
-  'weights': (68, 3), 'distance': (68,) cm from the mapped BFM point to the surface,
-  'points': (68, 3) the points on ICT's neutral (cm)}."""
+  """BFM-68 points on the ICT surface: {'corners': (68, 3) ICT vertex ids, 'weights': (68, 3),
+  'distance': (68,) cm from the mapped BFM point to the surface, 'points': (68, 3) the points
+  on ICT's neutral (cm)}.
+
+  `surface`: 'face_region' (the face region of the 'ict' position map: the 'ict' layout's
+  points) or 'skin' (ICT's own face, head and neck triangles wherever they lie: the
+  'ict_bfm68' layout's points, whose layout is then fitted to them)."""
+  if surface not in SURFACES:
+    raise ValueError(f'surface {surface!r}: one of {SURFACES}')
   import jax.numpy as jnp
 
   from prnet_jax.geometry import icp
@@ -155,18 +166,28 @@ def calibrate(bfm_shape: np.ndarray, bfm_keypoints: np.ndarray, icp_points: int 
   # ICT's own face region (the model's regions also hold the shipped points: not those).
   regions = fm.regions_from_landmarks(transforms.uv_pixels(model.uv, 256),
                                       np.searchsorted(keep, ict.landmarks))
-  face_tris = model.triangles[is_own & ((regions[model.triangles] != fm.OTHER).all(1)
-                                         if face_region_only else True)]
+  if surface == 'face_region':
+    vertices, ids = model.mean.astype(np.float64), keep
+    face_tris = model.triangles[is_own & (regions[model.triangles] != fm.OTHER).all(1)]
+  else:  # ICT's own skin triangles, not cut by any map
+    vertices, ids = ict.neutral.astype(np.float64), np.arange(len(ict.neutral))
+    skin = np.zeros(len(ict.neutral), bool)
+    skin[ict.part('face')] = skin[ict.part('head_and_neck')] = True
+    face_tris = ict.triangles[skin[ict.triangles].all(1)]
+    # Less the surfaces that turn away from the viewer (eyelid rims, inner lips): they fold in
+    # every layout (any layout scales the same spherical unwrap: the same triangles fold).
+    areas = ict_face.signed_areas(ict_face.uv_layout(ict), face_tris)
+    face_tris = face_tris[np.sign(areas) == np.sign(np.median(areas))]
   # Nearest in a metric that counts depth at `depth_weight`: the BFM jaw's upper ends lie ~2 cm
   # behind ICT's face region, and the plain 3D nearest point there is a tie between boundary
   # points (one side's end jumped 1.3 cm up the cheek); what the 2D benchmark sees is the
   # frontal position.
   scale = np.array([1.0, 1.0, depth_weight])
-  tri, weights, _ = closest_points(mapped * scale, model.mean * scale, face_tris)
+  tri, weights, _ = closest_points(mapped * scale, vertices * scale, face_tris)
   corners = face_tris[tri]
-  points = (weights[:, :, None] * model.mean.astype(np.float64)[corners]).sum(1)
+  points = (weights[:, :, None] * vertices[corners]).sum(1)
   dist = np.linalg.norm(points - mapped, axis=1)
-  return {'corners': keep[corners].astype(np.int32), 'weights': weights.astype(np.float32),
+  return {'corners': ids[corners].astype(np.int32), 'weights': weights.astype(np.float32),
           'distance': dist, 'points': points}
 
 
@@ -174,10 +195,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p = argparse.ArgumentParser(description='Place the BFM-68 landmarks on the ICT face surface.')
   p.add_argument('--bfm', required=True,
                  help="3DDFA's Model_Shape_Sim.mat (or face3d's BFM.mat) with the mean shape")
-  p.add_argument('--output', default=SHIPPED)
+  p.add_argument('--surface', choices=SURFACES, default='face_region',
+                 help="face_region: the 'ict' layout's points; skin: the 'ict_bfm68' layout's")
+  p.add_argument('--output', default=None, help='default: the shipped file for --surface')
   a = p.parse_args(argv)
+  a.output = a.output or SHIPPED_FOR[a.surface]
   try:
-    out = calibrate(*read_bfm_mean(a.bfm))
+    out = calibrate(*read_bfm_mean(a.bfm), surface=a.surface)
   except (CalibrationError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

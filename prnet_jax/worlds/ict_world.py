@@ -46,6 +46,7 @@ class ICTWorldConfig:
   """The ranges the ICT world draws from (probabilities per sample)."""
   image_size: int = 256
   uv_resolution: int = 256
+  layout: str = 'ict'  # the position map's UV layout (`ict_face.LAYOUTS`)
   # Pose and framing (300W-LP: yaw +-90, pitch and roll about +-30 degrees).
   max_angles: tuple = (30.0, 90.0, 30.0)
   face_px: tuple = (90.0, 200.0)
@@ -133,8 +134,8 @@ class ICTWorld:
   def __init__(self, config: ICTWorldConfig = ICTWorldConfig()):
     self.config = config
     self.ict = ict = ict_model.load()
-    self.model = ict_face.face_model()
-    self.keep = ict_face.ict_vertices()
+    self.model = ict_face.face_model(config.layout)
+    self.keep = ict_face.ict_vertices(config.layout)
     self.image_size, self.uv_resolution = config.image_size, config.uv_resolution
     self.uv_renderer = self.model.uv_renderer(config.uv_resolution)
     self._triangles = jnp.asarray(ict.triangles)

@@ -204,6 +204,20 @@ def test_run_writes_config_metrics_tensorboard_and_evaluates(tiny_dataset, tmp_p
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path / 'tensorboard'))
 
 
+@pytest.mark.slow(reason='builds the tiny dataset')
+def test_a_failed_start_leaves_the_runs_config_as_it_was(tiny_dataset, tmp_path):
+  """config.json is what predict and eval read: a start that fails (here: UV assets that do
+  not exist) must not rewrite it."""
+  from prnet_jax.training import train
+  (tmp_path / 'config.json').write_text('{"uv_assets": "ict"}')
+  c = small_config(tiny_dataset, 4)
+  c.uv_assets = str(tmp_path / 'no-such-assets')
+  with pytest.raises(train.TrainingError, match='no-such-assets'):
+    train.train_and_evaluate(c, str(tmp_path))
+  assert (tmp_path / 'config.json').read_text() == '{"uv_assets": "ict"}'
+  assert not [f for f in os.listdir(tmp_path) if '.tmp-' in f]
+
+
 @pytest.mark.slow(reason='trains')
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_path):
   from prnet_jax.training import train

@@ -129,8 +129,8 @@ class Predictor:
                       detector: DetectorArg = None) -> 'Predictor':
     """`path`: a checkpoint directory or a training run's workdir (ours or converted official
     weights); `uv_assets`: 'ict', 'ict_bfm68' or 'procedural' (models trained on the ICT world
-    in its layouts or on the procedural world) or an official uv-data folder; by default the run's own (its `config.json`), else
-    'procedural'."""
+    in its layouts or on the procedural world) or an official uv-data folder; by default the
+    run's own (its `config.json`), else 'procedural'."""
     try:
       variables, model_config, _ = checkpoints.load_variables(path)
     except checkpoints.CheckpointError as e:

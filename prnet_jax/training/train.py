@@ -204,6 +204,14 @@ def make_trainer(config, steps_per_epoch: int, assets: UVAssets,
 
 # ------------------------------------------------------------------------------------ main
 
+def _write_atomically(path: str, text: str) -> None:
+  """Writes `path` through a temporary file in its folder (a crash leaves the old or the new)."""
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (resuming from `workdir` if it holds checkpoints); returns the last metrics.
 
@@ -211,9 +219,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   ones on first use); otherwise a TrainingError says how."""
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
 
   # Data.
   source = training_data(config)
@@ -243,6 +248,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
          f'process(es), mesh {dict(mesh.shape)}')
   else:
     log(f'resumed from {ckpt.directory}/{int(state.step)}')
+  # The run's config, once the run really starts (data, assets, model and checkpoints all
+  # resolved): a failed start never rewrites the config that predict and eval read.
+  if jax.process_index() == 0:
+    _write_atomically(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
   batches = input_pipeline.DeviceIterator(loader, trainer.data_sharding, state=data_state)
   evaluate = _make_evaluator(config, trainer, assets)
 

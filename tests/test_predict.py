@@ -618,3 +618,13 @@ def test_derived_face_masks_have_no_ragged_rows():
   comb[3:] = True
   comb[2, ::2] = True
   assert not fm.trim_ragged_top(comb)[2].any() and fm.trim_ragged_top(comb)[3:].all()
+
+
+def test_inputs_that_share_a_name_get_their_own_outputs():
+  """face.jpg and face.png in one folder must not overwrite each other's results."""
+  stems = predict.output_stems(['in/face.jpg', 'in/face.png', 'in/other.jpg', 'in/FACE.JPG',
+                                'in/clip.mp4', 'in/face_jpg.png'])
+  assert stems[2] == 'other' and stems[4] == 'clip'  # unique names keep their stem
+  assert len({s.lower() for s in stems}) == len(stems), stems
+  assert stems[0].startswith('face') and stems[1].startswith('face') and stems[1] != stems[0]
+  assert predict.output_stems(['a/face.jpg']) == ['face']

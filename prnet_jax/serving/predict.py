@@ -44,8 +44,28 @@ def _tracked_boxes(faces: Sequence[Face]) -> Optional[np.ndarray]:
   return np.array([[*f.landmarks[:, :2].min(0), *f.landmarks[:, :2].max(0)] for f in faces])
 
 
+def output_stems(paths: Sequence[str]) -> list[str]:
+  """Each input's output name (before `_mesh.obj`, `_frames.jsonl`, ...): its file name without
+  the extension, or with it (`face_jpg`, `face_png`) where two inputs of one run share a name
+  (compared case-blind, as macOS and Windows file systems do), so no input's results overwrite
+  another's."""
+  base = [os.path.splitext(os.path.basename(p)) for p in paths]
+  counts: dict[str, int] = {}
+  for stem, _ in base:
+    counts[stem.lower()] = counts.get(stem.lower(), 0) + 1
+  out, taken = [], set()
+  for stem, ext in base:
+    name = stem if counts[stem.lower()] == 1 else f'{stem}_{ext.lstrip(".")}'
+    unique, k = name, 2
+    while unique.lower() in taken:  # still equal (FACE.jpg and face.JPG): number them
+      unique, k = f'{name}_{k}', k + 1
+    taken.add(unique.lower())
+    out.append(unique)
+  return out
+
+
 def predict_video(predictor: Predictor, path: str, out_dir: str, batch: int = 16,
-                  redetect_every: int = 32) -> int:
+                  redetect_every: int = 32, stem: Optional[str] = None) -> int:
   """Frames in batches -> per-frame JSON lines and an overlay video; returns frames done.
 
   Faces are tracked: a batch's frames are cropped around the landmarks of the faces of the
@@ -62,7 +82,7 @@ def predict_video(predictor: Predictor, path: str, out_dir: str, batch: int = 16
     raise PredictError(f'{path}: cannot open the video')
   total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or 0
   fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-  stem = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0])
+  stem = os.path.join(out_dir, stem or os.path.splitext(os.path.basename(path))[0])
   writer, done, start = None, 0, time.time()
   track, since = None, 0
   import json
@@ -116,11 +136,12 @@ def run(predictor: Predictor, inputs: str, out_dir: str, batch: int = 16,
     return 1
   os.makedirs(out_dir, exist_ok=True)
   failed, start = 0, time.time()
+  stems = output_stems(files)
   for i, path in enumerate(files):
     name = os.path.basename(path)
     try:
       if path.lower().endswith(VIDEO_EXTS):
-        n = predict_video(predictor, path, out_dir, batch, redetect_every)
+        n = predict_video(predictor, path, out_dir, batch, redetect_every, stems[i])
         msg = f'{name}: {n} frames'
       else:
         image = image_io.load_photo(path)
@@ -128,7 +149,7 @@ def run(predictor: Predictor, inputs: str, out_dir: str, batch: int = 16,
         if not faces:
           raise PredictError(f'{path}: no face found (pass boxes or landmarks for crops the '
                              f'detector misses)')
-        outputs.write_outputs(faces, image, os.path.join(out_dir, os.path.splitext(name)[0]),
+        outputs.write_outputs(faces, image, os.path.join(out_dir, stems[i]),
                               [predictor.dense_mesh(f, image) for f in faces])
         msg = f'{name}: {len(faces)} face(s)'
     except (PredictError, image_io.ImageError) as e:

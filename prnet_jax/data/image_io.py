@@ -29,6 +29,22 @@ class ImageError(ValueError):
   """An image that cannot be used; the message names the input and the problem."""
 
 
+# Single-channel modes wider than 8 bits: 16-bit (PNG, TIFF), 32-bit integer and float (TIFF).
+WIDE_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I', 'F')
+
+
+def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+  """A wide single-channel image -> (H, W) uint8: 16-bit values over their full range, float
+  values as [0, 1] (or [0, 255] when larger), 32-bit integers as 16-bit when above 255."""
+  a = arr.astype(np.float64)
+  if mode == 'F':
+    finite = a[np.isfinite(a)]
+    a = np.nan_to_num(a) * (255.0 if finite.size == 0 or finite.max() <= 1.0 else 1.0)
+  elif mode.startswith('I;16') or a.max() > 255:
+    a = a / 257.0
+  return np.clip(np.round(a), 0, 255).astype(np.uint8)
+
+
 def load_photo(image: Any, channel_order: str = 'RGB', name: Optional[str] = None
                ) -> np.ndarray:
   """A path, encoded bytes (JPEG, PNG, ...) or array (RGB/BGR/gray/RGBA, uint8 or float in
@@ -43,8 +59,11 @@ def load_photo(image: Any, channel_order: str = 'RGB', name: Optional[str] = Non
         if im.width * im.height > MAX_PIXELS:
           raise ImageError(f'{name}: image too large ({im.width}x{im.height}); resize it '
                            f'below {MAX_PIXELS / 1e6:.0f} megapixels')
-        im = im.convert('RGBA') if im.mode in ('RGBA', 'LA', 'PA') else im.convert('RGB')
-        arr = np.asarray(im)
+        if im.mode in WIDE_MODES:  # PIL's convert('RGB') clips these: scale them instead
+          arr = _to_uint8(np.asarray(im), im.mode)
+        else:
+          im = im.convert('RGBA') if im.mode in ('RGBA', 'LA', 'PA') else im.convert('RGB')
+          arr = np.asarray(im)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
       # A path's error says why; for bytes PIL's message names only an in-memory buffer.
       why = f' ({e})' if isinstance(image, str) else ''

@@ -38,7 +38,8 @@ ICT_BATCH = 8
 
 def _init_world(image_size: int, world: str = 'procedural') -> None:
   global _WORLD
-  if world in ('ict', 'ict_bfm68'):
+  from prnet_jax.faces import ict_face
+  if world in ict_face.LAYOUTS:
     import dataclasses as dc
 
     from prnet_jax.worlds.ict_world import ICTWorld, ICTWorldConfig
@@ -48,7 +49,7 @@ def _init_world(image_size: int, world: str = 'procedural') -> None:
     from prnet_jax.worlds.procedural_world import SyntheticWorld
     _WORLD = SyntheticWorld(image_size=image_size, uv_resolution=image_size)
   else:
-    raise ValueError(f"unknown world {world!r}: 'procedural', 'ict' or 'ict_bfm68'")
+    raise ValueError(f"unknown world {world!r}: 'procedural' or one of {tuple(ict_face.LAYOUTS)}")
 
 
 def _example(seed: int):

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import os
 
+from prnet_jax.faces import ict_face
 from prnet_jax.faces.face_model import derive_uv_assets
 from prnet_jax.faces.procedural_face import procedural_face_model
 from prnet_jax.faces.uv_assets import AssetError, UVAssets, load_uv_assets
 
 PROCEDURAL = 'procedural'
 ICT = 'ict'
-ICT_BFM68 = 'ict_bfm68'
+# The layouts derived from an embedded face model (by name, at any resolution).
+DERIVED = (PROCEDURAL, *ict_face.LAYOUTS)
 
 
 def uv_assets_for(name: str, resolution: int) -> UVAssets:
@@ -29,9 +31,8 @@ def uv_assets_for(name: str, resolution: int) -> UVAssets:
   folder. Raises AssetError naming the problem."""
   if name == PROCEDURAL:
     return derive_uv_assets(procedural_face_model(), resolution)
-  if name in (ICT, ICT_BFM68):
-    from prnet_jax.faces.ict_face import face_model
-    return derive_uv_assets(face_model(name), resolution)
+  if name in ict_face.LAYOUTS:
+    return derive_uv_assets(ict_face.face_model(name), resolution)
   if not name:
     raise AssetError('no UV assets given: set config.uv_assets (or --uv_assets) to an official '
                      f'uv-data folder (PRNet/Data/uv-data), to "{PROCEDURAL}" for models '

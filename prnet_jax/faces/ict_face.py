@@ -42,7 +42,7 @@ _SIZE = 256
 # The benchmark's 68 landmarks on ICT's surface (written by `landmark_calibration`): ICT vertex
 # corners (68, 3) and barycentric weights (68, 3), one file per layout.
 LANDMARK_POINTS = assets.path('ict_landmarks_bfm68.npz')
-LANDMARK_POINTS_WIDE = assets.path('ict_landmarks_bfm68_skin.npz')
+LANDMARK_POINTS_SKIN = assets.path('ict_landmarks_bfm68_skin.npz')
 # Layouts, by UV-assets name:
 #   'ict': ICT's own landmarks where PRNet's layout has its landmarks; the BFM-68 points on
 #     ICT's face region (whose jaw stops short of BFM's: the jaw's upper ends are ~2 cm behind
@@ -50,7 +50,7 @@ LANDMARK_POINTS_WIDE = assets.path('ict_landmarks_bfm68_skin.npz')
 #   'ict_bfm68': the BFM-68 points anywhere on ICT's skin (the jaw's upper ends beside the ears)
 #     and the layout fitted to them, so that the benchmark's landmarks fall where PRNet's layout
 #     has them (the map reaches further back and the face is ~10% narrower in it).
-LAYOUTS = {'ict': LANDMARK_POINTS, 'ict_bfm68': LANDMARK_POINTS_WIDE}
+LAYOUTS = {'ict': LANDMARK_POINTS, 'ict_bfm68': LANDMARK_POINTS_SKIN}
 
 
 def _spherical(vertices: np.ndarray, centre: np.ndarray) -> np.ndarray:

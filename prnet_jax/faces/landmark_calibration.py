@@ -21,8 +21,9 @@ ICT surface where the BFM mean face has them:
 
 writes `prnet_jax/assets/ict_landmarks_bfm68.npz` (the 'ict' layout's points, on its map's face
 region) or, with `--surface=skin`, `ict_landmarks_bfm68_skin.npz` (the 'ict_bfm68' layout's,
-anywhere on ICT's face, head and neck: the layout is then fitted to them): `corners` (68, 3) ICT vertex indices (over
-`ict_model.load()`'s numbering) and `weights` (68, 3) barycentric weights. The file holds no BFM
+anywhere on ICT's face, head and neck: the layout is then fitted to them): `corners` (68, 3)
+ICT vertex indices (over `ict_model.load()`'s numbering) and `weights` (68, 3) barycentric
+weights. The file holds no BFM
 geometry, only where ICT's own surface carries the points (see LICENSE). The BFM file is 3DDFA's
 `Model_Shape_Sim.mat` (`mu_shape`, `keypoints`), in the AFLW2000-3D release.
 """
@@ -42,7 +43,7 @@ from prnet_jax.geometry import transforms
 SHIPPED = ict_face.LANDMARK_POINTS
 # Which surface each shipped file's points lie on (`calibrate(surface=...)`).
 SURFACES = ('face_region', 'skin')
-SHIPPED_FOR = {'face_region': ict_face.LANDMARK_POINTS, 'skin': ict_face.LANDMARK_POINTS_WIDE}
+SHIPPED_FOR = {'face_region': ict_face.LANDMARK_POINTS, 'skin': ict_face.LANDMARK_POINTS_SKIN}
 # Landmarks whose meaning is the same in both definitions: nose (27-35), eyes (36-47), mouth
 # corners (48, 54).
 AGREED = tuple(range(27, 48)) + (48, 54)
@@ -155,18 +156,18 @@ def calibrate(bfm_shape: np.ndarray, bfm_keypoints: np.ndarray, icp_points: int 
                 iterations=40, trim=0.3)
   s, r, t = (np.asarray(x, np.float64) for x in fit.transform)
   mapped = s * kb @ r.T + t
-  # Only the face region of the map (what the loss trains and the face mask keeps): the BFM
-  # face is wider than ICT's at the jaw's upper ends, whose nearest ICT surface would otherwise
-  # be the sideburns at the map's border.
-  # Nor the caps that close the eye and mouth openings in the map (not ICT's own triangles):
-  # they stretch as the mouth opens, so a point on them is no fixed point of the face.
-  own = {tuple(sorted(t)) for t in keep[model.triangles].tolist()} & \
-      {tuple(sorted(t)) for t in ict.triangles.tolist()}
-  is_own = np.array([tuple(sorted(t)) in own for t in keep[model.triangles].tolist()])
-  # ICT's own face region (the model's regions also hold the shipped points: not those).
-  regions = fm.regions_from_landmarks(transforms.uv_pixels(model.uv, 256),
-                                      np.searchsorted(keep, ict.landmarks))
   if surface == 'face_region':
+    # Only the face region of the map (what the loss trains and the face mask keeps): the BFM
+    # face is wider than ICT's at the jaw's upper ends, whose nearest ICT surface would
+    # otherwise be the sideburns at the map's border.
+    # Nor the caps that close the eye and mouth openings in the map (not ICT's own triangles):
+    # they stretch as the mouth opens, so a point on them is no fixed point of the face.
+    own = {tuple(sorted(t)) for t in keep[model.triangles].tolist()} & \
+        {tuple(sorted(t)) for t in ict.triangles.tolist()}
+    is_own = np.array([tuple(sorted(t)) in own for t in keep[model.triangles].tolist()])
+    # ICT's own face region (the model's regions also hold the shipped points: not those).
+    regions = fm.regions_from_landmarks(transforms.uv_pixels(model.uv, 256),
+                                        np.searchsorted(keep, ict.landmarks))
     vertices, ids = model.mean.astype(np.float64), keep
     face_tris = model.triangles[is_own & (regions[model.triangles] != fm.OTHER).all(1)]
   else:  # ICT's own skin triangles, not cut by any map

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prnet_jax.data import image_io
-from prnet_jax.faces.catalog import ICT, ICT_BFM68, PROCEDURAL, uv_assets_for
+from prnet_jax.faces.catalog import DERIVED, uv_assets_for
 from prnet_jax.faces.face_model import MIRROR_68
 from prnet_jax.faces.uv_assets import AssetError, UVAssets
 from prnet_jax.geometry import icp, render, transforms
@@ -112,7 +112,7 @@ class Predictor:
     # mean of the crop's and its mirror image's (the position map and mesh are the crop's).
     self.upright, self.flip = upright, flip
     # Meshes for files (`dense_mesh`): the map resampled to the layout at `mesh_resolution`
-    # px when the layout has a name to derive it from ('ict', 'procedural' ...); else the map's own.
+    # px when the layout has a name to derive it from (`catalog.DERIVED`); else the map's own.
     self.layout: Optional[str] = None
     self.mesh_resolution = 256
     self._mesh_assets: dict[int, UVAssets] = {}
@@ -147,7 +147,7 @@ class Predictor:
     predictor = cls(model, variables, assets, detector,
                     bool(run.get('predict_antialias', False)), int(run.get('predict_refine', 0)),
                     bool(run.get('predict_upright', False)), bool(run.get('predict_flip', False)))
-    predictor.layout = uv_assets if uv_assets in (PROCEDURAL, ICT, ICT_BFM68) else None
+    predictor.layout = uv_assets if uv_assets in DERIVED else None
     return predictor
 
   def dense_mesh(self, face: Face, image: np.ndarray):

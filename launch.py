@@ -16,6 +16,7 @@ alone) and, on Linux with glibc >= 2.35, GLIBC_TUNABLES=glibc.malloc.hugetlb=1
 
 import logging
 import os
+import runpy
 import sys
 
 from absl import app, flags
@@ -23,6 +24,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from prnet_jax import runtime
+from prnet_jax.training import config_checks
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/prnet.py:small',
                                           lock_config=True)
@@ -40,9 +42,50 @@ _INPUT = flags.DEFINE_string('input', None, 'predict: an image, a folder of imag
 _OUTPUT = flags.DEFINE_string('output', None, 'predict: output folder (default WORKDIR/predict).')
 _DETECTOR = flags.DEFINE_enum('detector', 'auto', ['auto', 'dlib_cnn', 'dlib_hog', 'haar'],
                               'predict: face detector (auto: dlib_cnn if installed, else haar).')
+_START_OVER = flags.DEFINE_bool(
+    'start_over', False, 'train: when WORKDIR holds another run\'s checkpoints, move them and '
+    'its logs to WORKDIR/previous-<time>/ and train from step 0.')
 _ORACLE = flags.DEFINE_bool('oracle', False, 'eval: score the ground truth against itself '
                             '(checks the data and the protocol; NME must be 0).')
 
+
+
+def _usage_error(lines: list[str]) -> None:
+  """Exit status 2 with one line per problem (a config that cannot run is a usage error)."""
+  for line in lines:
+    print(f'error: {line}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _explain_flag_error(argv: list[str], error: Exception) -> list[str]:
+  """One-line reasons for a failed flag parse: an unknown config variant, or unknown
+  --config.* fields with their nearest names; else the parser's own last line."""
+  spec = None
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      spec = arg.split('=', 1)[1]
+    elif arg == '--config' and i + 1 < len(argv):
+      spec = argv[i + 1]
+  if spec:
+    path, _, variant = spec.partition(':')
+    try:
+      base = runpy.run_path(path)['get_config'](variant) if variant else \
+          runpy.run_path(path)['get_config']()
+    except Exception as e:  # the config file's own complaint (unknown variant, missing file)
+      return [f'--config={spec}: {e}']
+    unknown = config_checks.unknown_fields(base, config_checks.override_paths(argv))
+    if unknown:
+      return unknown
+  message = [line for line in str(error).strip().splitlines() if line.strip()]
+  return [message[-1] if message else type(error).__name__]
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # absl and config_flags raise many types for bad flags
+    _usage_error(_explain_flag_error(argv, e))
+    raise  # unreachable
 
 
 def _cluster_environment() -> bool:
@@ -87,9 +130,17 @@ def main(argv):
   logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  config = _CONFIG.value
+  try:
+    config = _CONFIG.value
+    if config is not None:
+      config.keys()  # a file that failed to load gives a placeholder that raises when used
+  except Exception as e:
+    _usage_error(_explain_flag_error(sys.argv, e))
   if config is None:
     raise app.UsageError('--config is required, e.g. --config=configs/prnet.py:small')
+  problems = config_checks.bad_values(config)
+  if problems:
+    _usage_error(problems)
   mode = _MODE.value
   if mode == 'summary':
     from prnet_jax.nn import model as model_lib
@@ -135,7 +186,7 @@ def main(argv):
           f'--workdir=workdirs/small', file=sys.stderr)
     return 1
   try:
-    train.train_and_evaluate(config, _WORKDIR.value)
+    train.train_and_evaluate(config, _WORKDIR.value, start_over=_START_OVER.value)
   except train.TrainingError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
@@ -146,4 +197,4 @@ if __name__ == '__main__':
   # Eigen convolutions and glibc huge pages for XLA:CPU (BENCHMARKS.md).
   runtime.restart_tuned()
   flags.mark_flag_as_required('config')
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -23,8 +23,39 @@ def test_config_override_reaches_the_model():
 
 def test_unknown_variant_is_rejected_with_the_choices():
   r = run_launch('--config=configs/prnet.py:huge', '--mode=summary')
-  assert r.returncode != 0
+  assert r.returncode == 2
   assert "Unknown config variant 'huge'" in r.stderr
+  assert 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize('args,lines', [
+    (['--config.batchsize=8'], ["error: config has no field 'batchsize'; did you mean "
+                                "'batch_size'?"]),
+    (['--config.batch_size=0', '--config.model.resolution=100'],
+     ['error: config.batch_size is 0; it must be an integer >= 1',
+      'error: config.model.resolution is 100; it must be a positive multiple of 32 (five '
+      'stride-2 stages)']),
+    (['--config.batch_size=abc'], None),
+])
+def test_a_config_that_cannot_run_is_one_line_per_problem_and_exit_2(tmp_path, args, lines):
+  """Before anything is written: the workdir is not even created."""
+  r = run_launch('--config=configs/prnet.py:small', f'--workdir={tmp_path / "w"}', *args)
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert 'Traceback' not in r.stderr
+  got = r.stderr.strip().splitlines()
+  if lines is None:
+    assert len(got) == 1 and got[0].startswith('error: ') and 'batch_size' in got[0]
+  else:
+    assert got == lines
+  assert not (tmp_path / 'w').exists()
+
+
+def test_a_missing_config_file_is_one_line(tmp_path):
+  r = run_launch(f'--config={tmp_path}/nope.py', '--mode=summary')
+  assert r.returncode == 2 and 'Traceback' not in r.stderr
+  assert r.stderr.strip().splitlines() == [
+      f'error: --config={tmp_path}/nope.py: [Errno 2] No such file or directory: '
+      f"'{tmp_path}/nope.py'"]
 
 
 @pytest.mark.parametrize('variant,dataset,resolution', [

@@ -270,3 +270,66 @@ def test_broken_newest_checkpoint_falls_back_to_the_previous(tiny_dataset, tmp_p
       '/4')
   _, step = final_params(tmp_path)
   assert step == 8
+
+
+@pytest.mark.slow(reason='trains')
+def test_a_resume_with_another_model_stops_with_one_sentence_then_start_over(tiny_dataset,
+                                                                               tmp_path):
+  """A changed network or UV layout is another run: nothing is set aside or written; with
+  start_over the old run is kept in previous-*/ and the new one starts at step 0."""
+  from prnet_jax.training import train
+  train.train_and_evaluate(small_config(tiny_dataset, 4), str(tmp_path))
+  before = sorted(os.listdir(tmp_path / 'checkpoints'))
+  config_before = (tmp_path / 'config.json').read_text()
+  c = small_config(tiny_dataset, 6)
+  c.model.width = 3
+  c.uv_assets = 'ict'
+  with pytest.raises(train.TrainingError) as e:
+    train.train_and_evaluate(c, str(tmp_path))
+  msg = str(e.value)
+  assert 'model.width: 2 -> 3' in msg and "uv_assets: 'procedural' -> 'ict'" in msg
+  assert 'newest: step 4' in msg and '--start_over' in msg and '\n' not in msg
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == before
+  assert (tmp_path / 'config.json').read_text() == config_before
+
+  c.uv_assets = 'procedural'  # the tiny world's layout; width stays 3
+  train.train_and_evaluate(c, str(tmp_path), start_over=True)
+  aside = [d for d in os.listdir(tmp_path) if d.startswith('previous-')]
+  assert len(aside) == 1
+  assert sorted(os.listdir(tmp_path / aside[0] / 'checkpoints')) == before
+  rows = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  assert [r['step'] for r in rows if 'loss' in r] == [1, 2, 4, 6]  # the new run's log only
+  variables, step = final_params(tmp_path)
+  assert step == 6
+  assert jax.tree_util.tree_leaves(variables)[0].shape[-1] in (3, 6, 12, 24, 48)
+
+
+@pytest.mark.slow(reason='trains')
+def test_a_resume_does_not_replay_steps_into_the_logs(tiny_dataset, tmp_path):
+  """Steps logged after the newest checkpoint (a kill before its save) are run again on
+  resume: metrics.jsonl holds each step once, and TensorBoard is told to purge them."""
+  from prnet_jax.training import train
+  train.train_and_evaluate(small_config(tiny_dataset, 6), str(tmp_path))
+  import shutil
+  shutil.rmtree(tmp_path / 'checkpoints' / '6')  # as if killed before step 6 was saved
+  with open(tmp_path / 'metrics.jsonl', 'a') as f:
+    f.write('{"step": 7, "lo')  # and a line cut short
+  train.train_and_evaluate(small_config(tiny_dataset, 8), str(tmp_path))
+  rows = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  assert [r['step'] for r in rows if 'loss' in r] == [1, 2, 4, 6, 8]
+  assert [r['step'] for r in rows if 'eval_nme_2d' in r] == [1, 4, 8]
+
+
+@pytest.mark.slow(reason='trains')
+def test_two_unreadable_checkpoints_stop_without_moving_anything(tiny_dataset, tmp_path):
+  from prnet_jax.training import train
+  train.train_and_evaluate(small_config(tiny_dataset, 6), str(tmp_path))
+  for step in ('6', '4'):
+    for f in (tmp_path / 'checkpoints' / step / 'train').rglob('*'):
+      if f.is_file():
+        f.write_bytes(b'garbage')
+  before = sorted(os.listdir(tmp_path / 'checkpoints'))
+  with pytest.raises(train.TrainingError, match=r'checkpoints 6 and 4 in .* both fail to '
+                     r'restore.*nothing was moved'):
+    train.train_and_evaluate(small_config(tiny_dataset, 8), str(tmp_path))
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == before

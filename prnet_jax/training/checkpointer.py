@@ -28,6 +28,15 @@ TRAIN = 'train'
 DATA_ITER = 'data_iter'
 
 
+class RestoreError(RuntimeError):
+  """The checkpoints of a run cannot be restored onto the training state asked for."""
+
+
+def _first_line(e: Exception, limit: int = 300) -> str:
+  lines = [line for line in str(e).splitlines() if line.strip()]
+  return (lines[0] if lines else '')[:limit]
+
+
 class _IteratorState:
   """Carries a grain iterator state (a JSON-able dict) through orbax's grain handler, which
   writes one file per process. Saving takes a snapshot made at the step, so an async save
@@ -109,31 +118,51 @@ class TrainCheckpointer:
 
   def restore_latest(self, abstract) -> tuple[Optional[Any], Optional[dict]]:
     """(state, data iterator state) of the newest checkpoint that restores onto `abstract`'s
-    shapes and shardings, or (None, None) without one. A broken checkpoint is reported, moved
-    aside (kept for inspection, so that saving can reuse its step) and an older one used."""
-    broken = []
-    try:
-      return self._restore_newest_good(abstract, broken)
-    finally:
-      if broken:
-        if jax.process_index() == 0:
-          for step in broken:
-            path = os.path.join(self.directory, str(step))
-            os.replace(path, f'{path}.unreadable-{int(time.time())}')
-        if jax.process_count() > 1:
-          from jax.experimental import multihost_utils
-          multihost_utils.sync_global_devices('prnet_jax: moved unreadable checkpoints')
-        self._mngr.reload()
+    shapes and shardings, or (None, None) without one.
 
-  def _restore_newest_good(self, abstract, broken: list[int]):
-    for step in sorted(self._mngr.all_steps(), reverse=True):
+    A newest checkpoint that fails to restore is reported, moved aside (kept for inspection,
+    so that saving can reuse its step) and the one before it used. If that one fails too, the
+    cause is not damage to one save (a changed config, a changed library): a RestoreError says
+    so and nothing is moved."""
+    steps = sorted(self._mngr.all_steps(), reverse=True)
+    if not steps:
+      return None, None
+    try:
+      return self.restore(steps[0], abstract)
+    except Exception as e:  # any orbax/IO failure: try the checkpoint before it
+      newest_error = f'{type(e).__name__}: {_first_line(e)}'
+    if len(steps) > 1:
       try:
-        return self.restore(step, abstract)
-      except Exception as e:  # any orbax/IO failure: fall back to the previous checkpoint
-        log(f'checkpoint {self.directory}/{step} could not be restored ({type(e).__name__}: '
-             f'{str(e)[:300]}); trying an older one')
-        broken.append(step)
-    return None, None
+        restored = self.restore(steps[1], abstract)
+      except Exception as e:
+        raise RestoreError(
+            f'checkpoints {steps[0]} and {steps[1]} in {self.directory} both fail to restore '
+            f'onto this run\'s training state ({newest_error}; {type(e).__name__}: '
+            f'{_first_line(e)}); nothing was moved. If the config changed, train in a new '
+            f'--workdir or start over (launch.py --start_over)') from e
+    else:
+      restored = (None, None)
+    log(f'checkpoint {self.directory}/{steps[0]} could not be restored ({newest_error}); '
+        f'set aside as {steps[0]}.unreadable-*, ' + (
+            f'resuming from {steps[1]}' if len(steps) > 1 else 'starting from step 0'))
+    self._set_aside(steps[0])
+    return restored
+
+  def _set_aside(self, step: int) -> None:
+    if jax.process_index() == 0:
+      path = os.path.join(self.directory, str(step))
+      os.replace(path, f'{path}.unreadable-{int(time.time())}')
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices('prnet_jax: moved an unreadable checkpoint')
+    self._mngr.reload()
+
+  def saved_model_config(self, step: int) -> dict:
+    """The model config (a dict of ModelConfig's fields) saved with checkpoint `step`."""
+    with quiet_absl():
+      r = self._mngr.restore(step, args=ocp.args.Composite(**{
+          MODEL_CONFIG: ocp.args.JsonRestore()}))
+    return dict(r[MODEL_CONFIG])
 
   def restore(self, step: int, abstract, data_state: bool = True
               ) -> tuple[Any, Optional[dict]]:

@@ -31,7 +31,8 @@ from prnet_jax.faces.uv_assets import AssetError, UVAssets
 from prnet_jax.nn import losses, sharding
 from prnet_jax.nn.model import ModelConfig, PRNet, init_variables
 from prnet_jax.runtime import log
-from prnet_jax.training.checkpointer import TrainCheckpointer, preemption_notice
+from prnet_jax.training import config_checks, run_identity
+from prnet_jax.training.checkpointer import RestoreError, TrainCheckpointer, preemption_notice
 
 
 class TrainingError(RuntimeError):
@@ -123,13 +124,19 @@ def make_train_step(loss_fn, tx):
 class MetricWriter:
   """Scalars to `metrics.jsonl` and TensorBoard event files (process 0 only)."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, start_step: int = 0):
+    """Continues the logs of a run (re)starting at `start_step`: records of later steps
+    (written before a kill or preemption, and about to be replayed) are dropped, from
+    metrics.jsonl here and from TensorBoard by its purge step."""
     self.enabled = jax.process_index() == 0
     if self.enabled:
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      path = os.path.join(workdir, 'metrics.jsonl')
+      _drop_records_after(path, start_step)
+      self._jsonl = open(path, 'a')
       try:
         from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+        self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'),
+                                 purge_step=start_step + 1)
       except ImportError:
         self._tb = None
 
@@ -148,6 +155,26 @@ class MetricWriter:
       self._jsonl.close()
       if self._tb is not None:
         self._tb.close()
+
+
+def _drop_records_after(path: str, step: int) -> None:
+  """Rewrites a metrics.jsonl without its records of steps after `step` (atomically; a
+  line that is not a record, e.g. cut short by a kill, is dropped too)."""
+  if not os.path.exists(path):
+    return
+  kept, dropped = [], 0
+  with open(path) as f:
+    for line in f:
+      try:
+        keep = int(json.loads(line)['step']) <= step
+      except (ValueError, KeyError, TypeError):
+        keep = False
+      if keep:
+        kept.append(line)
+      else:
+        dropped += 1
+  if dropped:
+    _write_atomically(path, ''.join(kept))
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -212,11 +239,18 @@ def _write_atomically(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       start_over: bool = False) -> dict[str, float]:
   """Trains (resuming from `workdir` if it holds checkpoints); returns the last metrics.
 
   The dataset must be built (`python -m datasets.build NAME`; `launch.py` builds the synthetic
-  ones on first use); otherwise a TrainingError says how."""
+  ones on first use); otherwise a TrainingError says how. A workdir whose checkpoints belong to
+  another run (model, dataset, UV layout or optimizer differ) is a TrainingError before anything
+  is written; `start_over` moves that run's checkpoints and logs to WORKDIR/previous-<time>/
+  and starts at step 0."""
+  problems = config_checks.bad_values(config)
+  if problems:
+    raise TrainingError('; '.join(problems))
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
 
@@ -238,9 +272,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   schedule = make_schedule(config, steps_per_epoch)
 
   # Checkpoint: resume from the newest good one.
+  if start_over:
+    _set_previous_run_aside(workdir)
   ckpt = TrainCheckpointer(os.path.join(workdir, 'checkpoints'), model_config,
                            keep=config.get('keep_checkpoints', 3))
-  state, data_state = ckpt.restore_latest(trainer.abstract_state)
+  mismatch = _run_mismatch(ckpt, workdir, config, model_config)
+  if mismatch:
+    ckpt.close()
+    raise TrainingError(mismatch)
+  try:
+    state, data_state = ckpt.restore_latest(trainer.abstract_state)
+  except RestoreError as e:
+    ckpt.close()
+    raise TrainingError(str(e)) from e
   if state is None:
     state = trainer.init(jax.random.key(config.seed))
     log(f'new run: {num_steps} steps ({steps_per_epoch} per epoch), global batch '
@@ -255,7 +299,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   batches = input_pipeline.DeviceIterator(loader, trainer.data_sharding, state=data_state)
   evaluate = _make_evaluator(config, trainer, assets)
 
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, start_step=int(state.step))
   log_every = max(int(config.get('log_every', 50)), 1)
   ckpt_every = int(config.get('checkpoint_every', 500))
   eval_every = int(config.get('eval_every', 0))
@@ -309,6 +353,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       batches.close()
       writer.close()
   return last
+
+
+_PREVIOUS_RUN_FILES = ('checkpoints', 'metrics.jsonl', 'tensorboard', 'config.json', 'eval')
+
+
+def _set_previous_run_aside(workdir: str) -> None:
+  """Moves a run's checkpoints and logs into WORKDIR/previous-<time>/ (nothing deleted)."""
+  present = [n for n in _PREVIOUS_RUN_FILES if os.path.exists(os.path.join(workdir, n))]
+  if present and jax.process_index() == 0:
+    aside = os.path.join(workdir, time.strftime('previous-%Y%m%d-%H%M%S'))
+    os.makedirs(aside)
+    for name in present:
+      os.replace(os.path.join(workdir, name), os.path.join(aside, name))
+    log(f'start over: the previous run\'s {", ".join(present)} moved to {aside}')
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices('prnet_jax: previous run set aside')
+
+
+def _run_mismatch(ckpt: TrainCheckpointer, workdir: str, config,
+                  model_config: ModelConfig) -> Optional[str]:
+  """The sentence a resume stops with when the newest checkpoint is another run's, else None.
+  What cannot be read is not judged here: `restore_latest` deals with damaged checkpoints."""
+  step = ckpt.latest_step()
+  if step is None:
+    return None
+  try:
+    saved_model = ckpt.saved_model_config(step)
+  except Exception:  # unreadable: damage, not a different run
+    saved_model = None
+  saved_run = None
+  try:
+    with open(os.path.join(workdir, 'config.json')) as f:
+      saved_run = json.load(f)
+  except (OSError, ValueError):
+    pass
+  diffs = run_identity.differences(saved_model, model_config.to_dict(), saved_run,
+                                   config.to_dict())
+  return run_identity.mismatch_message(workdir, step, diffs) if diffs else None
 
 
 def _make_evaluator(config, trainer: Trainer, assets: UVAssets):

@@ -34,6 +34,27 @@ def test_round_trip_and_newest_step(tmp_path):
                                 fake_variables(0)['params']['conv0']['conv']['kernel'])
 
 
+def test_saving_over_a_step_swaps_it_in_only_when_complete(tmp_path, monkeypatch):
+  cfg = ModelConfig(64, 4)
+  checkpoints.save_variables(str(tmp_path), fake_variables(0), cfg, step=0)
+  checkpoints.save_variables(str(tmp_path), fake_variables(1), cfg, step=0)  # replaces it
+  got, _, _ = checkpoints.load_variables(str(tmp_path))
+  np.testing.assert_array_equal(got['params']['conv0']['conv']['kernel'],
+                                fake_variables(1)['params']['conv0']['conv']['kernel'])
+  assert sorted(os.listdir(tmp_path)) == ['0']
+
+  import orbax.checkpoint as ocp
+  def fail(*args, **kwargs):
+    raise OSError(28, 'No space left on device')
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', fail)
+  with pytest.raises(OSError, match='No space left'):
+    checkpoints.save_variables(str(tmp_path), fake_variables(2), cfg, step=0)
+  got, _, _ = checkpoints.load_variables(str(tmp_path))
+  np.testing.assert_array_equal(got['params']['conv0']['conv']['kernel'],
+                                fake_variables(1)['params']['conv0']['conv']['kernel'])
+  assert sorted(os.listdir(tmp_path)) == ['0']
+
+
 def test_errors_name_the_path(tmp_path):
   with pytest.raises(checkpoints.CheckpointError, match=f'{tmp_path}/nope: checkpoint directory'
                                                          ' does not exist'):

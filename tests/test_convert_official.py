@@ -275,3 +275,25 @@ def test_index_path_output_reuse_and_resolution(tf, official_like, tmp_path, cap
   err = capsys.readouterr().err
   assert '--resolution=128 disagrees with the checkpoint' in err and 'Traceback' not in err
   assert not os.path.exists(f'{tmp_path}/r')
+
+
+def test_overwrite_with_an_unreadable_input_keeps_the_existing_checkpoint(tf, official_like,
+                                                                          tmp_path, capsys):
+  """--overwrite replaces the step only once the new one is complete: a truncated weights
+  file is refused and the checkpoint already there still loads, unchanged."""
+  import shutil
+  prefix, values, _ = official_like
+  out = f'{tmp_path}/ckpt'
+  assert convert_official.main([f'--checkpoint={prefix}', f'--output={out}']) == 0
+  copy = tmp_path / 'damaged'
+  shutil.copy(prefix + '.index', f'{copy}.index')
+  data = open(prefix + '.data-00000-of-00001', 'rb').read()
+  open(f'{copy}.data-00000-of-00001', 'wb').write(data[:len(data) // 2])
+  capsys.readouterr()
+  assert convert_official.main([f'--checkpoint={copy}', f'--output={out}', '--overwrite']) == 1
+  assert 'truncated or damaged' in capsys.readouterr().err
+  variables, _, step = checkpoints.load_variables(out)
+  assert step == 0
+  np.testing.assert_array_equal(variables['params']['conv0']['conv']['kernel'],
+                                values['resfcn256/Conv/weights'])
+  assert sorted(os.listdir(out)) == ['0']

@@ -317,6 +317,21 @@ def test_export_reloads_without_flax_and_matches(ckpt, tmp_path):
   assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
+def test_a_failed_export_leaves_the_previous_file(tmp_path):
+  from prnet_jax.serving import export
+
+  class Unserializable:
+    def serialize(self):
+      raise RuntimeError('cannot serialize')
+
+  path = tmp_path / 'prnet.jaxexport'
+  path.write_bytes(b'the previous export')
+  with pytest.raises(RuntimeError, match='cannot serialize'):
+    export.save(str(path), Unserializable(), [np.zeros(3)], {})
+  assert path.read_bytes() == b'the previous export'
+  assert os.listdir(tmp_path) == ['prnet.jaxexport']
+
+
 @pytest.mark.slow(reason='memory probe subprocess')
 def test_memory_stays_bounded_for_an_untrained_network_on_real_photos(monkeypatch, tmp_path):
   """An untrained full-size network's position maps are not smooth: their meshes' triangles are

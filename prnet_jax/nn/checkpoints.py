@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 from typing import Any, Mapping, Optional
 
 import jax
@@ -54,15 +55,30 @@ class CheckpointError(RuntimeError):
 
 def save_variables(directory: str, variables: Mapping[str, Any], model_config: ModelConfig,
                    step: int = 0) -> str:
-  """Writes `variables` and `model_config` as step `step` under `directory`; returns its path."""
+  """Writes `variables` and `model_config` as step `step` under `directory`; returns its path.
+
+  The step is written in a staging folder and swapped in only once complete, so a failure
+  (disk full, a kill) leaves a step already there as it was."""
   directory = os.path.abspath(directory)
+  os.makedirs(directory, exist_ok=True)
   tree = {k: jax.tree_util.tree_map(np.asarray, dict(v)) for k, v in variables.items()}
-  with ocp.CheckpointManager(directory) as mngr:
-    mngr.save(step, args=ocp.args.Composite(**{
-        VARIABLES: ocp.args.StandardSave(tree),
-        MODEL_CONFIG: ocp.args.JsonSave(model_config.to_dict())}), force=True)
-    mngr.wait_until_finished()
-  return os.path.join(directory, str(step))
+  staging = os.path.join(directory, f'.staging-{os.getpid()}')
+  final, replaced = os.path.join(directory, str(step)), None
+  try:
+    with ocp.CheckpointManager(staging) as mngr:
+      mngr.save(step, args=ocp.args.Composite(**{
+          VARIABLES: ocp.args.StandardSave(tree),
+          MODEL_CONFIG: ocp.args.JsonSave(model_config.to_dict())}), force=True)
+      mngr.wait_until_finished()
+    if os.path.exists(final):
+      replaced = os.path.join(directory, f'.replaced-{os.getpid()}')
+      os.replace(final, replaced)
+    os.replace(os.path.join(staging, str(step)), final)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+    if replaced and os.path.exists(final):
+      shutil.rmtree(replaced, ignore_errors=True)
+  return final
 
 
 @contextlib.contextmanager

@@ -127,8 +127,9 @@ def _checkpoint_prefix(path: str) -> str:
   return path
 
 
-def _prepare_output(output: str, overwrite: bool) -> None:
-  """Refuses to write over an existing checkpoint unless `overwrite`; then removes its step."""
+def _check_output(output: str, overwrite: bool) -> None:
+  """Refuses to write over an existing checkpoint unless `overwrite`. Nothing is removed here:
+  `checkpoints.save_variables` swaps the new step in only once it is complete."""
   step = os.path.join(os.path.abspath(output), '0')
   if not os.path.exists(step):
     return
@@ -138,8 +139,6 @@ def _prepare_output(output: str, overwrite: bool) -> None:
   if not os.path.isdir(os.path.join(step, checkpoints.VARIABLES)):
     raise ConversionError(f'{step} exists and is not a prnet_jax checkpoint step; not '
                           f'overwriting it')
-  import shutil
-  shutil.rmtree(step)
 
 
 def convert_checkpoint(checkpoint: str, output: str, resolution: int = OFFICIAL_RESOLUTION,
@@ -155,7 +154,7 @@ def convert_checkpoint(checkpoint: str, output: str, resolution: int = OFFICIAL_
     raise ConversionError('TensorFlow is needed to read the official checkpoint: '
                           'pip install -e ".[tf]"') from e
   prefix = _checkpoint_prefix(checkpoint)
-  _prepare_output(output, overwrite)
+  _check_output(output, overwrite)
   try:
     reader = tf.train.load_checkpoint(prefix)
   except Exception as e:  # tf raises DataLossError/NotFoundError/...; name the file.

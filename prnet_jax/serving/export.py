@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -50,10 +51,18 @@ def export_forward(model, variables, platforms: Sequence[str] = ('cpu',)):
 
 
 def save(path: str, exported, flat_variables, meta: dict) -> None:
+  """Writes the export through a temporary file beside `path`: a failure leaves `path` as it
+  was (OSError names the path)."""
   arrays = {f'v{i:04d}': x for i, x in enumerate(flat_variables)}
-  with open(path, 'wb') as f:
-    np.savez(f, exported=np.frombuffer(exported.serialize(), np.uint8),
-             meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+  tmp = f'{path}.tmp-{os.getpid()}'
+  try:
+    with open(tmp, 'wb') as f:
+      np.savez(f, exported=np.frombuffer(exported.serialize(), np.uint8),
+               meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def load(path: str) -> Callable[[np.ndarray], jax.Array]:
@@ -80,8 +89,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 1
   model = PRNet.from_config(model_config)
   exported, flat = export_forward(model, variables, a.platforms.split(','))
-  save(a.output, exported, flat, {'model_config': model_config.to_dict(), 'step': int(step),
-                                  'checkpoint': a.checkpoint})
+  try:
+    save(a.output, exported, flat, {'model_config': model_config.to_dict(),
+                                    'step': int(step), 'checkpoint': a.checkpoint})
+  except OSError as e:
+    print(f'error: cannot write {a.output}: {e.strerror or e}', file=sys.stderr)
+    return 1
   print(f'wrote {a.output}: input uint8 (b, {model.resolution}, {model.resolution}, 3), '
         f'platforms {a.platforms}')
   return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from typing import Optional, Sequence
 
@@ -37,9 +38,30 @@ def build(name: str, data_dir: Optional[str] = None, manual_dir: Optional[str] =
     if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
       raise FileNotFoundError(f'{manual_dir}: manual directory missing or empty; {name} '
                               f'needs files you download yourself.\n{instructions}')
+  if not builder.is_prepared():
+    remove_stale_builds(builder)
   config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
   builder.download_and_prepare(download_config=config, file_format='array_record')
   return builder
+
+
+def remove_stale_builds(builder) -> list[str]:
+  """Removes the ``incomplete.*`` folders that killed builds of this dataset config left beside
+  its version folders (TFDS never reuses them); returns their paths. One build of a dataset
+  config runs at a time (TFDS cannot finish two into the same version folder)."""
+  parent = os.path.dirname(builder.data_dir)
+  if not os.path.isdir(parent):
+    return []
+  removed = []
+  for name in sorted(os.listdir(parent)):
+    path = os.path.join(parent, name)
+    if name.startswith('incomplete.') and os.path.isdir(path):
+      size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path)
+                 for f in files)
+      shutil.rmtree(path)
+      print(f'removed {path} ({size / 1e6:.1f} MB), left by an interrupted build', flush=True)
+      removed.append(path)
+  return removed
 
 
 def ensure_built(name: str, data_dir: Optional[str] = None):

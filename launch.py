@@ -157,6 +157,10 @@ def main(argv):
     checkpoint = _CHECKPOINT.value or _WORKDIR.value or checkpoints.PRETRAINED
     pretrained = checkpoint == checkpoints.PRETRAINED
     output = _OUTPUT.value or os.path.join(_WORKDIR.value or '.', 'predict')
+    problem = predict.output_folder_problem(output)
+    if problem:
+      print(f'error: {problem}', file=sys.stderr)
+      return 2
     try:
       predictor = inference.Predictor.from_checkpoint(
           checkpoint, None if pretrained else (config.uv_assets or None), _DETECTOR.value)

@@ -214,6 +214,19 @@ def test_real_photos_detected_and_every_writer_valid(predictor, tmp_path, monkey
 
 
 @pytest.mark.slow(reason='CLI subprocesses')
+def png_declaring(width: int, height: int) -> bytes:
+  """A small PNG file whose header declares width x height (a decompression bomb's header)."""
+  import struct
+  import zlib
+  buf = io.BytesIO()
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, 'PNG')
+  data = bytearray(buf.getvalue())
+  ihdr = 8  # after the signature: length, b'IHDR', 13 bytes, CRC
+  data[ihdr + 8:ihdr + 16] = struct.pack('>II', width, height)
+  data[ihdr + 21:ihdr + 25] = struct.pack('>I', zlib.crc32(bytes(data[ihdr + 4:ihdr + 21])))
+  return bytes(data)
+
+
 def test_cli_reports_bad_files_and_processes_the_rest(ckpt, tmp_path, sample):
   inp = tmp_path / 'in'
   inp.mkdir()
@@ -221,6 +234,7 @@ def test_cli_reports_bad_files_and_processes_the_rest(ckpt, tmp_path, sample):
   (inp / 'notes.txt').write_text('not an image')
   Image.fromarray(np.full((64, 64, 3), 127, np.uint8)).save(inp / 'blank.png')
   (inp / 'cut.jpg').write_bytes(open(inp / 'face.png', 'rb').read()[:300])
+  (inp / 'bomb.png').write_bytes(png_declaring(30000, 30000))
   r = subprocess.run([sys.executable, '-m', 'prnet_jax.serving.predict', f'--checkpoint={ckpt}',
                       f'--input={inp}', f'--output={tmp_path / "out"}'], cwd=ROOT,
                      capture_output=True, text=True, timeout=600)
@@ -228,7 +242,8 @@ def test_cli_reports_bad_files_and_processes_the_rest(ckpt, tmp_path, sample):
   out = r.stdout
   assert 'notes.txt: not a readable image' in out and 'blank.png: no face found' in out
   assert 'cut.jpg: not a readable image' in out and 'Traceback' not in r.stderr
-  assert 'of 4 inputs done' in out and 'face.png' in out  # the good file is still processed
+  assert 'bomb.png: not a readable image' in out and 'decompression bomb' in out
+  assert '1 of 5 inputs done' in out and 'face.png' in out  # the good file is still processed
   # launch.py --mode=predict is the same code path.
   r = subprocess.run([sys.executable, 'launch.py', '--config=configs/prnet.py:small',
                       '--mode=predict', f'--checkpoint={ckpt}', f'--input={inp / "notes.txt"}',
@@ -258,6 +273,24 @@ def test_cli_refuses_a_batch_or_redetect_interval_below_one(tmp_path, capsys):
                        '--redetect_every', '0']) == 2
   assert capsys.readouterr().out.strip().endswith(
       'error: --batch and --redetect_every must be at least 1')
+
+
+def test_an_output_that_cannot_be_a_folder_is_refused_before_the_model_loads(tmp_path, capsys,
+                                                                            monkeypatch):
+  from prnet_jax.serving import applications
+
+  def no_model(*args, **kwargs):
+    raise AssertionError('the model was loaded')
+  monkeypatch.setattr(inference.Predictor, 'from_checkpoint', no_model)
+  (tmp_path / 'file').write_text('x')
+  assert predict.main(['--input', str(tmp_path), '--output', str(tmp_path / 'file')]) == 2
+  assert capsys.readouterr().out.strip() == (
+      f'error: --output={tmp_path / "file"} is a file, not a folder')
+  under_a_file = tmp_path / 'file' / 'sub'
+  assert applications.main(['frontalize', f'--input={tmp_path}',
+                           f'--output={under_a_file}']) == 2
+  assert capsys.readouterr().out.strip().startswith(
+      f'error: --output={under_a_file}: cannot create it')
 
 
 def test_video_tracks_faces_between_detections(predictor, sample, tmp_path, monkeypatch):

@@ -350,15 +350,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   fr.add_argument('--size', type=int, default=256, help='side of the frontal picture')
   fr.add_argument('--output', required=True, help='output folder')
   a = p.parse_args(argv)
+  from prnet_jax.serving.predict import output_folder_problem
+  problem = output_folder_problem(a.output)
+  if problem:
+    print(f'error: {problem}')
+    return 2
   try:
     predictor = inference.Predictor.from_checkpoint(a.checkpoint, a.uv_assets, a.detector)
-    os.makedirs(a.output, exist_ok=True)
     if a.command == 'swap':
       part = a.part
       if part not in PARTS:
         if not os.path.isfile(part):
           raise ApplicationError(f"{part}: --part must be 'face', 'eyes' or a mask image file")
-        part = np.asarray(Image.open(part).convert('L'), np.float32)
+        mask = image_io.load_photo(part)  # its checks (size, format) and one-line errors
+        part = np.asarray(Image.fromarray(mask).convert('L'), np.float32)
       out = swap_texture(predictor, a.source, a.target, part, a.source_face, a.target_face,
                          blend=a.blend)
       stem = (os.path.splitext(os.path.basename(a.source))[0] + '_on_'
@@ -378,6 +383,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except (ApplicationError, inference.PredictError, image_io.ImageError) as e:
     print(f'error: {e}')
     return 2
+  except OSError as e:  # writing the result
+    print(f'error: cannot write {e.filename or a.output}: {e.strerror or e}')
+    return 1
   return 0
 
 

@@ -119,6 +119,22 @@ def predict_video(predictor: Predictor, path: str, out_dir: str, batch: int = 16
   return done
 
 
+def output_folder_problem(path: str) -> Optional[str]:
+  """None when `path` is (or could be made) a writable folder, else why not, in one line:
+  checked before the model loads, so that a bad --output costs nothing."""
+  try:
+    os.makedirs(path, exist_ok=True)
+  except FileExistsError:
+    return f'--output={path} is a file, not a folder'
+  except OSError as e:
+    return f'--output={path}: cannot create it ({e.strerror or e})'
+  if not os.path.isdir(path):
+    return f'--output={path} is not a folder'
+  if not os.access(path, os.W_OK | os.X_OK):
+    return f'--output={path}: not writable'
+  return None
+
+
 def run(predictor: Predictor, inputs: str, out_dir: str, batch: int = 16,
         redetect_every: int = 32) -> int:
   """Predicts for a file, a folder of images or a video; one message per bad file, the rest
@@ -155,6 +171,9 @@ def run(predictor: Predictor, inputs: str, out_dir: str, batch: int = 16,
     except (PredictError, image_io.ImageError) as e:
       failed += 1
       msg = f'skipped: {e}'
+    except OSError as e:  # writing the outputs (disk full, permissions): the rest still run
+      failed += 1
+      msg = f'skipped: {path}: cannot write its outputs ({e.filename or out_dir}: {e.strerror})'
     print(_bar(i + 1, len(files), start, msg), flush=True)
   print(f'{len(files) - failed} of {len(files)} inputs done, {failed} skipped; output in '
         f'{out_dir}', flush=True)
@@ -184,6 +203,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "model's own map size)")
   add_test_time_flags(p)
   a = p.parse_args(argv)
+  problem = output_folder_problem(a.output)
+  if problem:
+    print(f'error: {problem}')
+    return 2
   try:
     predictor = apply_test_time_flags(
         Predictor.from_checkpoint(a.checkpoint, a.uv_assets, a.detector), a)

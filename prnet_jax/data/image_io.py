@@ -45,11 +45,14 @@ def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
   return np.clip(np.round(a), 0, 255).astype(np.uint8)
 
 
-def load_photo(image: Any, channel_order: str = 'RGB', name: Optional[str] = None
-               ) -> np.ndarray:
+def load_photo(image: Any, channel_order: str = 'RGB', name: Optional[str] = None,
+               max_side: Optional[int] = None) -> np.ndarray:
   """A path, encoded bytes (JPEG, PNG, ...) or array (RGB/BGR/gray/RGBA, uint8 or float in
   [0, 1], any size) -> (H, W, 3) uint8 RGB. `channel_order` applies to arrays; `name` names
-  the input in errors (default: the path). Raises ImageError naming the input."""
+  the input in errors (default: the path). Raises ImageError naming the input.
+
+  `max_side`: files and bytes are shrunk (aspect kept) so that neither side exceeds it, JPEGs
+  already while decoding (memory bounded by the output, not the photo: a server's uploads)."""
   name = name or (image if isinstance(image, str) else 'image array')
   if isinstance(image, (str, bytes, bytearray)):
     if isinstance(image, str) and not os.path.isfile(image):
@@ -59,6 +62,11 @@ def load_photo(image: Any, channel_order: str = 'RGB', name: Optional[str] = Non
         if im.width * im.height > MAX_PIXELS:
           raise ImageError(f'{name}: image too large ({im.width}x{im.height}); resize it '
                            f'below {MAX_PIXELS / 1e6:.0f} megapixels')
+        if max_side and max(im.size) > max_side:
+          scale = max_side / max(im.size)
+          target = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+          im.draft('RGB', target)  # JPEG: decode at 1/2, 1/4 or 1/8 size; others: no-op
+          im = im.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
         if im.mode in WIDE_MODES:  # PIL's convert('RGB') clips these: scale them instead
           arr = _to_uint8(np.asarray(im), im.mode)
         else:

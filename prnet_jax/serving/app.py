@@ -17,7 +17,12 @@ choice, brings FastAPI, pydantic, pandas and a hub client with their own pins).
   POST /api/swap              {source, target: data URLs, part: 'face' | 'eyes'} -> image
   GET  /api/download/ID/FILE  the .obj, .ply and .json of a prediction (the last 32 kept)
 
-Errors come back as {error: message} with status 400 (bad input) or 413 (body over the limit).
+Errors come back as {error: message} with status 400 (bad input), 408 (a body that stops
+arriving), 413 (body over the limit), 421 (a Host that is not this machine's loopback name while
+the server listens on loopback: DNS rebinding) or 503 (over MAX_CONNECTIONS at once).
+Uploads are decoded at most MAX_SIDE px on their longer side (JPEGs reduced while decoding), so
+a request's memory is bounded whatever the photo; pages carry a Content-Security-Policy that
+allows only the page's own script and style (by hash), no framing and no other origin.
 """
 
 from __future__ import annotations
@@ -30,13 +35,19 @@ import io
 import json
 import os
 import threading
+import traceback
 from typing import Any, Optional, Sequence
 import uuid
 
 import numpy as np
 
 MAX_BODY = 40 * 1024 * 1024   # two photos as data URLs
+MAX_SIDE = 2048               # uploads are decoded at most this long (the model sees ~256 px)
+MAX_CONNECTIONS = 32          # at once; more are answered 503 at once
+SOCKET_TIMEOUT_S = 30         # a request (headers or body) that stops arriving is dropped
+LISTEN_BACKLOG = 128
 KEEP_RESULTS = 32
+LOOPBACK_NAMES = ('127.0.0.1', 'localhost', '[::1]')
 WEB = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'web')
 
 
@@ -61,7 +72,8 @@ def decode_upload(data_url: Any, what: str) -> np.ndarray:
     raise AppError(f'{what}: no image given')
   payload = data_url.split(',', 1)[1] if data_url.startswith('data:') else data_url
   try:
-    return image_io.load_photo(base64.b64decode(payload, validate=False), name=what)
+    return image_io.load_photo(base64.b64decode(payload, validate=False), name=what,
+                               max_side=MAX_SIDE)
   except binascii.Error as e:
     raise AppError(f'{what}: not a readable image') from e
   except image_io.ImageError as e:
@@ -93,12 +105,12 @@ class Demo:
 
   def predict(self, request: dict) -> dict:
     from prnet_jax.serving import outputs
+    try:  # the request's own fields first: a bad one costs no decoding
+      index = int(request.get('face', 0))
+    except (TypeError, ValueError, OverflowError) as e:
+      raise AppError(f"face must be a face's index, got {request.get('face')!r}") from e
     image = decode_upload(request.get('image'), 'photo')
     faces = self._faces(image, 'photo')
-    try:
-      index = int(request.get('face', 0))
-    except (TypeError, ValueError) as e:
-      raise AppError(f"face must be a face's index, got {request.get('face')!r}") from e
     if not 0 <= index < len(faces):
       raise AppError(f'photo: {len(faces)} face(s) found, face {index} is out of range')
     face = faces[index]
@@ -180,9 +192,40 @@ def _world_face() -> bytes:
   return buf.getvalue()
 
 
-def make_handler(demo: Demo):
+def _inline_hashes(html: str, tag: str) -> list[str]:
+  """CSP sources ('sha256-...') of the page's inline <tag> blocks."""
+  import hashlib
+  import re
+  return ["'sha256-%s'" % base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+          for body in re.findall(rf'<{tag}>(.*?)</{tag}>', html, re.S)]
+
+
+def security_headers(html: str) -> dict[str, str]:
+  """Headers of every answer: a Content-Security-Policy that allows only the page's own inline
+  script and style (by hash), images from the server and data:/blob: URLs, requests to the
+  server itself, and no framing; no MIME sniffing; no referrer."""
+  csp = '; '.join([
+      "default-src 'none'", f"script-src {' '.join(_inline_hashes(html, 'script'))}",
+      f"style-src {' '.join(_inline_hashes(html, 'style'))}", "img-src 'self' data: blob:",
+      "connect-src 'self'", "base-uri 'none'", "form-action 'none'", "frame-ancestors 'none'"])
+  return {'Content-Security-Policy': csp, 'X-Content-Type-Options': 'nosniff',
+          'X-Frame-Options': 'DENY', 'Referrer-Policy': 'no-referrer',
+          'Cross-Origin-Resource-Policy': 'same-origin'}
+
+
+def make_handler(demo: Demo, loopback_only: bool = True):
+  with open(os.path.join(WEB, 'index.html'), encoding='utf-8') as f:
+    page = f.read()
+  headers = security_headers(page)
+  page_bytes = page.encode()
+
   class Handler(BaseHTTPRequestHandler):
     server_version = 'prnet-jax'
+    sys_version = ''  # the Server header names no Python version
+    timeout = SOCKET_TIMEOUT_S  # a client that stops sending loses its thread after this
+
+    def version_string(self) -> str:
+      return self.server_version
 
     def log_message(self, fmt, *args):  # quiet; errors are answered, not logged
       pass
@@ -191,17 +234,35 @@ def make_handler(demo: Demo):
       self.send_response(status)
       self.send_header('Content-Type', kind)
       self.send_header('Content-Length', str(len(body)))
+      self.send_header('Cache-Control', 'no-store')
+      for k, v in headers.items():
+        self.send_header(k, v)
       self.end_headers()
       self.wfile.write(body)
 
     def _json(self, status: int, obj: Any):
       self._send(status, json.dumps(obj).encode(), 'application/json')
 
+    def _host_ok(self) -> bool:
+      """On loopback, only loopback names (a page of another site that rebinds its own name to
+      127.0.0.1 sends that name as Host)."""
+      if not loopback_only:
+        return True
+      host = (self.headers.get('Host') or '').strip().lower()
+      name = host.rsplit(':', 1)[0] if not host.endswith(']') else host
+      if name in LOOPBACK_NAMES:
+        return True
+      self.close_connection = True
+      self._json(HTTPStatus.MISDIRECTED_REQUEST,
+                 {'error': f'Host {host!r} is not this demo (open http://127.0.0.1:PORT)'})
+      return False
+
     def do_GET(self):  # noqa: N802
+      if not self._host_ok():
+        return None
       try:
         if self.path in ('/', '/index.html'):
-          with open(os.path.join(WEB, 'index.html'), 'rb') as f:
-            return self._send(200, f.read(), 'text/html; charset=utf-8')
+          return self._send(200, page_bytes, 'text/html; charset=utf-8')
         if self.path == '/api/examples':
           return self._json(200, [{'name': n, 'url': f'/api/example/{n}'}
                                   for n in demo.examples])
@@ -221,17 +282,34 @@ def make_handler(demo: Demo):
       except AppError as e:
         self._json(400, {'error': str(e)})
 
-    def do_POST(self):  # noqa: N802
-      length = int(self.headers.get('Content-Length') or 0)
+    def _body(self) -> bytes:
+      self.close_connection = True  # a bad or partial body leaves the stream unusable
+      raw = self.headers.get('Content-Length')
+      if raw is None or not raw.strip().isdigit():
+        raise AppError(f'Content-Length must be a number of bytes, got {raw!r}')
+      length = int(raw)
       if length > MAX_BODY:
-        return self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                          {'error': f'request of {length / 1e6:.0f} MB is over the '
-                                    f'{MAX_BODY / 1e6:.0f} MB limit'})
+        raise _TooLarge(f'request of {length / 1e6:.0f} MB is over the '
+                        f'{MAX_BODY / 1e6:.0f} MB limit')
       try:
-        try:
-          request = json.loads(self.rfile.read(length) or b'{}')
-        except json.JSONDecodeError as e:
-          raise AppError(f'the request is not JSON ({e})') from e
+        body = self.rfile.read(length)
+      except (TimeoutError, OSError) as e:
+        raise _Timeout(f'the request body stopped arriving ({len(raw)} bytes announced)') from e
+      if len(body) < length:
+        raise AppError(f'the request body ended after {len(body)} of {length} bytes')
+      self.close_connection = False
+      return body
+
+    def do_POST(self):  # noqa: N802
+      if not self._host_ok():
+        return None
+      try:
+        body = self._body()
+        # Only JSON: a page of another site cannot send it without a CORS preflight, which
+        # this server does not answer (its forms can send only form, multipart or text bodies).
+        if (self.headers.get('Content-Type') or '').split(';')[0].strip() != 'application/json':
+          raise AppError('send the request as JSON (Content-Type: application/json)')
+        request = _parse_json(body)
         if not isinstance(request, dict):
           raise AppError('the request must be a JSON object')
         if self.path == '/api/predict':
@@ -239,21 +317,78 @@ def make_handler(demo: Demo):
         if self.path == '/api/swap':
           return self._json(200, demo.swap(request))
         self._json(404, {'error': f'{self.path}: not found'})
+      except _TooLarge as e:
+        self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {'error': str(e)})
+      except _Timeout as e:
+        self._json(HTTPStatus.REQUEST_TIMEOUT, {'error': str(e)})
       except AppError as e:
         self._json(400, {'error': str(e)})
-      except Exception as e:  # pylint: disable=broad-except  # keep serving; say what failed
+      except Exception as e:  # pylint: disable=broad-except  # keep serving
         from prnet_jax.serving import applications, inference
         if isinstance(e, (inference.PredictError, applications.ApplicationError)):
           return self._json(400, {'error': str(e)})
-        self._json(500, {'error': f'{type(e).__name__}: {e}'})
+        traceback.print_exc()  # for whoever runs the server; the client learns nothing inside
+        self._json(500, {'error': 'the server could not process this request'})
 
   return Handler
 
 
+def _parse_json(body: bytes) -> Any:
+  try:
+    return json.loads(body or b'{}')
+  except RecursionError as e:
+    raise AppError('the request is not JSON (nested too deeply)') from e
+  except UnicodeDecodeError as e:
+    raise AppError('the request is not JSON (not UTF-8 text)') from e
+  except json.JSONDecodeError as e:
+    raise AppError(f'the request is not JSON ({e.msg} at line {e.lineno} column {e.colno})'
+                   ) from e
+
+
+class _TooLarge(AppError):
+  pass
+
+
+class _Timeout(AppError):
+  pass
+
+
+class _Server(ThreadingHTTPServer):
+  """http.server's threading server with a deeper listen queue and at most MAX_CONNECTIONS
+  handled at once (the rest get 503 at once instead of a thread each)."""
+  request_queue_size = LISTEN_BACKLOG
+  daemon_threads = True
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+  def process_request(self, request, client_address):
+    if not self._slots.acquire(blocking=False):
+      try:
+        body = b'{"error": "the demo is busy; try again"}'
+        request.sendall(b'HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json'
+                        b'\r\nConnection: close\r\nContent-Length: ' +
+                        str(len(body)).encode() + b'\r\n\r\n' + body)
+      except OSError:
+        pass
+      self.shutdown_request(request)
+      return
+    super().process_request(request, client_address)
+
+  def process_request_thread(self, request, client_address):
+    try:
+      super().process_request_thread(request, client_address)
+    finally:
+      self._slots.release()
+
+
 def serve(demo: Demo, host: str = '127.0.0.1', port: int = 7860) -> ThreadingHTTPServer:
   """A started server (in a daemon thread); `server.server_address` has the bound port
-  (pass port 0 for a free one); `server.shutdown()` stops it."""
-  server = ThreadingHTTPServer((host, port), make_handler(demo))
+  (pass port 0 for a free one); `server.shutdown()` stops it. On a loopback host only
+  loopback Host names are answered; with another --host (serving a network) any."""
+  loopback = host in ('127.0.0.1', 'localhost', '::1')
+  server = _Server((host, port), make_handler(demo, loopback_only=loopback))
   threading.Thread(target=server.serve_forever, daemon=True).start()
   return server
 

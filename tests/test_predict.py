@@ -268,6 +268,28 @@ def test_video_frames_in_batches(predictor, sample, tmp_path):
   cap.release()
 
 
+def test_a_truncated_video_is_reported_with_the_frames_it_had(predictor, tmp_path, capsys):
+  import cv2
+  path = tmp_path / 'clip.avi'
+  w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'MJPG'), 10, (96, 96))
+  rng = np.random.default_rng(0)
+  for _ in range(20):  # noise: every frame about as large as the others
+    w.write(rng.integers(0, 256, (96, 96, 3)).astype(np.uint8))
+  w.release()
+  whole = path.read_bytes()
+  cut = tmp_path / 'in'
+  cut.mkdir()
+  (cut / 'cut.avi').write_bytes(whole[:len(whole) * 6 // 10])
+  (cut / 'whole.avi').write_bytes(whole)
+  assert predict.run(predictor, str(cut), str(tmp_path / 'out'), batch=4) == 1
+  out = capsys.readouterr().out
+  assert f'cut.avi: only ' in out and 'of the 20 frames it declares could be read' in out
+  assert 'whole.avi: 20 frames' in out
+  assert out.rstrip().splitlines()[-1].startswith('1 of 2 inputs done, 0 skipped, 1 incomplete')
+  read = sum(1 for _ in open(tmp_path / 'out' / 'cut_frames.jsonl'))
+  assert 0 < read < 20 and f'cut.avi: {read} frames, incomplete' in out
+
+
 def test_cli_refuses_a_batch_or_redetect_interval_below_one(tmp_path, capsys):
   assert predict.main(['--input', str(tmp_path), '--output', str(tmp_path / 'o'),
                        '--redetect_every', '0']) == 2

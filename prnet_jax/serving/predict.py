@@ -116,7 +116,20 @@ def predict_video(predictor: Predictor, path: str, out_dir: str, batch: int = 16
   print()
   if done == 0:
     raise PredictError(f'{path}: no frames could be read')
+  if total and total - done > max(1, total // 100):  # counts can be estimates: a margin
+    raise IncompleteVideo(f'{path}: only {done} of the {total} frames it declares could be '
+                          f'read (the file is truncated or damaged); the outputs hold those',
+                          done)
   return done
+
+
+class IncompleteVideo(PredictError):
+  """A video that ended well before the frame count it declares; `frames` were processed and
+  their outputs written."""
+
+  def __init__(self, message: str, frames: int):
+    super().__init__(message)
+    self.frames = frames
 
 
 def output_folder_problem(path: str) -> Optional[str]:
@@ -151,7 +164,7 @@ def run(predictor: Predictor, inputs: str, out_dir: str, batch: int = 16,
     print(f'error: {inputs}: no such file or folder', flush=True)
     return 1
   os.makedirs(out_dir, exist_ok=True)
-  failed, start = 0, time.time()
+  failed, incomplete, start = 0, 0, time.time()
   stems = output_stems(files)
   for i, path in enumerate(files):
     name = os.path.basename(path)
@@ -168,6 +181,10 @@ def run(predictor: Predictor, inputs: str, out_dir: str, batch: int = 16,
         outputs.write_outputs(faces, image, os.path.join(out_dir, stems[i]),
                               [predictor.dense_mesh(f, image) for f in faces])
         msg = f'{name}: {len(faces)} face(s)'
+    except IncompleteVideo as e:
+      failed += 1
+      incomplete += 1
+      msg = f'{name}: {e.frames} frames, incomplete: {e}'
     except (PredictError, image_io.ImageError) as e:
       failed += 1
       msg = f'skipped: {e}'
@@ -175,8 +192,9 @@ def run(predictor: Predictor, inputs: str, out_dir: str, batch: int = 16,
       failed += 1
       msg = f'skipped: {path}: cannot write its outputs ({e.filename or out_dir}: {e.strerror})'
     print(_bar(i + 1, len(files), start, msg), flush=True)
-  print(f'{len(files) - failed} of {len(files)} inputs done, {failed} skipped; output in '
-        f'{out_dir}', flush=True)
+  print(f'{len(files) - failed} of {len(files)} inputs done, {failed - incomplete} skipped'
+        + (f', {incomplete} incomplete' if incomplete else '') + f'; output in {out_dir}',
+        flush=True)
   return failed
 
 

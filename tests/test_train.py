@@ -305,12 +305,14 @@ def test_a_resume_with_another_model_stops_with_one_sentence_then_start_over(tin
 
 
 @pytest.mark.slow(reason='trains')
-def test_a_resume_does_not_replay_steps_into_the_logs(tiny_dataset, tmp_path):
+def test_a_resume_logs_each_step_once_and_two_unreadable_checkpoints_stop_it(tiny_dataset,
+                                                                             tmp_path):
   """Steps logged after the newest checkpoint (a kill before its save) are run again on
-  resume: metrics.jsonl holds each step once, and TensorBoard is told to purge them."""
+  resume: metrics.jsonl holds each step once (TensorBoard is told to purge them). Then, when
+  the newest two checkpoints both fail to restore, the run stops and nothing is moved."""
+  import shutil
   from prnet_jax.training import train
   train.train_and_evaluate(small_config(tiny_dataset, 6), str(tmp_path))
-  import shutil
   shutil.rmtree(tmp_path / 'checkpoints' / '6')  # as if killed before step 6 was saved
   with open(tmp_path / 'metrics.jsonl', 'a') as f:
     f.write('{"step": 7, "lo')  # and a line cut short
@@ -319,17 +321,12 @@ def test_a_resume_does_not_replay_steps_into_the_logs(tiny_dataset, tmp_path):
   assert [r['step'] for r in rows if 'loss' in r] == [1, 2, 4, 6, 8]
   assert [r['step'] for r in rows if 'eval_nme_2d' in r] == [1, 4, 8]
 
-
-@pytest.mark.slow(reason='trains')
-def test_two_unreadable_checkpoints_stop_without_moving_anything(tiny_dataset, tmp_path):
-  from prnet_jax.training import train
-  train.train_and_evaluate(small_config(tiny_dataset, 6), str(tmp_path))
-  for step in ('6', '4'):
+  for step in ('8', '6'):
     for f in (tmp_path / 'checkpoints' / step / 'train').rglob('*'):
       if f.is_file():
         f.write_bytes(b'garbage')
   before = sorted(os.listdir(tmp_path / 'checkpoints'))
-  with pytest.raises(train.TrainingError, match=r'checkpoints 6 and 4 in .* both fail to '
+  with pytest.raises(train.TrainingError, match=r'checkpoints 8 and 6 in .* both fail to '
                      r'restore.*nothing was moved'):
-    train.train_and_evaluate(small_config(tiny_dataset, 8), str(tmp_path))
+    train.train_and_evaluate(small_config(tiny_dataset, 10), str(tmp_path))
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == before

@@ -45,11 +45,19 @@ def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
   return np.clip(np.round(a), 0, 255).astype(np.uint8)
 
 
+_EXIF_ORIENTATION = 0x0112
+_ORIENTATION_FIX = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
 def load_photo(image: Any, channel_order: str = 'RGB', name: Optional[str] = None,
                max_side: Optional[int] = None) -> np.ndarray:
   """A path, encoded bytes (JPEG, PNG, ...) or array (RGB/BGR/gray/RGBA, uint8 or float in
   [0, 1], any size) -> (H, W, 3) uint8 RGB. `channel_order` applies to arrays; `name` names
-  the input in errors (default: the path). Raises ImageError naming the input.
+  the input in errors (default: the path). Raises ImageError naming the input. Files and
+  bytes are turned upright by their EXIF Orientation tag, as photo viewers show them.
 
   `max_side`: files and bytes are shrunk (aspect kept) so that neither side exceeds it, JPEGs
   already while decoding (memory bounded by the output, not the photo: a server's uploads)."""
@@ -67,6 +75,11 @@ def load_photo(image: Any, channel_order: str = 'RGB', name: Optional[str] = Non
           target = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
           im.draft('RGB', target)  # JPEG: decode at 1/2, 1/4 or 1/8 size; others: no-op
           im = im.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        # Phones store portraits sideways with an EXIF Orientation tag; the pixels are turned
+        # as viewers show them (PIL's exif_transpose table), after any shrinking.
+        orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+        if orientation in _ORIENTATION_FIX:
+          im = im.transpose(_ORIENTATION_FIX[orientation])
         if im.mode in WIDE_MODES:  # PIL's convert('RGB') clips these: scale them instead
           arr = _to_uint8(np.asarray(im), im.mode)
         else:

@@ -284,15 +284,18 @@ def test_a_body_that_stops_arriving_is_dropped_and_its_slot_freed(bare):
   assert status == 408 and 'stopped arriving' in json.loads(body)['error']
 
 
-def test_connections_over_the_limit_get_503_not_a_thread(bare):
+def test_a_client_over_the_connection_limit_waits_for_a_slot(bare):
+  """Both slots held by clients that never finish their headers: the next client is not
+  reset or refused; it is answered once the stalled ones time out."""
   import socket
   port, _ = bare
   held = [socket.create_connection(('127.0.0.1', port)) for _ in range(2)]  # the 2 slots
   try:
     for s in held:
       s.sendall(b'GET / HTTP/1.1\r\n')  # headers never finished
-    status, _, body = _raw(port, b'GET /api/examples HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n')
-    assert status == 503 and 'busy' in json.loads(body)['error']
+    status, _, body = _raw(port, b'GET /api/examples HTTP/1.1\r\nHost: 127.0.0.1\r\n'
+                                 b'Connection: close\r\n\r\n')
+    assert status == 200 and json.loads(body) == []
   finally:
     for s in held:
       s.close()
@@ -329,3 +332,71 @@ def test_many_clients_at_once_are_all_answered(pretrained_predictor):
   finally:
     srv.shutdown()
     srv.server_close()
+
+
+@pytest.mark.slow(reason='demo server subprocess under load')
+def test_fifty_mixed_clients_at_once_on_a_live_server(tmp_path):
+  """The demo as users start it (a subprocess on 127.0.0.1, the bundled model): 50 clients at
+  once, with good photos, bad requests and 6000x4000 photos mixed, all get the right answer,
+  none is reset, and the server's peak memory stays under app.MEMORY_BOUND_BYTES."""
+  import concurrent.futures
+  import io
+  import socket
+  import subprocess
+  import sys
+  import time
+
+  from PIL import Image
+
+  from conftest import shared_path
+  from fixtures import ROOT
+  photo = shared_path('aflw2000-samples', 'image00050.jpg')  # Haar finds it (fast)
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  proc = subprocess.Popen([sys.executable, '-m', 'prnet_jax.serving.app', f'--port={port}',
+                           '--detector=haar'], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  try:
+    for line in proc.stdout:  # wait until it listens
+      if 'PRNet demo on' in line:
+        break
+    else:
+      raise AssertionError('the demo did not start')
+    url = f'http://127.0.0.1:{port}'
+    face = open(photo, 'rb').read()
+    buf = io.BytesIO()
+    big = np.full((4000, 6000, 3), 120, np.uint8)  # the photo 6x, on a wide canvas
+    big[600:3300, 1650:4350] = np.asarray(Image.open(photo).convert('RGB').resize((2700, 2700)))
+    Image.fromarray(big).save(buf, 'JPEG', quality=30)
+    kinds = {
+        'good': (_data_url(face), 200, None),
+        'large': (base64.b64encode(buf.getvalue()).decode(), 200, None),
+        'garbage': ('bm90IGFuIGltYWdl', 400, 'photo: not a readable image'),
+        'bomb': (base64.b64encode(_bomb()).decode(), 400, 'photo: not a readable image'),
+        'not json': (None, 400, 'the request is not JSON (Expecting value at line 1 column 1)'),
+    }
+    plan = ['good'] * 15 + ['large'] * 10 + ['garbage'] * 10 + ['bomb'] * 8 + ['not json'] * 7
+
+    def client(kind):
+      image, status, error = kinds[kind]
+      body = b'nope' if image is None else json.dumps({'image': image}).encode()
+      got_status, answer = _post(url + '/api/predict', body)
+      return kind, got_status, answer
+
+    with concurrent.futures.ThreadPoolExecutor(len(plan)) as pool:
+      results = list(pool.map(client, plan))
+    for kind, status, answer in results:
+      _, want_status, want_error = kinds[kind]
+      assert status == want_status, (kind, answer)
+      if want_error:
+        assert answer == {'error': want_error}, (kind, answer)
+      else:
+        assert answer['faces'] >= 1 and len(answer['landmarks']) == 68, kind
+    with open(f'/proc/{proc.pid}/status') as f:
+      peak = int(next(l for l in f if l.startswith('VmHWM:')).split()[1]) * 1024
+    print(f'demo server peak memory: {peak / 1e9:.2f} GB')
+    assert peak < app.MEMORY_BOUND_BYTES, f'peak {peak / 1e9:.2f} GB'
+  finally:
+    proc.terminate()
+    proc.wait(timeout=60)

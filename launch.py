@@ -161,9 +161,13 @@ def main(argv):
     if problem:
       print(f'error: {problem}', file=sys.stderr)
       return 2
+    # A checkpoint that records its UV assets (runs, converted weights) brings them; the
+    # config's are for checkpoints that do not.
+    own = None if pretrained else (checkpoints.run_config(checkpoint) or {}).get('uv_assets')
     try:
       predictor = inference.Predictor.from_checkpoint(
-          checkpoint, None if pretrained else (config.uv_assets or None), _DETECTOR.value)
+          checkpoint, None if pretrained or own else (config.uv_assets or None),
+          _DETECTOR.value)
       predictor.detector  # pylint: disable=pointless-statement  # fail now if it can't be made
     except inference.PredictError as e:
       print(f'error: {e}', file=sys.stderr)

@@ -11,14 +11,12 @@ Commands (from the repository root):
   python launch.py --config=configs/prnet.py:synthetic --workdir=workdirs/synthetic
   # The paper's recipe on 300W-LP (build it first: python -m datasets.build prnet_300wlp
   # --manual_dir=DIR) with the official UV assets:
-  python launch.py --config=configs/prnet.py --workdir=workdirs/prnet \
-      --config.uv_assets=PATH/TO/PRNet/Data/uv-data
+  python launch.py --config=configs/prnet.py --workdir=workdirs/prnet
   # Evaluate the newest checkpoint of a run (JSON, table and plots in WORKDIR/eval/):
   python launch.py --config=configs/prnet.py:small --workdir=workdirs/small --mode=eval
   # ... the paper's protocol on AFLW2000-3D with converted official weights:
   python launch.py --config=configs/prnet.py --mode=eval --workdir=workdirs/official \
-      --checkpoint=workdirs/official-ckpt --config.eval.dataset=aflw2000_3d \
-      --config.uv_assets=PATH/TO/PRNet/Data/uv-data
+      --checkpoint=workdirs/official-ckpt --config.eval.dataset=aflw2000_3d
   # The model's per-layer table (any variant):
   python launch.py --config=configs/prnet.py --mode=summary
 
@@ -66,10 +64,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
                                            bn_momentum=0.999, impl='fast'))
 
   # Data: a TFDS name ('dataset[/config]'), its directory ('' = TFDS default) and the UV
-  # assets giving the loss weights ('procedural' or an official-format uv-data folder).
+  # assets giving the loss weights and landmarks ('official': PRNet's uv-data, shipped;
+  # 'procedural', 'ict', 'ict_bfm68': the embedded worlds' layouts; or a uv-data folder).
   c.dataset = 'prnet_300wlp'
   c.data_dir = ''
-  c.uv_assets = ''
+  c.uv_assets = 'official'
   c.worker_count = 0  # grain decode processes (0: a prefetch thread)
   c.batch_size = 16   # global, over all hosts and devices
   c.num_epochs = 30   # not published; reimplementations train 20..100

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from prnet_jax.nn import checkpoints
-from prnet_jax.nn.model import PRNet
+from prnet_jax.nn.model import ModelConfig, PRNet
 from prnet_jax.serving import convert_official
 
 
@@ -132,8 +132,8 @@ def make_official_like_checkpoint(tf, prefix, images, seed=0, extra_slots=True):
 
 @pytest.fixture(scope='module')
 def tf():
-  return pytest.importorskip('tensorflow', reason='TensorFlow is an optional extra (pip install '
-                                                  '-e ".[tf]"); CI installs it')
+  return pytest.importorskip('tensorflow', reason="TensorFlow is the tests' reference (pip "
+                                                  'install -r requirements-test.txt); CI has it')
 
 
 @pytest.fixture(scope='module')
@@ -296,4 +296,39 @@ def test_overwrite_with_an_unreadable_input_keeps_the_existing_checkpoint(tf, of
   assert step == 0
   np.testing.assert_array_equal(variables['params']['conv0']['conv']['kernel'],
                                 values['resfcn256/Conv/weights'])
-  assert sorted(os.listdir(out)) == ['0']
+  assert sorted(os.listdir(out)) == ['0', 'config.json']
+
+
+@pytest.mark.slow(reason='conversion subprocess')
+def test_conversion_needs_no_tensorflow_and_the_result_brings_the_official_assets(
+    official_like, tmp_path):
+  """The converter reads the checkpoint format itself: with TensorFlow unimportable the result
+  equals the TensorFlow-written values bit for bit. The converted checkpoint records 'official'
+  UV assets, so the predictor reads its maps with the official uv-data without flags, and
+  refuses another layout."""
+  import subprocess
+  import sys
+
+  from fixtures import ROOT
+  from prnet_jax.faces.catalog import uv_assets_for
+  from prnet_jax.serving import inference
+  prefix, values, _ = official_like
+  out = tmp_path / 'official'
+  code = ('import sys; sys.modules["tensorflow"] = None\n'  # any TensorFlow import now fails
+          'from prnet_jax.serving import convert_official\n'
+          f'sys.exit(convert_official.main(["--checkpoint={prefix}", "--output={out}"]))\n')
+  r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                     timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
+  variables, _, _ = checkpoints.load_variables(str(out))
+  for name, (collection, path, _) in convert_official.variable_specs(
+      PRNet.from_config(ModelConfig())).items():
+    leaf = variables[collection]
+    for key in path:
+      leaf = leaf[key]
+    assert leaf.tobytes() == values[name].astype(np.float32).tobytes(), name
+  assert checkpoints.run_config(str(out))['uv_assets'] == 'official'
+  predictor = inference.Predictor.from_checkpoint(str(out))
+  np.testing.assert_array_equal(predictor.assets.kpt_uv, uv_assets_for('official', 256).kpt_uv)
+  with pytest.raises(inference.PredictError, match="trained with UV assets 'official'"):
+    inference.Predictor.from_checkpoint(str(out), 'ict')

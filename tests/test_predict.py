@@ -55,8 +55,12 @@ def test_a_run_predicts_with_the_uv_assets_it_trained_with(ckpt, tmp_path):
   assert not np.array_equal(ict, procedural)
   for path in (run, run / 'checkpoints'):
     np.testing.assert_array_equal(inference.Predictor.from_checkpoint(str(path)).assets.kpt_uv, ict)
+  # Other assets than the recorded ones are refused: they would misplace every landmark.
+  with pytest.raises(inference.PredictError, match=r"was trained with UV assets 'ict'; "
+                     r"'procedural' would read its position maps in another layout"):
+    inference.Predictor.from_checkpoint(str(run), 'procedural')
   np.testing.assert_array_equal(
-      inference.Predictor.from_checkpoint(str(run), 'procedural').assets.kpt_uv, procedural)
+      inference.Predictor.from_checkpoint(str(run), 'ict').assets.kpt_uv, ict)
   np.testing.assert_array_equal(inference.Predictor.from_checkpoint(ckpt).assets.kpt_uv, procedural)
 
 

@@ -128,3 +128,17 @@ def test_a_bad_subpixel_file_is_named(copied_assets):
   np.savetxt(copied_assets / 'uv_kpt_subpixel.txt', np.zeros((2, 60)))
   with pytest.raises(AssetError, match=r'uv_kpt_subpixel.txt: expected 2x68'):
     load_uv_assets(str(copied_assets))
+
+
+def test_the_shipped_official_assets_are_the_official_uv_data_unchanged():
+  from conftest import shared_path
+  from prnet_jax.faces import catalog
+  official = shared_path('prnet-official', 'uv-data')
+  shipped = sorted(os.listdir(catalog.OFFICIAL_FOLDER))
+  assert shipped == sorted(f for f in os.listdir(official) if f in shipped) and len(shipped) == 7
+  for name in shipped:
+    with open(os.path.join(official, name), 'rb') as a, \
+        open(os.path.join(catalog.OFFICIAL_FOLDER, name), 'rb') as b:
+      assert a.read() == b.read(), name
+  assets = catalog.uv_assets_for('official', 256)
+  assert assets.resolution == 256 and assets.kpt_uv.shape == (68, 2)

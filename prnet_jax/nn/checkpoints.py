@@ -162,6 +162,18 @@ def _load_compact(path: str) -> tuple[dict[str, Any], ModelConfig, int, dict]:
           meta.get('run_config') or {})
 
 
+def write_run_config(directory: str, config: Mapping[str, Any]) -> str:
+  """Writes `config` as ``config.json`` in a checkpoint directory (atomically), where
+  `run_config` finds it: what a checkpoint that no training run wrote (converted weights) needs
+  to be read right, e.g. its UV assets."""
+  path = os.path.join(os.path.abspath(directory), 'config.json')
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump(dict(config), f, indent=2)
+  os.replace(tmp, path)
+  return path
+
+
 def run_config(path: str) -> Optional[dict]:
   """The training config (``config.json``) of the run a checkpoint belongs to, when `path` is a
   run's workdir or its ``checkpoints/`` folder, or the one stored in a compact checkpoint; None

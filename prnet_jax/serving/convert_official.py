@@ -5,7 +5,10 @@
 
 `--checkpoint` is the TF checkpoint prefix (the path without `.index` / `.data-*`), its `.index`
 file, or the folder holding it. The `.data-00000-of-00001` weights file is a separate download of
-the official release; converting into an existing `--output` needs `--overwrite`. TensorFlow is needed only here (``pip install -e .[tf]``). The official variables
+the official release; converting into an existing `--output` needs `--overwrite`. No TensorFlow
+is needed: `prnet_jax.serving.tf_checkpoint` reads the checkpoint format itself (sizes and
+checksums checked). The converted checkpoint records its UV assets ('official', the official
+uv-data shipped in the package), so predict, eval and export use them without flags. The official variables
 (`resfcn256/...`, 245 of them; Adam slots and step counters are ignored) map one to one onto
 our parameters: layouts already agree (conv kernels [kh, kw, in, out]; transposed-conv kernels
 [kh, kw, out, in], which is Flax's layout with ``transpose_kernel=True``), so values are copied
@@ -26,6 +29,7 @@ import numpy as np
 
 from prnet_jax.nn import checkpoints
 from prnet_jax.nn.model import ModelConfig, PRNet
+from prnet_jax.serving import tf_checkpoint
 
 SCOPE = 'resfcn256'
 _LEAF = {('params', 'kernel'): 'weights', ('params', 'scale'): 'BatchNorm/gamma',
@@ -100,8 +104,10 @@ def convert(get_tensor: Callable[[str], np.ndarray], available: dict[str, tuple[
   return variables
 
 
-# The official network is `resfcn256`: trained on 256 x 256 crops and position maps.
+# The official network is `resfcn256`: trained on 256 x 256 crops and position maps, read with
+# the official uv-data (shipped as the 'official' UV assets).
 OFFICIAL_RESOLUTION = 256
+OFFICIAL_UV_ASSETS = 'official'
 DATA_FILE_HELP = ('the weights are a separate download from the official PRNet release (the '
                   'link is in its README, "Data/net-data"), not part of a git clone')
 
@@ -148,19 +154,13 @@ def convert_checkpoint(checkpoint: str, output: str, resolution: int = OFFICIAL_
     raise ConversionError(f'--resolution={resolution} disagrees with the checkpoint: the '
                           f'official network ({SCOPE}) was trained on {OFFICIAL_RESOLUTION} px '
                           f'crops and position maps; its weights are only valid at that size')
-  try:
-    import tensorflow as tf
-  except ImportError as e:
-    raise ConversionError('TensorFlow is needed to read the official checkpoint: '
-                          'pip install -e ".[tf]"') from e
   prefix = _checkpoint_prefix(checkpoint)
   _check_output(output, overwrite)
   try:
-    reader = tf.train.load_checkpoint(prefix)
-  except Exception as e:  # tf raises DataLossError/NotFoundError/...; name the file.
-    raise ConversionError(f'{prefix}: cannot read TF checkpoint ({type(e).__name__}: '
-                          f'{str(e).splitlines()[0][:200]})') from e
-  available = reader.get_variable_to_shape_map()
+    reader = tf_checkpoint.TFCheckpoint(prefix)
+  except tf_checkpoint.TFCheckpointError as e:
+    raise ConversionError(str(e)) from e
+  available = reader.shape_map()
   if width is None:
     first = available.get(f'{SCOPE}/Conv/weights')
     if first is None:
@@ -169,15 +169,20 @@ def convert_checkpoint(checkpoint: str, output: str, resolution: int = OFFICIAL_
 
   def get_tensor(name: str) -> np.ndarray:
     try:
-      return reader.get_tensor(name)
-    except Exception as e:  # DataLossError/OutOfRange on a short or damaged data file
+      return reader.tensor(name)
+    except tf_checkpoint.TFCheckpointError as e:  # short or damaged data file
       raise ConversionError(
-          f'{prefix}.data-00000-of-00001: cannot read {name} ({type(e).__name__}); the weights '
-          f'file is truncated or damaged: download it again ({DATA_FILE_HELP})') from e
+          f'{reader.shard_path(reader.entries[name].shard)}: cannot read {name} ({e}); the '
+          f'weights file is truncated or damaged: download it again ({DATA_FILE_HELP})') from e
 
   config = ModelConfig(resolution=resolution, width=width)
   variables = convert(get_tensor, available, PRNet.from_config(config))
-  return checkpoints.save_variables(output, variables, config, step=0)
+  path = checkpoints.save_variables(output, variables, config, step=0)
+  # The assets the official network's maps are read with: predict, eval and export take them
+  # from here (checkpoints.run_config) without flags.
+  checkpoints.write_run_config(output, {'uv_assets': OFFICIAL_UV_ASSETS,
+                                        'converted_from': os.path.abspath(prefix)})
+  return path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prnet_jax.data import image_io
-from prnet_jax.faces.catalog import DERIVED, uv_assets_for
+from prnet_jax.faces.catalog import DERIVED, OFFICIAL, uv_assets_for
 from prnet_jax.faces.face_model import MIRROR_68
 from prnet_jax.faces.uv_assets import AssetError, UVAssets
 from prnet_jax.geometry import icp, render, transforms
@@ -129,15 +129,24 @@ class Predictor:
                       detector: DetectorArg = None) -> 'Predictor':
     """`path`: a checkpoint directory or a training run's workdir (ours or converted official
     weights); `uv_assets`: 'ict', 'ict_bfm68' or 'procedural' (models trained on the ICT world
-    in its layouts or on the procedural world) or an official uv-data folder; by default the
-    run's own (its `config.json`), else 'procedural'."""
+    in its layouts or on the procedural world), 'official' or a uv-data folder; by default the
+    checkpoint's own (its `config.json`: runs and converted weights record them), else
+    'procedural'. Assets other than the ones a checkpoint records are refused (PredictError)."""
     try:
       variables, model_config, _ = checkpoints.load_variables(path)
     except checkpoints.CheckpointError as e:
       raise PredictError(str(e)) from e
     run = checkpoints.run_config(path) or {}
+    own = run.get('uv_assets')
+    named = (*DERIVED, OFFICIAL)
     if uv_assets is None:
-      uv_assets = run.get('uv_assets') or 'procedural'
+      uv_assets = own or 'procedural'
+    elif own and uv_assets != own and (own in named or uv_assets in named):
+      # A named layout is known for sure (a folder path may just have moved): reading the
+      # maps in another layout would put every landmark and mesh vertex in the wrong place.
+      raise PredictError(f'{path} was trained with UV assets {own!r}; {uv_assets!r} would read '
+                         f'its position maps in another layout (leave --uv_assets out to use '
+                         f'its own)')
     model = PRNet.from_config(model_config)
     try:
       assets = uv_assets_for(uv_assets, model.resolution)

@@ -48,6 +48,9 @@ MAX_CONNECTIONS = 16          # served at once; more wait in the listen queue
 SOCKET_TIMEOUT_S = 30         # a request (headers or body) that stops arriving is dropped
 LISTEN_BACKLOG = 128
 KEEP_RESULTS = 32
+# The 3D view's mesh: the map resampled to this many px of its layout (~9k vertices; smooth,
+# and light enough for the page's canvas renderer). Downloads use the predictor's own size.
+VIEW_RESOLUTION = 128
 LOOPBACK_NAMES = ('127.0.0.1', 'localhost', '[::1]')
 # The server's peak memory with the bundled model: the model and detector (~1.2 GB) and at
 # most MAX_CONNECTIONS requests of at most MAX_BODY, each decoded at most MAX_SIDE px, one
@@ -122,6 +125,7 @@ class Demo:
     face = faces[index]
     depth = outputs.scale_depth(outputs.depth_image(faces, *image.shape[:2]), 40, 255)
     files = self._files(face, self.predictor.dense_mesh(face, image))
+    view = self.predictor.dense_mesh(face, image, VIEW_RESOLUTION)
     rid = uuid.uuid4().hex[:12]
     with self._lock:
       self._results[rid] = files
@@ -134,7 +138,7 @@ class Demo:
         'landmarks': np.round(face.landmarks, 1).tolist(),
         'overlay': _png_data_url(outputs.overlay(image, faces)),
         'depth': _png_data_url(depth.astype(np.uint8)),
-        'mesh': _mesh_json(face),
+        'mesh': _mesh_json(view),
         'downloads': {k: f'/api/download/{rid}/{k}' for k in files},
     }
 
@@ -160,7 +164,7 @@ class Demo:
   @staticmethod
   def _files(face, mesh) -> dict[str, bytes]:
     """The downloads: the dense mesh (`Predictor.dense_mesh`) as .obj and .ply, the face as
-    JSON. (The page's 3D view draws the map's own, lighter mesh.)"""
+    JSON. (The page's 3D view draws a lighter resampling, VIEW_RESOLUTION.)"""
     import tempfile
 
     from prnet_jax.data import mesh_io
@@ -176,14 +180,14 @@ class Demo:
     return out
 
 
-def _mesh_json(face) -> dict:
-  """The mesh for the page's 3D view: vertices centred and scaled to [-1, 1] (y up), colours
-  as 0-255 integers, flattened."""
-  v = face.vertices.astype(np.float64) * np.array([1, -1, 1])
+def _mesh_json(mesh) -> dict:
+  """The mesh for the page's 3D view (an `outputs.Mesh` or a Face): vertices centred and
+  scaled to [-1, 1] (y up), colours as 0-255 integers, flattened."""
+  v = mesh.vertices.astype(np.float64) * np.array([1, -1, 1])
   v = (v - (v.min(0) + v.max(0)) / 2) / max(np.ptp(v, 0).max() / 2, 1e-6)
   return {'vertices': np.round(v, 4).ravel().tolist(),
-          'triangles': face.triangles.astype(int).ravel().tolist(),
-          'colors': np.round(face.colors * 255).astype(int).ravel().tolist()}
+          'triangles': mesh.triangles.astype(int).ravel().tolist(),
+          'colors': np.round(mesh.colors * 255).astype(int).ravel().tolist()}
 
 
 def _world_face() -> bytes:

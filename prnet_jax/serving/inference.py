@@ -159,12 +159,13 @@ class Predictor:
     predictor.layout = uv_assets if uv_assets in DERIVED else None
     return predictor
 
-  def dense_mesh(self, face: Face, image: np.ndarray):
-    """`outputs.Mesh` of a face: its map resampled to `mesh_resolution` px of the same UV
-    layout (a smooth mesh of ~36k vertices at 256 px from a 64 px model), or its own mesh when
-    the layout cannot be derived at that size (official assets are 256 px already)."""
+  def dense_mesh(self, face: Face, image: np.ndarray, resolution: Optional[int] = None):
+    """`outputs.Mesh` of a face: its map resampled to `resolution` (default `mesh_resolution`)
+    px of the same UV layout (a smooth mesh of ~36k vertices at 256 px from a 64 px model), or
+    its own mesh when the layout cannot be derived at that size (official assets are 256 px
+    already)."""
     from prnet_jax.serving import outputs
-    r = self.mesh_resolution
+    r = self.mesh_resolution if resolution is None else resolution
     if self.layout is None or r <= self.model.resolution:
       return outputs.own_mesh(face)
     if r not in self._mesh_assets:

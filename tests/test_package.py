@@ -159,6 +159,27 @@ def test_the_package_exports_resolve_lazily():
   assert r.stdout.split() == ['[]', 'prnet_jax.serving.inference']
 
 
+def test_console_scripts_name_real_command_line_mains():
+  """[project.scripts] in pyproject.toml: each points at a module's main(argv=None), and an
+  installed one (.ci/run installs the package) answers --help."""
+  import importlib
+  import inspect
+  import shutil
+  import tomllib
+  with open(os.path.join(ROOT, 'pyproject.toml'), 'rb') as f:
+    scripts = tomllib.load(f)['project']['scripts']
+  assert {'prnet-predict', 'prnet-demo', 'prnet-convert-official'} <= set(scripts)
+  for name, target in scripts.items():
+    module, func = target.split(':')
+    main = getattr(importlib.import_module(module), func)
+    assert list(inspect.signature(main).parameters) == ['argv'], name
+  exe = shutil.which('prnet-predict', path=os.path.dirname(sys.executable))
+  if exe is None:
+    pytest.skip('the package is not installed in this environment (pip install -e .)')
+  r = subprocess.run([exe, '--help'], capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0 and r.stdout.startswith('usage: prnet-predict'), r.stderr[-2000:]
+
+
 @pytest.mark.slow(reason='subprocess importing every module')
 def test_importing_every_module_changes_no_process_state():
   """The environment after importing every module equals the one after importing just the

@@ -224,7 +224,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_pat
   c = small_config(tiny_dataset, 8)
   train.train_and_evaluate(c, str(tmp_path))  # a good run to step 8
   c = small_config(tiny_dataset, 16)
-  c.learning_rate = float('nan')  # poisons the next update
+  c.learning_rate = 1e30  # the next update overflows float32: the loss is not finite
   with pytest.raises(train.TrainingError, match=r'not finite.*last good checkpoint is .*/8'):
     train.train_and_evaluate(c, str(tmp_path))
   _, step = final_params(tmp_path)

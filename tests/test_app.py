@@ -383,7 +383,7 @@ def test_fifty_mixed_clients_at_once_on_a_live_server(tmp_path):
         'bomb': (base64.b64encode(_bomb()).decode(), 400, 'photo: not a readable image'),
         'not json': (None, 400, 'the request is not JSON (Expecting value at line 1 column 1)'),
     }
-    plan = ['good'] * 15 + ['large'] * 10 + ['garbage'] * 10 + ['bomb'] * 8 + ['not json'] * 7
+    plan = ['good'] * 8 + ['large'] * 6 + ['garbage'] * 14 + ['bomb'] * 12 + ['not json'] * 10
 
     def client(kind):
       image, status, error = kinds[kind]

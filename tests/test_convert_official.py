@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from prnet_jax.nn import checkpoints
-from prnet_jax.nn.model import ModelConfig, PRNet
+from prnet_jax.nn.model import PRNet
 from prnet_jax.serving import convert_official
 
 
@@ -151,13 +151,34 @@ def test_reference_graph_uses_the_official_variables(official_like, official_var
   assert {n: v.shape for n, v in values.items()} == read_official_list(official_variables_file)
 
 
-def test_tf_parity_of_converted_checkpoint(tf, official_like, tmp_path):
+def test_tf_parity_of_converted_checkpoint(tf, official_like, tmp_path, monkeypatch):
+  """Converted without TensorFlow (unimportable here), the weights are the TF-written values
+  bit for bit and the network's outputs equal TensorFlow's forward. The result records the
+  'official' UV assets: the predictor reads its maps with them without flags, and refuses
+  another layout."""
+  import sys
+
+  from prnet_jax.faces.catalog import uv_assets_for
+  from prnet_jax.serving import inference
   prefix, values, images = official_like
   assert len(values) == 245
 
+  monkeypatch.setitem(sys.modules, 'tensorflow', None)  # any TensorFlow import now fails
   assert convert_official.main([f'--checkpoint={prefix}', f'--output={tmp_path}/ckpt']) == 0
+  monkeypatch.undo()
   variables, config, step = checkpoints.load_variables(str(tmp_path / 'ckpt'))
   assert (config.resolution, config.width, step) == (256, 16, 0)
+  for name, (collection, path, _) in convert_official.variable_specs(
+      PRNet.from_config(config)).items():
+    leaf = variables[collection]
+    for key in path:
+      leaf = leaf[key]
+    assert leaf.tobytes() == values[name].astype(np.float32).tobytes(), name
+  assert checkpoints.run_config(str(tmp_path / 'ckpt'))['uv_assets'] == 'official'
+  predictor = inference.Predictor.from_checkpoint(str(tmp_path / 'ckpt'))
+  np.testing.assert_array_equal(predictor.assets.kpt_uv, uv_assets_for('official', 256).kpt_uv)
+  with pytest.raises(inference.PredictError, match="trained with UV assets 'official'"):
+    inference.Predictor.from_checkpoint(str(tmp_path / 'ckpt'), 'ict')
 
   test_images = np.random.RandomState(2).uniform(0, 1, (2, 256, 256, 3)).astype(np.float32)
   ref = tf_resfcn256(tf, tf.constant(test_images), lambda n, s: tf.constant(values[n])).numpy()
@@ -297,38 +318,3 @@ def test_overwrite_with_an_unreadable_input_keeps_the_existing_checkpoint(tf, of
   np.testing.assert_array_equal(variables['params']['conv0']['conv']['kernel'],
                                 values['resfcn256/Conv/weights'])
   assert sorted(os.listdir(out)) == ['0', 'config.json']
-
-
-@pytest.mark.slow(reason='conversion subprocess')
-def test_conversion_needs_no_tensorflow_and_the_result_brings_the_official_assets(
-    official_like, tmp_path):
-  """The converter reads the checkpoint format itself: with TensorFlow unimportable the result
-  equals the TensorFlow-written values bit for bit. The converted checkpoint records 'official'
-  UV assets, so the predictor reads its maps with the official uv-data without flags, and
-  refuses another layout."""
-  import subprocess
-  import sys
-
-  from fixtures import ROOT
-  from prnet_jax.faces.catalog import uv_assets_for
-  from prnet_jax.serving import inference
-  prefix, values, _ = official_like
-  out = tmp_path / 'official'
-  code = ('import sys; sys.modules["tensorflow"] = None\n'  # any TensorFlow import now fails
-          'from prnet_jax.serving import convert_official\n'
-          f'sys.exit(convert_official.main(["--checkpoint={prefix}", "--output={out}"]))\n')
-  r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
-                     timeout=600)
-  assert r.returncode == 0, r.stderr[-2000:]
-  variables, _, _ = checkpoints.load_variables(str(out))
-  for name, (collection, path, _) in convert_official.variable_specs(
-      PRNet.from_config(ModelConfig())).items():
-    leaf = variables[collection]
-    for key in path:
-      leaf = leaf[key]
-    assert leaf.tobytes() == values[name].astype(np.float32).tobytes(), name
-  assert checkpoints.run_config(str(out))['uv_assets'] == 'official'
-  predictor = inference.Predictor.from_checkpoint(str(out))
-  np.testing.assert_array_equal(predictor.assets.kpt_uv, uv_assets_for('official', 256).kpt_uv)
-  with pytest.raises(inference.PredictError, match="trained with UV assets 'official'"):
-    inference.Predictor.from_checkpoint(str(out), 'ict')

@@ -69,8 +69,8 @@ def _explain_flag_error(argv: list[str], error: Exception) -> list[str]:
   if spec:
     path, _, variant = spec.partition(':')
     try:
-      base = runpy.run_path(path)['get_config'](variant) if variant else \
-          runpy.run_path(path)['get_config']()
+      get_config = runpy.run_path(path)['get_config']
+      base = get_config(variant) if variant else get_config()
     except Exception as e:  # the config file's own complaint (unknown variant, missing file)
       return [f'--config={spec}: {e}']
     unknown = config_checks.unknown_fields(base, config_checks.override_paths(argv))

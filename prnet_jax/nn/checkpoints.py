@@ -162,15 +162,20 @@ def _load_compact(path: str) -> tuple[dict[str, Any], ModelConfig, int, dict]:
           meta.get('run_config') or {})
 
 
+def write_text_atomically(path: str, text: str) -> None:
+  """Writes `path` through a temporary file in its folder (a crash leaves the old or the new)."""
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
 def write_run_config(directory: str, config: Mapping[str, Any]) -> str:
   """Writes `config` as ``config.json`` in a checkpoint directory (atomically), where
   `run_config` finds it: what a checkpoint that no training run wrote (converted weights) needs
   to be read right, e.g. its UV assets."""
   path = os.path.join(os.path.abspath(directory), 'config.json')
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(dict(config), f, indent=2)
-  os.replace(tmp, path)
+  write_text_atomically(path, json.dumps(dict(config), indent=2))
   return path
 
 

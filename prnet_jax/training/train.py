@@ -28,7 +28,7 @@ from prnet_jax.data import augment, input_pipeline
 from prnet_jax.evaluation import alignment
 from prnet_jax.faces.catalog import uv_assets_for
 from prnet_jax.faces.uv_assets import AssetError, UVAssets
-from prnet_jax.nn import losses, sharding
+from prnet_jax.nn import checkpoints, losses, sharding
 from prnet_jax.nn.model import ModelConfig, PRNet, init_variables
 from prnet_jax.runtime import log
 from prnet_jax.training import config_checks, run_identity
@@ -174,7 +174,7 @@ def _drop_records_after(path: str, step: int) -> None:
       else:
         dropped += 1
   if dropped:
-    _write_atomically(path, ''.join(kept))
+    checkpoints.write_text_atomically(path, ''.join(kept))
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -230,14 +230,6 @@ def make_trainer(config, steps_per_epoch: int, assets: UVAssets,
 
 
 # ------------------------------------------------------------------------------------ main
-
-def _write_atomically(path: str, text: str) -> None:
-  """Writes `path` through a temporary file in its folder (a crash leaves the old or the new)."""
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        start_over: bool = False) -> dict[str, float]:
@@ -295,7 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # The run's config, once the run really starts (data, assets, model and checkpoints all
   # resolved): a failed start never rewrites the config that predict and eval read.
   if jax.process_index() == 0:
-    _write_atomically(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
+    checkpoints.write_text_atomically(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
   batches = input_pipeline.DeviceIterator(loader, trainer.data_sharding, state=data_state)
   evaluate = _make_evaluator(config, trainer, assets)
 

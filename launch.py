@@ -14,17 +14,29 @@ alone) and, on Linux with glibc >= 2.35, GLIBC_TUNABLES=glibc.malloc.hugetlb=1
 (PRNET_JAX_NO_HUGEPAGES=1 turns it off).
 """
 
+import importlib.util
 import logging
 import os
 import runpy
 import sys
 
-from absl import app, flags
-from absl import logging as absl_logging
-from ml_collections import config_flags
+# launch.py trains and evaluates: it needs the `train` extra, which a core (prediction-only)
+# install lacks. Say so in one line instead of an ImportError from deep inside a library.
+TRAIN_MODULES = ('ml_collections', 'optax', 'tensorflow_datasets', 'array_record', 'grain')
+_missing = [m for m in TRAIN_MODULES if importlib.util.find_spec(m) is None]
+if _missing:
+  print(f'error: launch.py needs the `train` extra, which is not installed (missing: '
+        f'{", ".join(_missing)}): pip install -r requirements.txt, or pip install '
+        f'"prnet-jax[train]". Prediction alone needs neither: prnet-predict --help',
+        file=sys.stderr)
+  sys.exit(1)
 
-from prnet_jax import runtime
-from prnet_jax.training import config_checks
+from absl import app, flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from prnet_jax import runtime  # noqa: E402
+from prnet_jax.training import config_checks  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/prnet.py:small',
                                           lock_config=True)

@@ -1,26 +1,38 @@
-"""CI: the installed package (non-editable, in a fresh venv) works from outside the repository.
+"""CI: the core install (non-editable, no extras, a fresh venv) predicts from outside the repository.
 
-Run by .ci/run with that venv's Python, from an empty folder: imports the training, evaluation,
-prediction and export modules, loads the shipped ICT face model and the bundled pretrained
-model (package data), makes the default face detector, finds the browser demo's page, runs
-`python -m prnet_jax.serving.predict --help`, and asks for an unbuilt dataset (expects the clear
-DatasetNotFoundError, not an import error).
+Run by .ci/run with that venv's Python, from an empty folder, with the venv's bin/ on PATH:
+imports the prediction modules from the install (not the repository), checks that the `train`
+extra's packages are absent and that launch.py says so in one line, loads the shipped ICT face
+model and the bundled pretrained model (package data), makes the default face detector, finds
+the browser demo's page, and runs `prnet-predict` (the console script) on a real photo.
 """
 
+import glob
 import importlib
+import importlib.util
 import os
 import subprocess
 import sys
 import tempfile
 
 repo = sys.argv[1]
-for name in ('prnet_jax.training.train', 'prnet_jax.evaluation.evaluate', 'prnet_jax.serving.predict',
-             'prnet_jax.serving.export'):
+for name in ('prnet_jax.serving.predict', 'prnet_jax.serving.app', 'prnet_jax.serving.export',
+             'prnet_jax.serving.applications', 'prnet_jax.serving.convert_official'):
   module = importlib.import_module(name)
   assert not os.path.abspath(module.__file__).startswith(os.path.abspath(repo) + os.sep), (
       f'{name} was imported from the repository ({module.__file__}), not from the install')
   print(f'import {name}: {module.__file__}')
 assert 'datasets' not in sys.modules, 'prnet_jax imported a package named datasets'
+extra = [m for m in ('ml_collections', 'tensorflow_datasets', 'array_record', 'grain',
+                     'tensorboardX', 'matplotlib') if importlib.util.find_spec(m) is not None]
+assert not extra, f'the core install brought packages of the train extra: {extra}'
+print('the train extra is absent')
+
+r = subprocess.run([sys.executable, os.path.join(repo, 'launch.py'), '--config=x'],
+                   capture_output=True, text=True, timeout=300)
+assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+assert 'pip install "prnet-jax[train]"' in r.stderr, r.stderr
+print(f'launch.py without the train extra: {r.stderr.strip()[:80]}...')
 
 import prnet_jax  # noqa: E402
 from prnet_jax.faces import ict_model  # noqa: E402  (package data travels with the install)
@@ -45,18 +57,14 @@ assert isinstance(detectors.get_detector('auto'), detectors.DlibCNNDetector)
 assert os.path.isfile(os.path.join(app.WEB, 'index.html')), app.WEB
 print(f'default detector: dlib_cnn; demo page: {os.path.join(app.WEB, "index.html")}')
 
-r = subprocess.run([sys.executable, '-m', 'prnet_jax.serving.predict', '--help'],
-                   capture_output=True, text=True, timeout=300)
-assert r.returncode == 0 and '--checkpoint' in r.stdout, r.stdout + r.stderr
-print('python -m prnet_jax.serving.predict --help: ok')
-
-from prnet_jax.data import input_pipeline  # noqa: E402
-
-empty = tempfile.mkdtemp()
-try:
-  input_pipeline.data_source('synthetic_faces/small', 'train', empty)
-  raise AssertionError('an unbuilt dataset was read')
-except input_pipeline.DatasetNotFoundError as e:
-  assert 'python -m datasets.build synthetic_faces/small' in str(e), e
-  print(f'unbuilt dataset: DatasetNotFoundError: {str(e).splitlines()[0]}')
-print('CI: the installed package works outside the repository')
+# A real photo: the shared reference photos beside the clone, else the README's picture.
+photos = sorted(glob.glob(os.path.join(repo, '..', 'shared', 'reference', 'photos', '*.jpg')))
+photo = photos[0] if photos else os.path.join(repo, 'docs', 'pretrained_photos.jpg')
+out = tempfile.mkdtemp()
+r = subprocess.run(['prnet-predict', f'--input={photo}', f'--output={out}'],
+                   capture_output=True, text=True, timeout=600)
+assert r.returncode == 0, r.stdout + r.stderr
+written = sorted(os.listdir(out))
+assert any(f.endswith('.obj') for f in written) and any('landmarks' in f for f in written), written
+print(f'prnet-predict {os.path.basename(photo)}: {len(written)} files ({", ".join(written[:4])}, ...)')
+print('CI: the core install predicts outside the repository')

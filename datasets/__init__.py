@@ -8,7 +8,14 @@
 Build one: `python -m datasets.build synthetic_faces/small --data_dir=~/tensorflow_datasets`.
 """
 
-from datasets import (
+import importlib.util
+
+if importlib.util.find_spec('tensorflow_datasets') is None:
+  raise ModuleNotFoundError(
+      'datasets/ (the TFDS builders) needs the `train` extra, which is not installed: pip '
+      'install -r requirements.txt, or pip install "prnet-jax[train]"', name='tensorflow_datasets')
+
+from datasets import (  # noqa: E402
     aflw2000_3d,  # noqa: F401
     florence,  # noqa: F401
     prnet_300wlp,  # noqa: F401

@@ -83,6 +83,40 @@ def restart_tuned() -> None:
     os.execve(sys.executable, [sys.executable] + sys.argv, env)
 
 
+def default_compilation_cache_dir(environ: Mapping[str, str] = os.environ) -> str:
+  """The user's cache folder for compiled XLA programs: $PRNET_JAX_CACHE_DIR, else
+  $XDG_CACHE_HOME/prnet_jax/xla (~/.cache/prnet_jax/xla; %LOCALAPPDATA% on Windows)."""
+  if environ.get('PRNET_JAX_CACHE_DIR'):
+    return environ['PRNET_JAX_CACHE_DIR']
+  if sys.platform == 'win32' and environ.get('LOCALAPPDATA'):
+    base = environ['LOCALAPPDATA']
+  else:
+    base = environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(base, 'prnet_jax', 'xla')
+
+
+def enable_compilation_cache(path: Optional[str] = None) -> Optional[str]:
+  """JAX's persistent compilation cache in `path` (default: `default_compilation_cache_dir()`),
+  so a command's second run skips compiling the network (seconds on a CPU). Keeps a cache folder
+  the user already chose (``JAX_COMPILATION_CACHE_DIR``). Returns the folder, or None (with a
+  note on stderr) when it cannot be created: the program then compiles as usual."""
+  import jax
+  chosen = jax.config.jax_compilation_cache_dir
+  if chosen:
+    return chosen
+  path = path or default_compilation_cache_dir()
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    print(f'note: no compilation cache ({path}: {e.strerror or e}); compiling as usual',
+          file=sys.stderr)
+    return None
+  jax.config.update('jax_compilation_cache_dir', path)
+  # The network's compile takes seconds; cache everything that takes a little.
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  return path
+
+
 def log(msg: str) -> None:
   """Prints `msg` (flushed) on process 0 only: one line per event on a pod, not one per host."""
   import jax  # here, not at the top: this module must be importable before JAX starts

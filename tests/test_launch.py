@@ -1,8 +1,12 @@
 """The entry point and configs as a user runs them (subprocess, repository root)."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from fixtures import config_module, run_launch
+from fixtures import ROOT, config_module, run_launch
 
 
 @pytest.mark.slow(reason='launch.py subprocess')
@@ -83,3 +87,19 @@ def test_train_builds_the_synthetic_dataset_on_first_use(tmp_path):
   assert 'step 2/2' in r.stdout
   assert (tmp_path / 'data' / 'synthetic_faces' / 'ict_tiny').is_dir()
   assert 'overriding' not in r.stderr  # orbax's handler override is intended, not a warning
+
+
+def test_without_the_train_extra_launch_says_what_to_install():
+  """A core (prediction-only) install lacks the `train` extra: one line naming the missing
+  packages and the install command, no traceback."""
+  code = ("import runpy, sys; sys.modules['grain'] = sys.modules['optax'] = None; "
+          "sys.argv = ['launch.py', '--config=configs/prnet.py:small', '--workdir=unused']; "
+          "runpy.run_path('launch.py', run_name='__main__')")
+  r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 1
+  assert r.stderr.strip().splitlines() == [
+      'error: launch.py needs the `train` extra, which is not installed (missing: optax, grain): '
+      'pip install -r requirements.txt, or pip install "prnet-jax[train]". Prediction alone '
+      'needs neither: prnet-predict --help'], r.stderr
+  assert not os.path.exists(os.path.join(ROOT, 'unused'))

@@ -209,18 +209,76 @@ def _name(requirement: str) -> str:
   return re.sub(r'[-_.]+', '-', Requirement(requirement).name).lower()
 
 
-def test_pyproject_declares_exactly_the_pinned_requirements():
-  with open(os.path.join(ROOT, 'pyproject.toml'), 'rb') as f:
-    declared = {_name(r): Requirement(r) for r in tomllib.load(f)['project']['dependencies']}
+def _pinned(path: str) -> dict[str, str]:
   pinned = {}
-  for line in open(os.path.join(ROOT, 'requirements.txt')):
+  for line in open(path):
     line = line.split('#')[0].strip()
-    if line:
-      req = Requirement(line)
-      pinned[_name(line)] = next(iter(req.specifier)).version
+    if line and not line.startswith('-r'):
+      pinned[_name(line)] = next(iter(Requirement(line).specifier)).version
+  return pinned
+
+
+def test_pyproject_declares_exactly_the_pinned_requirements():
+  """requirements.txt pins the core install plus the `train` extra; requirements-test.txt adds
+  the `onnx` extra (and test tools): each declared package pinned, each pin declared."""
+  with open(os.path.join(ROOT, 'pyproject.toml'), 'rb') as f:
+    project = tomllib.load(f)['project']
+  core = {_name(r): Requirement(r) for r in project['dependencies']}
+  extras = {k: {_name(r): Requirement(r) for r in v}
+            for k, v in project['optional-dependencies'].items()}
+  assert not set(core) & set(extras['train']), 'a package is both core and train'
+  declared = core | extras['train']
+  pinned = _pinned(os.path.join(ROOT, 'requirements.txt'))
   assert set(declared) == set(pinned), (set(declared) ^ set(pinned))
+  test_pins = _pinned(os.path.join(ROOT, 'requirements-test.txt'))
+  for name, req in list(extras['onnx'].items()) + list(extras['test'].items()):
+    assert name in test_pins, f'{name} (an extra the tests need) is not pinned for the tests'
+    declared[name] = req
+    pinned[name] = test_pins[name]
   for name, version in pinned.items():
     assert declared[name].specifier.contains(version), (name, version, declared[name])
+  # The accelerator extras are JAX's own, at the pinned JAX version or later.
+  for extra in ('cuda12', 'tpu'):
+    (req,) = extras[extra].values()
+    assert req.name == 'jax' and req.specifier.contains(pinned['jax']), (extra, req)
+
+
+PREDICTION_MODULES = ('prnet_jax.serving.predict', 'prnet_jax.serving.app',
+                      'prnet_jax.serving.applications', 'prnet_jax.serving.export',
+                      'prnet_jax.serving.convert_official', 'prnet_jax.serving.folder_eval')
+
+
+def test_the_core_install_predicts_without_the_train_extra():
+  """Everything the core install serves imports and predicts with the `train` extra's packages
+  blocked (a core-only install has none of them); CI also checks a real core-only install."""
+  with open(os.path.join(ROOT, 'pyproject.toml'), 'rb') as f:
+    train = tomllib.load(f)['project']['optional-dependencies']['train']
+  blocked = sorted({_module_of(_name(r)) for r in train})
+  code = f'''
+import builtins, importlib, sys
+real = builtins.__import__
+def guard(name, *args, **kwargs):
+  if name.split('.')[0] in {blocked!r}:
+    raise ModuleNotFoundError('blocked for this test: ' + name, name=name.split('.')[0])
+  return real(name, *args, **kwargs)
+builtins.__import__ = guard
+for m in {PREDICTION_MODULES!r}:
+  importlib.import_module(m)
+import numpy as np
+from prnet_jax import Predictor
+faces = Predictor.from_pretrained().predict(np.zeros((256, 256, 3), np.uint8), boxes=[(40, 40, 216, 216)])
+print(len(faces), faces[0].landmarks.shape)
+'''
+  r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                     timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert r.stdout.split() == ['1', '(68,', '3)'], r.stdout
+
+
+def _module_of(distribution: str) -> str:
+  return {'ml-collections': 'ml_collections', 'tensorflow-datasets': 'tensorflow_datasets',
+          'array-record': 'array_record', 'importlib-resources': 'importlib_resources',
+          'tensorboardx': 'tensorboardX'}.get(distribution, distribution)
 
 
 # ------------------------------------------------------------------------------ runtime

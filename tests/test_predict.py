@@ -702,3 +702,92 @@ def test_inputs_that_share_a_name_get_their_own_outputs():
   assert len({s.lower() for s in stems}) == len(stems), stems
   assert stems[0].startswith('face') and stems[1].startswith('face') and stems[1] != stems[0]
   assert predict.output_stems(['a/face.jpg']) == ['face']
+
+
+# ------------------------------------------------------------------ CLI: boxes, outputs, cache
+
+def test_boxes_inline_json_and_text_and_their_errors(tmp_path):
+  f = predict.parse_boxes('10,20,110,140;5,5,50,60')
+  np.testing.assert_array_equal(f('any.jpg', None), [[10, 20, 110, 140], [5, 5, 50, 60]])
+  (tmp_path / 'b.json').write_text(json.dumps({'sub/a.jpg': [[1, 2, 30, 40]], 'b.png': [4, 5, 60, 70]}))
+  f = predict.parse_boxes(str(tmp_path / 'b.json'))
+  np.testing.assert_array_equal(f('a.jpg', None), [[1, 2, 30, 40]])
+  np.testing.assert_array_equal(f('b.png', None), [[4, 5, 60, 70]])
+  assert f('c.png', None) is None  # not named: detected
+  (tmp_path / 'b.txt').write_text('1 2 30 40\n3,4,50,60\n')
+  np.testing.assert_array_equal(predict.parse_boxes(str(tmp_path / 'b.txt'))('x', None),
+                                [[1, 2, 30, 40], [3, 4, 50, 60]])
+  for spec, message in (('10,20,110', 'groups of four numbers'),
+                        ('10,20,5,140', 'right > left'),
+                        ('photo.jpg', 'neither a file nor boxes'),
+                        ('1,2,3,nan', 'finite')):
+    with pytest.raises(predict.BoxError, match=message):
+      predict.parse_boxes(spec)
+  (tmp_path / 'bad.json').write_text('{"a.jpg": [[1, 2, 3]]}')
+  with pytest.raises(predict.BoxError, match=r'bad.json: a.jpg: boxes must be groups of four'):
+    predict.parse_boxes(str(tmp_path / 'bad.json'))
+
+
+def test_no_detect_uses_the_whole_crop_and_outputs_picks_the_files(ckpt, tmp_path, capsys):
+  """--no_detect: an R x R image is the network's input as it is (identity crop), as the
+  official demo's --isDlib False; --outputs writes only what it names; the position map is
+  the face's; --texture_size sets the texture's side."""
+  pred = inference.Predictor.from_checkpoint(ckpt)
+  r = pred.model.resolution
+  image = np.random.default_rng(0).integers(0, 256, (r, r, 3), np.uint8)
+  Image.fromarray(image).save(tmp_path / 'crop.png')
+  assert predict.main([f'--checkpoint={ckpt}', f'--input={tmp_path / "crop.png"}',
+                       f'--output={tmp_path / "o"}', '--no_detect', '--outputs=posmap,textured',
+                       '--texture_size=96']) == 0
+  assert sorted(os.listdir(tmp_path / 'o')) == [
+      'crop_face0_posmap.npy', 'crop_face0_textured.mtl', 'crop_face0_textured.obj',
+      'crop_face0_textured.png']
+  (face,) = pred.predict(image, inference.whole_image_box(image), box_convention='crop')
+  np.testing.assert_allclose(face.crop_transform, np.eye(3), atol=1e-6)
+  np.testing.assert_allclose(np.load(tmp_path / 'o' / 'crop_face0_posmap.npy'),
+                             face.position_map, atol=1e-4)
+  assert Image.open(tmp_path / 'o' / 'crop_face0_textured.png').size == (96, 96)
+  capsys.readouterr()
+  assert predict.main([f'--input={tmp_path}', f'--output={tmp_path / "o2"}',
+                       '--outputs=landmarks,mesh']) == 2
+  assert "unknown output(s) ['mesh']" in capsys.readouterr().out
+
+
+def test_given_boxes_replace_the_detector(ckpt, tmp_path, monkeypatch):
+  pred = inference.Predictor.from_checkpoint(ckpt)
+  monkeypatch.setattr(inference.Predictor, 'detector',
+                      property(lambda self: pytest.fail('the detector ran')))
+  image = np.random.default_rng(1).integers(0, 256, (120, 160, 3), np.uint8)
+  Image.fromarray(image).save(tmp_path / 'two.png')
+  assert predict.main([f'--checkpoint={ckpt}', f'--input={tmp_path / "two.png"}',
+                       f'--output={tmp_path / "o"}', '--boxes=10,10,70,80;80,20,150,100',
+                       '--outputs=landmarks']) == 0
+  boxes = [json.load(open(tmp_path / 'o' / f'two_face{k}_landmarks.json'))['box']
+           for k in range(2)]
+  np.testing.assert_allclose(boxes, [[10, 10, 70, 80], [80, 20, 150, 100]])
+  del pred
+
+
+def test_the_compilation_cache_goes_to_the_user_cache_folder(tmp_path):
+  code = ('import jax\nfrom prnet_jax import runtime\n'
+          'print(runtime.enable_compilation_cache())\n'
+          'print(jax.config.jax_compilation_cache_dir)\n')
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('JAX_COMPILATION_CACHE_DIR', 'PRNET_JAX_CACHE_DIR')}
+  env['XDG_CACHE_HOME'] = str(tmp_path / 'cache')
+  r = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                     timeout=300)
+  expected = str(tmp_path / 'cache' / 'prnet_jax' / 'xla')
+  assert r.stdout.split() == [expected, expected], r.stdout + r.stderr
+  assert os.path.isdir(expected)
+  # A folder the user chose is kept; one that cannot be made is a note, not a failure.
+  env['JAX_COMPILATION_CACHE_DIR'] = str(tmp_path / 'mine')
+  r = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                     timeout=300)
+  assert r.stdout.split() == [str(tmp_path / 'mine')] * 2
+  del env['JAX_COMPILATION_CACHE_DIR']
+  (tmp_path / 'file').write_text('')
+  env['PRNET_JAX_CACHE_DIR'] = str(tmp_path / 'file' / 'xla')
+  r = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                     timeout=300)
+  assert r.stdout.split() == ['None', 'None'] and 'note: no compilation cache' in r.stderr

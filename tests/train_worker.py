@@ -3,8 +3,6 @@
   python tests/train_worker.py step NUM_DEVICES [FSDP]     -> JSON: first loss and gradients
   python tests/train_worker.py train NUM_DEVICES WORKDIR DATA_DIR STEPS [COORD PROCS PID
                                                                           [OPTIMIZER LR]]
-  python tests/train_worker.py replay NUM_DEVICES WORKDIR DATA_DIR STEPS OPTIMIZER LR
-      -> JSON: each saved step of WORKDIR recomputed here from the step before it
 Environment: PRNET_FLOAT64=1 trains the float64 model (x64 on).
 """
 
@@ -73,66 +71,12 @@ def first_gradients(fsdp=1):
   return out
 
 
-def replay(workdir, data_dir, steps, optimizer, lr):
-  """Recomputes each step k of a float32 run (checkpoints 1..steps, e.g. written by several
-  processes) in this process, from the run's own state k-1 (the seed's initial state for k = 1)
-  and the same batch: in float32 on this device layout, and in float64 (the exact step, to
-  float32's eyes). Reports the distances between the three new states' parameters. A per-step
-  comparison: round-off is not compounded over steps."""
-  import numpy as np
-
-  from prnet_jax.data import input_pipeline
-  from prnet_jax.faces.catalog import uv_assets_for
-  from prnet_jax.nn.model import ModelConfig
-  from prnet_jax.training import checkpointer, train
-  c = worker_config()
-  c.data_dir, c.optimizer, c.learning_rate = data_dir, optimizer, lr
-  source = train.training_data(c)
-  steps_per_epoch = max(len(source) // c.batch_size, 1)
-  assets = uv_assets_for('procedural', 64)
-  trainer = train.make_trainer(c, steps_per_epoch, assets)
-  c64 = worker_config()
-  c64.optimizer, c64.learning_rate, c64.model.dtype = optimizer, lr, 'float64'
-  trainer64 = train.make_trainer(c64, steps_per_epoch, assets, trainer.mesh)
-  loader = input_pipeline.train_loader(source, c.batch_size, c.seed, 64)
-  batches = input_pipeline.DeviceIterator(loader, trainer.data_sharding)
-  ckpt = checkpointer.TrainCheckpointer(os.path.join(workdir, 'checkpoints'),
-                                         ModelConfig.from_mapping(dict(c.model)), keep=steps + 1)
-  flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(
-      jax.device_get(t))]).astype(np.float64)
-  to64 = lambda t: jax.tree_util.tree_map(
-      lambda x: x.astype(np.float64) if np.issubdtype(x.dtype, np.floating) else x, t)
-  prev = trainer.init(jax.random.key(c.seed))
-  rows = []
-  for k in range(1, steps + 1):
-    run_k, _ = ckpt.restore(k, trainer.abstract_state, data_state=False)
-    batch = next(batches)
-    before, run = flat(prev.params), flat(run_k.params)
-    exact, _ = trainer64.step(jax.device_put(to64(jax.device_get(prev)), trainer64.state_sharding),
-                              batch)
-    mine, _ = trainer.step(prev, batch)
-    my_step, exact, mine = int(mine.step), flat(exact.params), flat(mine.params)
-    rows.append({'step': k, 'run_step': int(run_k.step), 'my_step': my_step,
-                 'update': float(np.linalg.norm(exact - before)),
-                 'run_vs_mine': float(np.linalg.norm(run - mine)),
-                 'mine_vs_exact': float(np.linalg.norm(mine - exact)),
-                 'run_vs_exact': float(np.linalg.norm(run - exact))})
-    prev = run_k
-  batches.close()
-  ckpt.close()
-  return rows
-
-
 def main():
   jax.config.update('jax_num_cpu_devices', int(sys.argv[2]))
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  if os.environ.get('PRNET_FLOAT64') or sys.argv[1] == 'replay':  # float64 models (x64 on)
+  if os.environ.get('PRNET_FLOAT64'):  # float64 models (x64 on)
     jax.config.update('jax_enable_x64', True)
   mode = sys.argv[1]
-  if mode == 'replay':
-    print(json.dumps(replay(sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6],
-                            float(sys.argv[7]))))
-    return
   if mode == 'step':
     print(json.dumps(first_gradients(int(sys.argv[3]) if len(sys.argv) > 3 else 1)))
     return

@@ -93,7 +93,7 @@ def random_perturbation(rng: np.random.Generator) -> tuple[float, float, float]:
           float(rng.uniform(0.9, 1.1)))
 
 
-BOX_CONVENTIONS = ('image_info', 'detector')
+BOX_CONVENTIONS = ('image_info', 'detector', 'crop')
 
 
 def box_crop(box_ltrb, convention: str) -> CropBox:
@@ -104,13 +104,18 @@ def box_crop(box_ltrb, convention: str) -> CropBox:
     top, bottom])`): centred on the box, side int(1.6 x size); the same rule as for 68 landmarks
     (`landmark_crop`), whose bounding box such a box usually is;
   * 'detector': the rule for the box of PRNet's own dlib face detector (`process(image)`), which
-    sits high and tight on the face: centre moved down by 0.14 x size, side int(1.58 x size).
+    sits high and tight on the face: centre moved down by 0.14 x size, side int(1.58 x size);
+  * 'crop': the box is the crop itself, its corners' pixel centres onto the crop's (an image
+    already cropped to the face, as the official demo's `--isDlib False`: the box
+    (0, 0, W - 1, H - 1) of an R x R image is the identity).
   """
   left, top, right, bottom = (float(v) for v in box_ltrb)
   old_size = (right - left + bottom - top) / 2
   center = np.array([right - (right - left) / 2.0, bottom - (bottom - top) / 2.0])
   if convention == 'image_info':
     return CropBox(center, float(int(old_size * KPT_SIZE_FACTOR)))
+  if convention == 'crop':
+    return CropBox(center, old_size)
   if convention == 'detector':
     return CropBox(center + np.array([0.0, old_size * BOX_CENTER_SHIFT]),
                    float(int(old_size * BOX_SIZE_FACTOR)))

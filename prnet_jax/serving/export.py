@@ -1,14 +1,23 @@
-r"""Serving export: the jitted forward pass serialised with `jax.export`, batch size symbolic.
+r"""Serving exports of the PRNet forward pass: `jax.export` (default) or ONNX.
 
     python -m prnet_jax.serving.export --checkpoint=DIR --output=prnet.jaxexport [--platforms=cpu,cuda]
+    python -m prnet_jax.serving.export --checkpoint=DIR --output=prnet.onnx --format=onnx
 
-The file is an `.npz` holding the serialised `jax.export.Exported` (StableHLO; input uint8
-images (B, R, R, 3), output float32 position maps (B, R, R, 3) in crop pixels) and the model
-variables as its leading arguments. Loading needs only JAX and NumPy, not Flax or this package's
-model code:
+Both take uint8 images (B, R, R, 3), any B, and return float32 position maps (B, R, R, 3) in
+crop pixels. `--checkpoint` defaults to the bundled model.
+
+jax: an `.npz` holding the serialised `jax.export.Exported` (StableHLO, batch size symbolic)
+and the model variables as its leading arguments. Loading needs only JAX and NumPy, not Flax or
+this package's model code:
 
     forward = prnet_jax.serving.export.load('prnet.jaxexport')   # or copy `load`: it is ten lines
     maps = forward(images)
+
+onnx (the `onnx` extra): a self-contained ONNX graph (opset 17, `prnet_jax.serving.onnx_export`),
+for onnxruntime and the runtimes that read ONNX:
+
+    session = onnxruntime.InferenceSession('prnet.onnx')
+    maps = session.run(None, {'images': images})[0]
 """
 
 from __future__ import annotations
@@ -74,29 +83,56 @@ def load(path: str) -> Callable[[np.ndarray], jax.Array]:
   return lambda images: exported.call(*flat, jnp.asarray(images, jnp.uint8))
 
 
+def save_onnx(path: str, proto) -> None:
+  """Writes the ONNX model through a temporary file beside `path` (as `save`)."""
+  tmp = f'{path}.tmp-{os.getpid()}'
+  try:
+    with open(tmp, 'wb') as f:
+      f.write(proto.SerializeToString())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  p = argparse.ArgumentParser(description='Export the PRNet forward pass with jax.export.')
-  p.add_argument('--checkpoint', required=True)
-  p.add_argument('--output', required=True)
-  p.add_argument('--platforms', default='cpu', help='comma-separated: cpu,cuda,tpu')
-  a = p.parse_args(argv)
   from prnet_jax.nn import checkpoints
+  p = argparse.ArgumentParser(description='Export the PRNet forward pass (jax.export or ONNX).')
+  p.add_argument('--checkpoint', default=checkpoints.PRETRAINED,
+                 help='a checkpoint directory or a run\'s workdir; default: the bundled model')
+  p.add_argument('--output', required=True)
+  p.add_argument('--format', default='jax', choices=('jax', 'onnx'))
+  p.add_argument('--platforms', default='cpu', help='jax format: comma-separated cpu,cuda,tpu')
+  a = p.parse_args(argv)
   from prnet_jax.nn.model import PRNet
+  if a.format == 'onnx':
+    import importlib.util
+    missing = [m for m in ('onnx',) if importlib.util.find_spec(m) is None]
+    if missing:
+      print('error: --format=onnx needs the `onnx` extra: pip install "prnet-jax[onnx]"',
+            file=sys.stderr)
+      return 1
   try:
     variables, model_config, step = checkpoints.load_variables(a.checkpoint)
   except checkpoints.CheckpointError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  model = PRNet.from_config(model_config)
-  exported, flat = export_forward(model, variables, a.platforms.split(','))
+  r = model_config.resolution
   try:
+    if a.format == 'onnx':
+      from prnet_jax.serving import onnx_export
+      save_onnx(a.output, onnx_export.build(model_config, variables))
+      print(f'wrote {a.output}: ONNX opset {onnx_export.OPSET}, input {onnx_export.INPUT!r} '
+            f'uint8 (batch, {r}, {r}, 3), output {onnx_export.OUTPUT!r} float32')
+      return 0
+    model = PRNet.from_config(model_config)
+    exported, flat = export_forward(model, variables, a.platforms.split(','))
     save(a.output, exported, flat, {'model_config': model_config.to_dict(),
                                     'step': int(step), 'checkpoint': a.checkpoint})
   except OSError as e:
     print(f'error: cannot write {a.output}: {e.strerror or e}', file=sys.stderr)
     return 1
-  print(f'wrote {a.output}: input uint8 (b, {model.resolution}, {model.resolution}, 3), '
-        f'platforms {a.platforms}')
+  print(f'wrote {a.output}: input uint8 (b, {r}, {r}, 3), platforms {a.platforms}')
   return 0
 
 

@@ -216,7 +216,8 @@ class Predictor:
     `box_convention` says how a given box becomes the crop (`transforms.box_crop`): 'image_info'
     (the official code's rule for boxes passed to `PRN.process(image, image_info=...)`: box
     centre, side 1.6 x size) or 'detector' (its rule for its dlib detector's boxes: centre 0.14 x
-    size lower, side 1.58 x size; pick it for boxes from a similar detector)."""
+    size lower, side 1.58 x size; pick it for boxes from a similar detector) or 'crop' (the box is
+    the crop: `whole_image_box(image)` for an image already cropped to the face)."""
     if box_convention not in transforms.BOX_CONVENTIONS:
       raise PredictError(f'box_convention must be one of {transforms.BOX_CONVENTIONS}, got '
                          f'{box_convention!r}')
@@ -329,6 +330,13 @@ class Predictor:
                 triangles=a.triangles, face_indices=a.face_indices, colors=colors, visibility=visible,
                 pose_angles_deg=angles.astype(np.float32), camera_matrix=camera.astype(np.float32),
                 uv_texture=uv_tex)
+
+
+def whole_image_box(image: np.ndarray) -> np.ndarray:
+  """The box (left, top, right, bottom) that, with box_convention='crop', makes the whole image
+  the face crop (the official demo's `--isDlib False`)."""
+  h, w = np.shape(image)[:2]
+  return np.array([[0.0, 0.0, w - 1.0, h - 1.0]])
 
 
 def add_test_time_flags(parser) -> None:

@@ -8,8 +8,10 @@ For an image `photo.jpg` and output prefix `out/photo`, face k gives
   out/photo_face{k}_landmarks.txt    68 x (x y z), image pixels
   out/photo_face{k}_landmarks.json   and JSON with box, pose, camera matrix
   out/photo_face{k}_pose.json        yaw, pitch, roll (degrees), camera matrix
+  out/photo_face{k}_posmap.npy       the UV position map (R, R, 3) float32, image pixels
 and for the image: out/photo_depth.png (nearest face surface, brighter = nearer, 16-bit) and
-out/photo_overlay.png (landmarks, dense points, a pose box per face).
+out/photo_overlay.png (landmarks, dense points, a pose box per face). `outputs` picks which
+(OUTPUTS names them: obj, textured, ply, landmarks, pose, posmap, depth, overlay).
 """
 
 from __future__ import annotations
@@ -136,35 +138,83 @@ def own_mesh(face) -> Mesh:
               face.position_map.shape[0])
 
 
+OUTPUTS = ('obj', 'textured', 'ply', 'landmarks', 'pose', 'posmap', 'depth', 'overlay')
+
+
+def parse_outputs(spec: str) -> tuple[str, ...]:
+  """'obj,landmarks' -> ('obj', 'landmarks'); 'all' -> OUTPUTS; ValueError names unknown ones."""
+  names = tuple(n.strip() for n in spec.split(',') if n.strip())
+  if names == ('all',):
+    return OUTPUTS
+  unknown = [n for n in names if n not in OUTPUTS]
+  if unknown or not names:
+    raise ValueError(f'unknown output(s) {unknown or [spec]}; choose from {", ".join(OUTPUTS)} '
+                     f'or all')
+  return names
+
+
+def uv_texture(face, image: np.ndarray, size: Optional[int] = None) -> np.ndarray:
+  """(size, size, 3) uint8: the image sampled at the face's position map resampled to `size`
+  px (bilinear); None or the map's own size gives the face's own `uv_texture`."""
+  r = face.position_map.shape[0]
+  if not size or size == r:
+    return face.uv_texture
+  pos = upsample_map(np.asarray(face.position_map, np.float32), size)
+  tex = transforms.bilinear_sample(jnp.asarray(image, jnp.float32), jnp.asarray(pos[..., 0]),
+                                   jnp.asarray(pos[..., 1]))
+  return np.clip(np.round(np.asarray(tex)), 0, 255).astype(np.uint8)
+
+
 def write_outputs(faces: Sequence, image: np.ndarray, prefix: str,
-                  meshes: Optional[Sequence[Mesh]] = None) -> list[str]:
-  """Writes every file named in the module docstring; returns their paths. `meshes`: one per
-  face to write instead of the faces' own (e.g. `dense_mesh`)."""
+                  meshes: Optional[Sequence[Mesh]] = None, outputs: Sequence[str] = OUTPUTS,
+                  texture_size: Optional[int] = None) -> list[str]:
+  """Writes the files of the module docstring that `outputs` names; returns their paths.
+  `meshes`: one per face to write instead of the faces' own (e.g. `dense_mesh`);
+  `texture_size`: the textured mesh's texture side (None: the position map's)."""
   from PIL import Image
+  unknown = set(outputs) - set(OUTPUTS)
+  if unknown:
+    raise ValueError(f'unknown outputs {sorted(unknown)}; choose from {OUTPUTS}')
   os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
   written = []
   for k, f in enumerate(faces):
     base = f'{prefix}_face{k}'
     m = own_mesh(f) if meshes is None else meshes[k]
-    mesh_io.write_obj(base + '.obj', m.vertices, m.triangles, colors=m.colors)
-    r = m.resolution
-    # UV of each face vertex: its pixel centre in the map, v up (as .obj expects).
-    face_pixels = np.stack(np.unravel_index(m.face_indices, (r, r)), -1)
-    uv = np.stack([(face_pixels[:, 1] + 0.5) / r, 1 - (face_pixels[:, 0] + 0.5) / r], -1)
-    mesh_io.write_obj(base + '_textured.obj', m.vertices, m.triangles, uv=uv,
-                      texture=f.uv_texture.astype(np.float32) / 255.0)
-    mesh_io.write_ply(base + '.ply', m.vertices, m.triangles, m.colors)
-    np.savetxt(base + '_landmarks.txt', f.landmarks, fmt='%.3f')
-    with open(base + '_landmarks.json', 'w') as fh:
-      json.dump(f.to_json(), fh, indent=1)
-    with open(base + '_pose.json', 'w') as fh:
-      js = f.to_json()
-      json.dump({k2: js[k2] for k2 in ('yaw_deg', 'pitch_deg', 'roll_deg', 'camera_matrix')},
-                fh, indent=1)
-    written += [base + s for s in ('.obj', '_textured.obj', '_textured.mtl', '_textured.png',
-                                   '.ply', '_landmarks.txt', '_landmarks.json', '_pose.json')]
-  depth = scale_depth(depth_image(faces, image.shape[0], image.shape[1]), 1000, 65535)
-  Image.fromarray(depth.astype(np.uint16)).save(prefix + '_depth.png')
-  overlay(image, faces).save(prefix + '_overlay.png')
-  return written + [prefix + '_depth.png', prefix + '_overlay.png']
+    if 'obj' in outputs:
+      mesh_io.write_obj(base + '.obj', m.vertices, m.triangles, colors=m.colors)
+      written.append(base + '.obj')
+    if 'textured' in outputs:
+      r = m.resolution
+      # UV of each face vertex: its pixel centre in the map, v up (as .obj expects); the
+      # texture covers the same UV square at any size.
+      face_pixels = np.stack(np.unravel_index(m.face_indices, (r, r)), -1)
+      uv = np.stack([(face_pixels[:, 1] + 0.5) / r, 1 - (face_pixels[:, 0] + 0.5) / r], -1)
+      mesh_io.write_obj(base + '_textured.obj', m.vertices, m.triangles, uv=uv,
+                        texture=uv_texture(f, image, texture_size).astype(np.float32) / 255.0)
+      written += [base + s for s in ('_textured.obj', '_textured.mtl', '_textured.png')]
+    if 'ply' in outputs:
+      mesh_io.write_ply(base + '.ply', m.vertices, m.triangles, m.colors)
+      written.append(base + '.ply')
+    if 'landmarks' in outputs:
+      np.savetxt(base + '_landmarks.txt', f.landmarks, fmt='%.3f')
+      with open(base + '_landmarks.json', 'w') as fh:
+        json.dump(f.to_json(), fh, indent=1)
+      written += [base + '_landmarks.txt', base + '_landmarks.json']
+    if 'pose' in outputs:
+      with open(base + '_pose.json', 'w') as fh:
+        js = f.to_json()
+        json.dump({k2: js[k2] for k2 in ('yaw_deg', 'pitch_deg', 'roll_deg', 'camera_matrix')},
+                  fh, indent=1)
+      written.append(base + '_pose.json')
+    if 'posmap' in outputs:
+      np.save(base + '_posmap.npy', np.asarray(f.position_map, np.float32))
+      written.append(base + '_posmap.npy')
+  if 'depth' in outputs:
+    depth = scale_depth(depth_image(faces, image.shape[0], image.shape[1]), 1000, 65535)
+    Image.fromarray(depth.astype(np.uint16)).save(prefix + '_depth.png')
+    written.append(prefix + '_depth.png')
+  if 'overlay' in outputs:
+    overlay(image, faces).save(prefix + '_overlay.png')
+    written.append(prefix + '_overlay.png')
+  return written
 

@@ -2,7 +2,11 @@ r"""Prediction from the command line: an image, a folder of images or a video ->
 meshes, landmarks, poses, depth and overlays (`prnet_jax.serving.outputs`).
 
     python -m prnet_jax.serving.predict --input=FILE_OR_DIR_OR_VIDEO --output=DIR \
-        [--checkpoint=pretrained] [--detector=auto]
+        [--checkpoint=pretrained] [--detector=auto] [--outputs=obj,landmarks,...] \
+        [--no_detect | --boxes=L,T,R,B | --boxes=boxes.json] [--texture_size=256]
+
+Compiled programs are kept in a persistent cache (`prnet_jax.runtime.enable_compilation_cache`;
+`--no_compilation_cache` turns it off), so only the first run compiles the network.
 
 One message per bad file; the rest are still processed. Videos go through in batches of frames,
 faces tracked between detections (`predict_video`). From Python, use
@@ -20,7 +24,7 @@ from prnet_jax.data import image_io
 from prnet_jax.nn import checkpoints
 from prnet_jax.serving import detectors
 from prnet_jax.serving.inference import (Face, PredictError, Predictor, add_test_time_flags,
-                                         apply_test_time_flags)
+                                         apply_test_time_flags, whole_image_box)
 
 # ------------------------------------------------------------------------------- CLI
 
@@ -65,7 +69,8 @@ def output_stems(paths: Sequence[str]) -> list[str]:
 
 
 def predict_video(predictor: Predictor, path: str, out_dir: str, batch: int = 16,
-                  redetect_every: int = 32, stem: Optional[str] = None) -> int:
+                  redetect_every: int = 32, stem: Optional[str] = None, boxes_for=None,
+                  box_convention: str = 'image_info') -> int:
   """Frames in batches -> per-frame JSON lines and an overlay video; returns frames done.
 
   Faces are tracked: a batch's frames are cropped around the landmarks of the faces of the
@@ -96,10 +101,15 @@ def predict_video(predictor: Predictor, path: str, out_dir: str, batch: int = 16
         frames.append(np.ascontiguousarray(frame[..., ::-1]))
       if not frames:
         break
-      detect = track is None or since >= redetect_every
-      results = predictor.predict_batch(frames, None if detect else [track] * len(frames))
-      since = len(frames) if detect else since + len(frames)
-      track = _tracked_boxes(results[-1])
+      given = None if boxes_for is None else boxes_for(os.path.basename(path), frames[0])
+      if given is not None:  # the caller's boxes, for every frame
+        results = predictor.predict_batch(frames, [given] * len(frames),
+                                          box_convention=box_convention)
+      else:
+        detect = track is None or since >= redetect_every
+        results = predictor.predict_batch(frames, None if detect else [track] * len(frames))
+        since = len(frames) if detect else since + len(frames)
+        track = _tracked_boxes(results[-1])
       for k, (frame, faces) in enumerate(zip(frames, results)):
         js.write(json.dumps({'frame': done + k, 'faces': [f.to_json() for f in faces]}) + '\n')
         im = np.asarray(outputs.overlay(frame, faces))
@@ -148,13 +158,68 @@ def output_folder_problem(path: str) -> Optional[str]:
   return None
 
 
+class BoxError(ValueError):
+  """A --boxes value that cannot be read."""
+
+
+def parse_boxes(spec: str):
+  """--boxes -> a function (input file name, image) -> (N, 4) boxes or None (detect).
+
+  `spec` is inline boxes 'L,T,R,B[;L,T,R,B...]' (for every input), a .json file mapping input
+  file names to lists of [L, T, R, B] (inputs it does not name are detected), or a text file
+  with one 'L T R B' (or comma-separated) box per line (for every input)."""
+  def boxes_from(rows, where):
+    try:
+      arr = np.asarray(rows, np.float64).reshape(-1, 4)
+    except (ValueError, TypeError):
+      raise BoxError(f'{where}: boxes must be groups of four numbers (left, top, right, '
+                     f'bottom)') from None
+    if not len(arr) or not np.isfinite(arr).all() or (arr[:, 2] <= arr[:, 0]).any() or (
+        arr[:, 3] <= arr[:, 1]).any():
+      raise BoxError(f'{where}: each box needs right > left and bottom > top (finite numbers)')
+    return arr
+
+  if os.path.isfile(spec):
+    if spec.lower().endswith('.json'):
+      import json
+      try:
+        with open(spec) as f:
+          table = json.load(f)
+      except (OSError, ValueError) as e:
+        raise BoxError(f'{spec}: not a readable JSON file ({e})') from None
+      if not isinstance(table, dict):
+        raise BoxError(f'{spec}: expected {{"file name": [[left, top, right, bottom], ...]}}')
+      table = {os.path.basename(k): boxes_from(v, f'{spec}: {k}') for k, v in table.items()}
+      return lambda name, image: table.get(os.path.basename(name))
+    with open(spec) as f:
+      rows = [line.replace(',', ' ').split() for line in f if line.strip()]
+    try:
+      fixed = boxes_from([[float(v) for v in r] for r in rows], spec)
+    except ValueError as e:
+      raise BoxError(str(e) if isinstance(e, BoxError) else f'{spec}: not numbers') from None
+  else:
+    try:
+      fixed = boxes_from([[float(v) for v in b.split(',')] for b in spec.split(';') if b.strip()],
+                         f'--boxes={spec}')
+    except ValueError as e:
+      raise BoxError(str(e) if isinstance(e, BoxError) else
+                     f'--boxes={spec}: neither a file nor boxes L,T,R,B[;L,T,R,B...]') from None
+  return lambda name, image: fixed
+
+
 def run(predictor: Predictor, inputs: str, out_dir: str, batch: int = 16,
-        redetect_every: int = 32) -> int:
+        redetect_every: int = 32, boxes_for=None, box_convention: str = 'image_info',
+        outputs: Sequence[str] = None, texture_size: Optional[int] = None) -> int:
   """Predicts for a file, a folder of images or a video; one message per bad file, the rest
-  still processed. Returns the number of inputs that failed."""
+  still processed. Returns the number of inputs that failed.
+
+  `boxes_for(file name, image)`: the faces' boxes (read by `box_convention`), or None to detect
+  (videos: every frame uses the boxes of the video's first frame); `outputs` and
+  `texture_size` as `outputs.write_outputs` (default: every output)."""
   import time
 
-  from prnet_jax.serving import outputs
+  from prnet_jax.serving import outputs as outputs_lib
+  kinds_wanted = outputs
   if os.path.isdir(inputs):
     files = sorted(os.path.join(inputs, f) for f in os.listdir(inputs)
                    if not f.startswith('.') and os.path.isfile(os.path.join(inputs, f)))
@@ -170,16 +235,21 @@ def run(predictor: Predictor, inputs: str, out_dir: str, batch: int = 16,
     name = os.path.basename(path)
     try:
       if path.lower().endswith(VIDEO_EXTS):
-        n = predict_video(predictor, path, out_dir, batch, redetect_every, stems[i])
+        n = predict_video(predictor, path, out_dir, batch, redetect_every, stems[i],
+                          boxes_for, box_convention)
         msg = f'{name}: {n} frames'
       else:
         image = image_io.load_photo(path)
-        faces = predictor.predict(image)
+        boxes = None if boxes_for is None else boxes_for(name, image)
+        faces = predictor.predict(image, boxes, box_convention=box_convention)
         if not faces:
-          raise PredictError(f'{path}: no face found (pass boxes or landmarks for crops the '
-                             f'detector misses)')
-        outputs.write_outputs(faces, image, os.path.join(out_dir, stems[i]),
-                              [predictor.dense_mesh(f, image) for f in faces])
+          raise PredictError(f'{path}: no face found (for faces the detector misses, pass '
+                             f'--boxes, or --no_detect for images cropped to the face)')
+        kinds = outputs_lib.OUTPUTS if kinds_wanted is None else kinds_wanted
+        meshes = ([predictor.dense_mesh(f, image) for f in faces]
+                  if {'obj', 'textured', 'ply'} & set(kinds) else None)
+        outputs_lib.write_outputs(faces, image, os.path.join(out_dir, stems[i]), meshes, kinds,
+                                  texture_size)
         msg = f'{name}: {len(faces)} face(s)'
     except IncompleteVideo as e:
       failed += 1
@@ -200,6 +270,9 @@ def run(predictor: Predictor, inputs: str, out_dir: str, batch: int = 16,
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   import argparse
+
+  from prnet_jax.geometry.transforms import BOX_CONVENTIONS
+  from prnet_jax.serving.outputs import OUTPUTS, parse_outputs
   p = argparse.ArgumentParser(description='PRNet prediction: meshes, landmarks, poses.')
   p.add_argument('--checkpoint', default=checkpoints.PRETRAINED,
                  help="checkpoint directory, a training run's workdir, or 'pretrained' (the "
@@ -219,24 +292,62 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument('--mesh_resolution', type=int, default=256,
                  help="meshes from the map resampled to this many px of its UV layout (0: the "
                       "model's own map size)")
+  p.add_argument('--outputs', default='all',
+                 help='comma-separated outputs to write: ' + ','.join(OUTPUTS) + ' (default all)')
+  p.add_argument('--texture_size', type=int, default=256,
+                 help="side of the textured mesh's UV texture, sampled from the image at the "
+                      "resampled position map (0: the model's map size)")
+  faces = p.add_mutually_exclusive_group()
+  faces.add_argument('--no_detect', action='store_true',
+                     help='each image is already a face crop: use it whole, no detector (the '
+                          "official demo's --isDlib False)")
+  faces.add_argument('--boxes', default=None,
+                     help="face boxes instead of the detector: 'L,T,R,B[;L,T,R,B...]' for every "
+                          "input, a .json file {file name: [[L,T,R,B], ...]}, or a text file "
+                          "with one 'L T R B' per line")
+  p.add_argument('--box_convention', default='image_info',
+                 choices=[c for c in BOX_CONVENTIONS],
+                 help="how --boxes become crops: 'image_info' (the official rule for given "
+                      "boxes: side 1.6 x box), 'detector' (for boxes from a dlib-like detector) "
+                      "or 'crop' (the box is the crop)")
+  p.add_argument('--compilation_cache', action=argparse.BooleanOptionalAction, default=True,
+                 help='keep compiled programs in the user cache folder (~/.cache/prnet_jax/xla, '
+                      'or $PRNET_JAX_CACHE_DIR) so later runs start faster')
   add_test_time_flags(p)
   a = p.parse_args(argv)
+  try:
+    kinds = parse_outputs(a.outputs)
+    boxes_for = parse_boxes(a.boxes) if a.boxes else None
+  except ValueError as e:
+    print(f'error: {e}')
+    return 2
+  if a.texture_size < 0:
+    print('error: --texture_size must be 0 (the map size) or positive')
+    return 2
+  box_convention = a.box_convention
+  if a.no_detect:
+    boxes_for, box_convention = (lambda name, image: whole_image_box(image)), 'crop'
   problem = output_folder_problem(a.output)
   if problem:
     print(f'error: {problem}')
     return 2
+  if a.compilation_cache:
+    from prnet_jax import runtime
+    runtime.enable_compilation_cache()
   try:
     predictor = apply_test_time_flags(
         Predictor.from_checkpoint(a.checkpoint, a.uv_assets, a.detector), a)
     predictor.mesh_resolution = a.mesh_resolution
-    predictor.detector  # pylint: disable=pointless-statement  # fail here if it can't be made
+    if boxes_for is None:  # fail here if it can't be made (given boxes may never need it)
+      predictor.detector  # pylint: disable=pointless-statement
   except (PredictError, ValueError) as e:
     print(f'error: {e}')
     return 2
   if a.batch < 1 or a.redetect_every < 1:
     print('error: --batch and --redetect_every must be at least 1')
     return 2
-  failed = run(predictor, a.input, a.output, a.batch, a.redetect_every)
+  failed = run(predictor, a.input, a.output, a.batch, a.redetect_every, boxes_for,
+               box_convention, kinds, a.texture_size or None)
   return 1 if failed else 0
 
 

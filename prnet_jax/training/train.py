@@ -241,6 +241,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   is written; `start_over` moves that run's checkpoints and logs to WORKDIR/previous-<time>/
   and starts at step 0."""
   problems = config_checks.bad_values(config)
+  if config.batch_size % jax.device_count():
+    # The global batch is split evenly over every device of the mesh.
+    problems.append(f'batch_size {config.batch_size} is not divisible by the '
+                    f'{jax.device_count()} devices (of {jax.process_count()} process(es)); '
+                    f'pass --config.batch_size=N with N a multiple of {jax.device_count()}')
   if problems:
     raise TrainingError('; '.join(problems))
   workdir = os.path.abspath(workdir)

@@ -56,6 +56,22 @@ def test_roofline_script_runs_and_reports_every_row(tmp_path):
     assert 0 < row['roofline_fraction'] < 5  # well-defined (crude CPU peaks can be beaten)
 
 
+@pytest.mark.slow(reason='benchmark subprocess')
+def test_export_latency_script_times_each_runtime(tmp_path):
+  import subprocess
+  pytest.importorskip('onnxruntime', reason='the onnx extra (requirements-test.txt installs it)')
+  out = tmp_path / 'export_latency.json'
+  r = subprocess.run([sys.executable, 'benchmarks/export_latency.py', '--small', '--repeats=2',
+                      f'--output={out}'],
+                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  rows = json.loads(out.read_text())['rows']
+  assert [row['runtime'] for row in rows] == ['jax (jit, native kernels)', 'jax.export artifact',
+                                              'onnxruntime']
+  assert all(row['batch1_ms'] > 0 for row in rows)
+
+
 def test_torch_baseline_computes_our_function_and_trains():
   """The side-by-side baseline is only meaningful if it is the same network: with our weights
   copied in, eval outputs agree to float32 round-off; a training step from uint8 NHWC images

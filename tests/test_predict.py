@@ -602,6 +602,7 @@ def test_flip_averages_the_crop_and_the_mirrored_photos_landmarks(pretrained_pre
   plain, flip = copy.copy(pretrained_predictor), copy.copy(pretrained_predictor)
   plain.upright = flip.upright = False
   plain.flip, flip.flip = False, True
+  plain.landmark_correction = flip.landmark_correction = None  # (fitted for real photos)
   w = image.shape[1]
   a = plain.predict(image, landmarks=gt[:, :2])[0]
   gt_m = gt[:, :2] * [-1, 1] + [w - 1, 0]
@@ -624,6 +625,7 @@ def test_upright_reads_a_face_turned_60_degrees_like_an_upright_one(pretrained_p
   plain, upright = copy.copy(pretrained_predictor), copy.copy(pretrained_predictor)
   plain.flip = upright.flip = False
   plain.upright, upright.upright = False, True
+  plain.landmark_correction = upright.landmark_correction = None  # (fitted for real photos)
   h, w = image.shape[:2]
   m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), 60, 1.0)
   turned = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR)

@@ -19,6 +19,7 @@ through the inverse crop similarity, z divided by its scale).
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Optional, Sequence, Union
 
 import jax
@@ -50,7 +51,7 @@ class Face:
   box: np.ndarray               # (4,) the crop's source box or landmarks' box (l, t, r, b)
   crop_transform: np.ndarray    # (3, 3) original -> crop similarity
   position_map: np.ndarray      # (R, R, 3) in the original image frame
-  landmarks: np.ndarray         # (68, 3)
+  landmarks: np.ndarray         # (68, 3); x, y corrected by the predictor's landmark_correction
   vertices: np.ndarray          # (N, 3) dense face vertices
   triangles: np.ndarray         # (T, 3)
   face_indices: np.ndarray      # (N,) flat UV-map pixel of each vertex
@@ -111,6 +112,9 @@ class Predictor:
     # landmarks' (the protocol's crop, turned) or the model's own. `flip`: the landmarks are the
     # mean of the crop's and its mirror image's (the position map and mesh are the crop's).
     self.upright, self.flip = upright, flip
+    # A linear correction of the 68 landmarks fitted on real faces for this model
+    # (`landmark_correction`; the bundled model ships one), or None.
+    self.landmark_correction = None
     # Meshes for files (`dense_mesh`): the map resampled to the layout at `mesh_resolution`
     # px when the layout has a name to derive it from (`catalog.DERIVED`); else the map's own.
     self.layout: Optional[str] = None
@@ -157,6 +161,7 @@ class Predictor:
                     bool(run.get('predict_antialias', False)), int(run.get('predict_refine', 0)),
                     bool(run.get('predict_upright', False)), bool(run.get('predict_flip', False)))
     predictor.layout = uv_assets if uv_assets in DERIVED else None
+    predictor.landmark_correction = shipped_correction(path, variables)
     return predictor
 
   def dense_mesh(self, face: Face, image: np.ndarray, resolution: Optional[int] = None):
@@ -310,6 +315,8 @@ class Predictor:
       back[:, 0] = self.model.resolution - 1 - back[:, 0]
       own = np.asarray(a.landmarks(pos_crop), np.float64)
       landmarks = transforms.transform_points(inverse, (own + back) / 2).astype(np.float32)
+    if self.landmark_correction is not None:
+      landmarks = self.landmark_correction(np.asarray(landmarks, np.float32))
     verts_crop = a.vertices(pos_crop)
     # Visibility by a z-buffer of the face mesh in the crop (cheap at R px).
     r = self.model.resolution
@@ -332,6 +339,18 @@ class Predictor:
                 uv_texture=uv_tex)
 
 
+def shipped_correction(path: str, variables):
+  """The landmark correction shipped for the bundled model (`path` 'pretrained'), if it was
+  fitted for exactly these variables; else None."""
+  from prnet_jax.serving import landmark_correction
+  if path != checkpoints.PRETRAINED or not os.path.isfile(landmark_correction.SHIPPED):
+    return None
+  correction = landmark_correction.LandmarkCorrection.load(landmark_correction.SHIPPED)
+  if correction.fingerprint != landmark_correction.model_fingerprint(variables):
+    return None
+  return correction
+
+
 def whole_image_box(image: np.ndarray) -> np.ndarray:
   """The box (left, top, right, bottom) that, with box_convention='crop', makes the whole image
   the face crop (the official demo's `--isDlib False`)."""
@@ -344,6 +363,10 @@ def add_test_time_flags(parser) -> None:
   import argparse
   parser.add_argument('--upright', action=argparse.BooleanOptionalAction, default=None,
                       help="one more pass in a crop turned upright (default: the run's config)")
+  parser.add_argument('--landmark_correction', action=argparse.BooleanOptionalAction,
+                      default=True,
+                      help='apply the landmark correction fitted on real faces for this model '
+                           '(the bundled model ships one; see the README)')
   parser.add_argument('--flip', action=argparse.BooleanOptionalAction, default=None,
                       help="landmarks averaged with the mirrored crop's (default: the run's "
                            "config)")
@@ -354,4 +377,6 @@ def apply_test_time_flags(predictor: Predictor, args) -> Predictor:
     predictor.upright = args.upright
   if args.flip is not None:
     predictor.flip = args.flip
+  if not getattr(args, 'landmark_correction', True):
+    predictor.landmark_correction = None
   return predictor

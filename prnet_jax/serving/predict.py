@@ -68,20 +68,42 @@ def output_stems(paths: Sequence[str]) -> list[str]:
   return out
 
 
+# Overlay video codecs, the first one this OpenCV can write is used: H.264 (.mp4) and VP8
+# (.webm) play in browsers; MPEG-4 Part 2 (.mp4) is the last resort. (PyPI's OpenCV wheels
+# write no H.264; they write VP8.)
+VIDEO_CODECS = (('avc1', '.mp4'), ('VP80', '.webm'), ('mp4v', '.mp4'))
+
+
+def open_video_writer(stem: str, fps: float, size: tuple[int, int]):
+  """(cv2.VideoWriter, path) for `stem`_overlay with the first codec of VIDEO_CODECS that opens."""
+  import cv2
+  for fourcc, ext in VIDEO_CODECS:
+    path = f'{stem}_overlay{ext}'
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*fourcc), fps, size)
+    if writer.isOpened():
+      return writer, path
+    writer.release()
+    if os.path.exists(path) and not os.path.getsize(path):
+      os.remove(path)
+  raise PredictError(f'{stem}_overlay: no video codec of {[c for c, _ in VIDEO_CODECS]} can be '
+                     f'written by this OpenCV')
+
+
 def predict_video(predictor: Predictor, path: str, out_dir: str, batch: int = 16,
                   redetect_every: int = 32, stem: Optional[str] = None, boxes_for=None,
-                  box_convention: str = 'image_info') -> int:
+                  box_convention: str = 'image_info', smooth: bool = True) -> int:
   """Frames in batches -> per-frame JSON lines and an overlay video; returns frames done.
 
   Faces are tracked: a batch's frames are cropped around the landmarks of the faces of the
   previous batch's last frame (then re-cropped around their own, as boxes are), and the
   detector runs only on the first batch, every `redetect_every` frames, and after a batch
-  without faces (1: detect in every frame)."""
+  without faces (1: detect in every frame). `smooth`: landmarks and pose angles through a
+  One-Euro filter per face (`smoothing.FaceSmoother`) in the JSON lines and the overlay."""
   import time
 
   import cv2
 
-  from prnet_jax.serving import outputs
+  from prnet_jax.serving import outputs, smoothing
   cap = cv2.VideoCapture(path)
   if not cap.isOpened():
     raise PredictError(f'{path}: cannot open the video')
@@ -90,6 +112,7 @@ def predict_video(predictor: Predictor, path: str, out_dir: str, batch: int = 16
   stem = os.path.join(out_dir, stem or os.path.splitext(os.path.basename(path))[0])
   writer, done, start = None, 0, time.time()
   track, since = None, 0
+  smoother = smoothing.FaceSmoother(fps) if smooth else None
   import json
   with open(stem + '_frames.jsonl', 'w') as js:
     while True:
@@ -111,11 +134,12 @@ def predict_video(predictor: Predictor, path: str, out_dir: str, batch: int = 16
         since = len(frames) if detect else since + len(frames)
         track = _tracked_boxes(results[-1])
       for k, (frame, faces) in enumerate(zip(frames, results)):
+        if smoother is not None:
+          faces = smoother(faces)
         js.write(json.dumps({'frame': done + k, 'faces': [f.to_json() for f in faces]}) + '\n')
         im = np.asarray(outputs.overlay(frame, faces))
         if writer is None:
-          writer = cv2.VideoWriter(stem + '_overlay.mp4', cv2.VideoWriter_fourcc(*'mp4v'), fps,
-                                   (im.shape[1], im.shape[0]))
+          writer, _ = open_video_writer(stem, fps, (im.shape[1], im.shape[0]))
         writer.write(np.ascontiguousarray(im[..., ::-1]))
       done += len(frames)
       print('\r' + _bar(done, max(total, done), start, os.path.basename(path)), end='',
@@ -209,7 +233,8 @@ def parse_boxes(spec: str):
 
 def run(predictor: Predictor, inputs: str, out_dir: str, batch: int = 16,
         redetect_every: int = 32, boxes_for=None, box_convention: str = 'image_info',
-        outputs: Sequence[str] = None, texture_size: Optional[int] = None) -> int:
+        outputs: Sequence[str] = None, texture_size: Optional[int] = None,
+        smooth: bool = True) -> int:
   """Predicts for a file, a folder of images or a video; one message per bad file, the rest
   still processed. Returns the number of inputs that failed.
 
@@ -236,7 +261,7 @@ def run(predictor: Predictor, inputs: str, out_dir: str, batch: int = 16,
     try:
       if path.lower().endswith(VIDEO_EXTS):
         n = predict_video(predictor, path, out_dir, batch, redetect_every, stems[i],
-                          boxes_for, box_convention)
+                          boxes_for, box_convention, smooth)
         msg = f'{name}: {n} frames'
       else:
         image = image_io.load_photo(path)
@@ -310,6 +335,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  help="how --boxes become crops: 'image_info' (the official rule for given "
                       "boxes: side 1.6 x box), 'detector' (for boxes from a dlib-like detector) "
                       "or 'crop' (the box is the crop)")
+  p.add_argument('--smooth', action=argparse.BooleanOptionalAction, default=True,
+                 help='videos: smooth landmarks and pose over frames (One-Euro filter per face)')
   p.add_argument('--compilation_cache', action=argparse.BooleanOptionalAction, default=True,
                  help='keep compiled programs in the user cache folder (~/.cache/prnet_jax/xla, '
                       'or $PRNET_JAX_CACHE_DIR) so later runs start faster')
@@ -347,7 +374,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print('error: --batch and --redetect_every must be at least 1')
     return 2
   failed = run(predictor, a.input, a.output, a.batch, a.redetect_every, boxes_for,
-               box_convention, kinds, a.texture_size or None)
+               box_convention, kinds, a.texture_size or None, a.smooth)
   return 1 if failed else 0
 
 

@@ -1,6 +1,7 @@
 """The chip's measured peaks and PRNet's place under them (the performance issue's GPU targets).
 
   python benchmarks/roofline.py                       # on a GPU/TPU: bf16, batch 1024 / 256
+  python benchmarks/roofline.py --train_batches=64,256 --dtype=float32
   python benchmarks/roofline.py --impl=reference      # plain lax convolutions instead
   python benchmarks/roofline.py --small               # any machine, seconds (CPU smoke run)
 
@@ -9,8 +10,10 @@ One command measures, on the default backend:
   (a large elementwise pass: bytes read + written / time);
 * inference: images/s at `--batch` (prepared kernels, as the predictor runs) and batch-1
   latency (median of `--repeats` calls);
-* training: images/s of the real train step (`train.make_trainer`, augmentation off) at
-  `--train_batch`;
+* training: images/s of the real train step (`train.make_trainer`, augmentation off) at each
+  of `--train_batches`;
+* XLA's memory analysis of each compiled program (arguments + outputs + temporaries, GB per
+  device), what decides the batch that fits;
 * for each, XLA's cost analysis (FLOPs, bytes accessed), the roofline bound
   max(FLOPs / peak FLOP/s, bytes / peak bandwidth) and the fraction of it reached
   (bound time / measured time).
@@ -54,6 +57,15 @@ def _cost(compiled) -> tuple[float, float]:
   return float(cost.get('flops', float('nan'))), float(cost.get('bytes accessed', float('nan')))
 
 
+def _memory_gb(compiled) -> float:
+  """Arguments + outputs + temporaries of a compiled program, GB per device (NaN if unknown)."""
+  m = compiled.memory_analysis()
+  if m is None:
+    return float('nan')
+  return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+          - m.alias_size_in_bytes) / 1e9
+
+
 def peak_matmul_flops(n: int, dtype, repeats: int) -> float:
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
@@ -82,7 +94,7 @@ def main():
   p.add_argument('--impl', default='fast', help="layers: 'fast' (conv_ops) or 'reference' "
                  "(plain lax convolutions; may suit cuDNN better: measure both)")
   p.add_argument('--batch', type=int, default=1024, help='inference batch')
-  p.add_argument('--train_batch', type=int, default=256)
+  p.add_argument('--train_batches', default='256', help='comma-separated train-step batches')
   p.add_argument('--matmul_n', type=int, default=8192)
   p.add_argument('--bandwidth_bytes', type=int, default=4 << 30)
   p.add_argument('--repeats', type=int, default=20)
@@ -91,7 +103,7 @@ def main():
   p.add_argument('--output', default='benchmarks/results/roofline.json')
   a = p.parse_args()
   if a.small:
-    a.config, a.batch, a.train_batch = 'small', 4, 4
+    a.config, a.batch, a.train_batches = 'small', 4, '4'
     a.matmul_n, a.bandwidth_bytes, a.repeats = 512, 64 << 20, 3
 
   import prnet as config_module
@@ -107,7 +119,7 @@ def main():
   rows = [{'what': f'peak: {a.matmul_n}^3 matmul {a.dtype} / elementwise pass',
            'batch': 0, 'ms': float('nan'), 'images_per_s': float('nan'),
            'tflops': peak_flops / 1e12, 'gbytes_per_s': peak_bw / 1e9, 'intensity': float('nan'),
-           'bound_ms': float('nan'), 'roofline_fraction': 1.0}]
+           'bound_ms': float('nan'), 'roofline_fraction': 1.0, 'memory_gb': float('nan')}]
 
   c = config_module.get_config(a.config)
   c.model.dtype = a.dtype
@@ -129,29 +141,33 @@ def main():
     flops, nbytes = _cost(compiled)
     rows.append({'what': 'inference latency' if batch == 1 else 'inference', 'batch': batch,
                  'ms': 1e3 * seconds, 'images_per_s': batch / seconds,
-                 **roofline(flops, nbytes, seconds, peak_flops, peak_bw)})
+                 **roofline(flops, nbytes, seconds, peak_flops, peak_bw),
+                 'memory_gb': _memory_gb(compiled)})
 
   # Training: the real step (forward, backward, Adam), state donated.
   rng = np.random.RandomState(0)
-  batch = jax.device_put({
-      'image': rng.randint(0, 255, (a.train_batch, res, res, 3)).astype(np.uint8),
-      'position_map': rng.uniform(0, res, (a.train_batch, res, res, 3)).astype(np.float32)},
-      trainer.data_sharding)
-  state = trainer.init(jax.random.key(0))
-  compiled = trainer.step.lower(state, batch).compile()
-  flops, nbytes = _cost(compiled)
-  state, m = compiled(state, batch)  # warm-up
-  jax.block_until_ready(m)
-  times = []
-  for _ in range(a.repeats):
-    t = time.perf_counter()
-    state, m = compiled(state, batch)
+  for train_batch in [int(b) for b in a.train_batches.split(',')]:
+    batch = jax.device_put({
+        'image': rng.randint(0, 255, (train_batch, res, res, 3)).astype(np.uint8),
+        'position_map': rng.uniform(0, res, (train_batch, res, res, 3)).astype(np.float32)},
+        trainer.data_sharding)
+    state = trainer.init(jax.random.key(0))
+    compiled = trainer.step.lower(state, batch).compile()
+    flops, nbytes = _cost(compiled)
+    state, m = compiled(state, batch)  # warm-up
     jax.block_until_ready(m)
-    times.append(time.perf_counter() - t)
-  seconds = median(times)
-  rows.append({'what': 'train step', 'batch': a.train_batch, 'ms': 1e3 * seconds,
-               'images_per_s': a.train_batch / seconds,
-               **roofline(flops, nbytes, seconds, peak_flops, peak_bw)})
+    times = []
+    for _ in range(a.repeats):
+      t = time.perf_counter()
+      state, m = compiled(state, batch)
+      jax.block_until_ready(m)
+      times.append(time.perf_counter() - t)
+    seconds = median(times)
+    rows.append({'what': 'train step', 'batch': train_batch, 'ms': 1e3 * seconds,
+                 'images_per_s': train_batch / seconds,
+                 **roofline(flops, nbytes, seconds, peak_flops, peak_bw),
+                 'memory_gb': _memory_gb(compiled)})
+    del state, batch, compiled
   print(f"backend: {jax.default_backend()} ({machine()['devices'][0]}), config {a.config}, "
         f'compute dtype {a.dtype}, impl {a.impl}')
   report('roofline', rows, list(rows[0]), a.output)

@@ -39,6 +39,13 @@ Variants:
       network was still far from fitting the world after 64k images (held-out NME 17.5%), so
       the 2 hours buy more images instead of more pixels. Photos are low-passed before their
       crop shrinks them (`predict_antialias`), like the renders it saw.
+  gpu, tpu: the paper's model and data for accelerators: bfloat16 compute with float32
+      parameters and BatchNorm statistics, global batch 128 (one GPU) or 1024 (a TPU host of 8
+      chips, 128 each; multiply by the device count elsewhere: --config.batch_size), Adam at
+      1e-4 x sqrt(batch / 16) with 500 warm-up steps and the paper's halving every 5 epochs,
+      16 or 32 grain decode processes. Memory per device: docs/training.md. Not yet validated
+      by a run on an accelerator (`python -m prnet_jax.training.lowering` checks that they
+      lower for cuda and tpu on any machine).
   ict_bfm68: the same recipe on `synthetic_faces/ict_bfm68_128`, the ICT world in the UV layout
       fitted to the benchmark's BFM-68 landmarks (UV assets 'ict_bfm68'; its landmark floor on
       the AFLW2000-3D development half is 2.26% where the 'ict' layout's is 3.42%:
@@ -47,7 +54,7 @@ Variants:
 
 import ml_collections
 
-VARIANTS = ('', 'synthetic', 'small', 'ict', 'ict_bfm68')
+VARIANTS = ('', 'synthetic', 'small', 'ict', 'ict_bfm68', 'gpu', 'tpu')
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -164,4 +171,19 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     # an upright re-crop (10.86 -> 10.69%) and flip averaging (-> 10.18%; both: 10.03%).
     c.predict_upright = True
     c.predict_flip = True
+  if arg in ('gpu', 'tpu'):
+    # The paper's model and data on accelerators: bfloat16 compute (float32 parameters, Adam
+    # moments and BatchNorm statistics), a large global batch, the paper's step decay with the
+    # learning rate scaled by the square root of the batch (and a warm-up for it), grain
+    # decode processes to feed the chips. Not yet validated by a run on an accelerator.
+    per_device = 128
+    devices = 1 if arg == 'gpu' else 8   # one GPU; a TPU v4-8 / v5e-8 host
+    c.model.dtype = 'bfloat16'
+    c.batch_size = per_device * devices  # global: x the device count for other slices
+    c.learning_rate = 1e-4 * (c.batch_size / 16) ** 0.5
+    c.warmup_steps = 500
+    c.worker_count = 16 if arg == 'gpu' else 32
+    c.eval.batch_size = 256 if arg == 'gpu' else 1024
+    c.log_every = 50
+    c.checkpoint_every = 500
   return c

@@ -313,3 +313,16 @@ def test_a_resume_logs_each_step_once_and_two_unreadable_checkpoints_stop_it(tin
                      r'restore.*nothing was moved'):
     train.train_and_evaluate(small_config(tiny_dataset, 10), str(tmp_path))
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == before
+
+
+def test_the_step_schedule_warms_up_then_halves_every_few_epochs():
+  config = tiny_config()
+  config.lr_schedule, config.learning_rate = 'step', 0.4
+  config.lr_decay_every_epochs, config.lr_decay_factor = 2, 0.5
+  config.warmup_steps = 0
+  plain = train.make_schedule(config, steps_per_epoch=10)
+  assert [float(plain(k)) for k in (0, 19, 20, 40)] == pytest.approx([0.4, 0.4, 0.2, 0.1])
+  config.warmup_steps = 8
+  warm = train.make_schedule(config, steps_per_epoch=10)
+  assert [float(warm(k)) for k in (0, 4, 8, 19, 20, 40)] == pytest.approx(
+      [0.0, 0.2, 0.4, 0.4, 0.2, 0.1])

@@ -65,8 +65,9 @@ def training_data(config):
 
 def make_schedule(config, steps_per_epoch: int) -> optax.Schedule:
   """`lr_schedule` 'step' (the paper's): the learning rate multiplied by `lr_decay_factor` every
-  `lr_decay_every_epochs`; 'cosine': linear warm-up over `warmup_steps`, then a cosine decay to
-  1% of it at the run's last step."""
+  `lr_decay_every_epochs` (after a linear warm-up over `warmup_steps` when > 0: large batches);
+  'cosine': linear warm-up over `warmup_steps`, then a cosine decay to 1% of it at the run's
+  last step."""
   kind = config.get('lr_schedule', 'step')
   if kind == 'cosine':
     total = config.num_train_steps or config.num_epochs * steps_per_epoch
@@ -76,9 +77,14 @@ def make_schedule(config, steps_per_epoch: int) -> optax.Schedule:
         end_value=0.01 * config.learning_rate)
   if kind != 'step':
     raise ValueError(f"config.lr_schedule must be 'step' or 'cosine', got {kind!r}")
-  return optax.exponential_decay(
+  step = optax.exponential_decay(
       config.learning_rate, transition_steps=config.lr_decay_every_epochs * steps_per_epoch,
       decay_rate=config.lr_decay_factor, staircase=True)
+  warmup = int(config.get('warmup_steps', 0))
+  if warmup <= 0:
+    return step
+  # The decay keeps counting from step 0: the warm-up only ramps the first steps in.
+  return lambda count: step(count) * jnp.minimum(1.0, count / warmup)
 
 
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:

@@ -190,6 +190,20 @@ def test_each_bad_sample_is_reported_and_skipped(manual_300wlp, tmp_path, capsys
   assert names == ['AFW/AFW_1_0', 'AFW/AFW_1_1', 'HELEN_Flip/HELEN_2_0']  # the good ones
 
 
+def test_a_bad_sample_met_in_a_worker_process_is_reported_and_skipped(manual_300wlp, tmp_path,
+                                                                     capsys):
+  """Worker processes hand a bad sample's SampleError back to the build (pickled): it must
+  arrive whole, or the build dies instead of skipping the sample."""
+  import pickle
+  e = pickle.loads(pickle.dumps(readers.SampleError('a/b.mat', 'no pt3d_68')))
+  assert (e.path, e.reason, str(e)) == ('a/b.mat', 'no pt3d_68', 'a/b.mat: no pt3d_68')
+  stem, message = corrupt(manual_300wlp, 'missing_field')
+  build_300wlp(manual_300wlp, tmp_path / 'data', num_workers=2)
+  out = capsys.readouterr().out
+  assert message in next(l for l in out.splitlines() if stem in l)
+  assert '3 of 4 samples kept, 1 skipped' in out
+
+
 def test_strict_build_stops_with_the_message(manual_300wlp, tmp_path):
   stem, message = corrupt(manual_300wlp, 'nan_pose')
   with pytest.raises(readers.SampleError, match=f'{stem}.mat: .*NaN.*strict build: stopping'):

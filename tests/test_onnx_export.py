@@ -39,7 +39,7 @@ def random_variables(model_config, seed):
   return jax.tree_util.tree_map_with_path(perturb, variables)
 
 
-@pytest.mark.parametrize('resolution,width', [(64, 4), (96, 2)])
+@pytest.mark.parametrize('resolution,width', [(96, 2)])  # 96: odd sides (3 px) at the bottom
 def test_onnx_matches_the_jax_forward_on_a_random_network(resolution, width):
   model_config = ModelConfig(resolution=resolution, width=width)
   variables = random_variables(model_config, seed=resolution)

@@ -736,11 +736,12 @@ def test_boxes_inline_json_and_text_and_their_errors(tmp_path):
     predict.parse_boxes(str(tmp_path / 'bad.json'))
 
 
-def test_no_detect_uses_the_whole_crop_and_outputs_picks_the_files(ckpt, tmp_path, capsys):
+def test_no_detect_uses_the_whole_crop_and_outputs_picks_the_files(ckpt, predictor, tmp_path,
+                                                                   capsys):
   """--no_detect: an R x R image is the network's input as it is (identity crop), as the
   official demo's --isDlib False; --outputs writes only what it names; the position map is
   the face's; --texture_size sets the texture's side."""
-  pred = inference.Predictor.from_checkpoint(ckpt)
+  pred = predictor
   r = pred.model.resolution
   image = np.random.default_rng(0).integers(0, 256, (r, r, 3), np.uint8)
   Image.fromarray(image).save(tmp_path / 'crop.png')
@@ -762,7 +763,6 @@ def test_no_detect_uses_the_whole_crop_and_outputs_picks_the_files(ckpt, tmp_pat
 
 
 def test_given_boxes_replace_the_detector(ckpt, tmp_path, monkeypatch):
-  pred = inference.Predictor.from_checkpoint(ckpt)
   monkeypatch.setattr(inference.Predictor, 'detector',
                       property(lambda self: pytest.fail('the detector ran')))
   image = np.random.default_rng(1).integers(0, 256, (120, 160, 3), np.uint8)
@@ -773,7 +773,6 @@ def test_given_boxes_replace_the_detector(ckpt, tmp_path, monkeypatch):
   boxes = [json.load(open(tmp_path / 'o' / f'two_face{k}_landmarks.json'))['box']
            for k in range(2)]
   np.testing.assert_allclose(boxes, [[10, 10, 70, 80], [80, 20, 150, 100]])
-  del pred
 
 
 def test_the_compilation_cache_goes_to_the_user_cache_folder(tmp_path):

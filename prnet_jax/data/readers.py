@@ -23,6 +23,11 @@ class SampleError(Exception):
     self.path = path
     self.reason = reason
 
+  def __reduce__(self):
+    # Builds raise it in worker processes: it must cross back intact (the default pickling
+    # calls SampleError(message), which fails and kills the build).
+    return type(self), (self.path, self.reason)
+
 
 def load_mat(path: str, fields: Mapping[str, Optional[tuple[int, ...]]]) -> dict[str, np.ndarray]:
   """Reads a MATLAB file and checks each required field's presence, shape (None: any) and

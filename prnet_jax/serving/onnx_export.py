@@ -48,9 +48,11 @@ class _Graph:
     self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(value), name))
     return name
 
-  def op(self, op_type: str, inputs: list[str], base: str, **attrs) -> str:
-    out = self.name(base)
-    self.nodes.append(self.helper.make_node(op_type, inputs, [out], name=out, **attrs))
+  def op(self, op_type: str, inputs: list[str], base: str, output: str | None = None,
+         **attrs) -> str:
+    name = self.name(base)
+    out = output or name
+    self.nodes.append(self.helper.make_node(op_type, inputs, [out], name=name, **attrs))
     return out
 
 
@@ -136,9 +138,7 @@ def build(model_config: model_lib.ModelConfig, variables: Mapping[str, Any],
     raise ValueError(f'the decoder ends at {n} px, not the model\'s {r}')
   x = g.op('Mul', [x, g.const('max_pos', np.array(model_config.max_pos, np.float32))],
            'to_pixels')
-  out = g.op('Transpose', [x], 'to_nhwc', perm=[0, 2, 3, 1])
-  g.nodes[-1].output[0] = OUTPUT
-  del out
+  g.op('Transpose', [x], 'to_nhwc', output=OUTPUT, perm=[0, 2, 3, 1])
   graph = helper.make_graph(
       g.nodes, 'prnet',
       [helper.make_tensor_value_info(INPUT, TensorProto.UINT8, ['batch', r, r, 3])],

@@ -239,7 +239,7 @@ def test_the_papers_aflw2000_path_scores_real_files_like_folder_eval(tmp_path):
   predictor = Predictor.from_pretrained()
   # One plain pass, as the evaluator runs the network: no test-time passes, no correction.
   predictor.upright = predictor.flip = False
-  predictor.landmark_correction = None
+  predictor.landmark_correction, predictor.crop_scale = None, 1.0  # the official crop
   result = folder_eval.evaluate_folder(predictor, src, baselines=False)
   folder = {r['file']: r['model_2d'] for r in result['files']}
   assert sorted(paper) == sorted(folder) and len(paper) == 6

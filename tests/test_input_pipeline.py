@@ -95,7 +95,10 @@ def test_resize_to_model_resolution_scales_positions(source):
   b32 = next(iter(ip.train_loader(source, 4, 0, 32)))
   b64 = next(iter(ip.train_loader(source, 4, 0, 64)))
   assert b32['image'].shape == (4, 32, 32, 3)
-  np.testing.assert_allclose(b32['landmarks'], b64['landmarks'] / 2, rtol=1e-6)
+  # x, y follow the resized pixel centres ((x + 0.5) / 2 - 0.5); z halves.
+  np.testing.assert_allclose(b32['landmarks'][..., :2], b64['landmarks'][..., :2] / 2 - 0.25,
+                             rtol=1e-6, atol=1e-5)
+  np.testing.assert_allclose(b32['landmarks'][..., 2], b64['landmarks'][..., 2] / 2, rtol=1e-6)
   assert b32['position_map'].max() == pytest.approx(b64['position_map'].max() / 2, rel=0.05)
 
 
@@ -142,3 +145,27 @@ def test_set_state_rewinds(source):
   it.close()
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x, y)
+
+
+def test_resized_positions_stay_on_the_image_content():
+  """A bright 16x16 block whose centre is a landmark, resized 64 -> 16 by the decoder: the
+  landmark lands on the block's centre of mass in the small image (the pixel-centre rule;
+  scaling by k alone would miss it by 0.375 px)."""
+  from prnet_jax.data import image_io, posmap_codec
+  image = np.zeros((64, 64, 3), np.uint8)
+  image[16:32, 32:48] = 255
+  landmarks = np.zeros((68, 3), np.float32)
+  landmarks[:] = [39.5, 23.5, 10.0]               # the block's centre, pixel-centre coordinates
+  pos = np.zeros((64, 64, 3), np.float32)
+  pos[16:32, 32:48] = [39.5, 23.5, 10.0]
+  rec = {'image': image_io.encode_jpeg(image, quality=100),
+         'position_map': posmap_codec.encode(pos), 'landmarks_3d': landmarks, 'yaw_bucket': 0}
+  ex = ip.DecodeExample(16).map(rec)
+  w = ex['image'][..., 0].astype(np.float64)
+  ys, xs = np.mgrid[:16, :16]
+  centre = [(w * xs).sum() / w.sum(), (w * ys).sum() / w.sum()]
+  np.testing.assert_allclose(ex['landmarks'][0, :2], centre, atol=0.05)
+  assert ex['landmarks'][0, 2] == pytest.approx(2.5)
+  inside = ex['position_map'][6, 10]               # its filter support inside the block
+  np.testing.assert_allclose(inside[:2], centre, atol=0.05)
+  assert not ex['position_map'][0, 0].any()        # the background stays zero

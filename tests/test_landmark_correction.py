@@ -79,6 +79,7 @@ def test_the_shipped_correction_belongs_to_the_bundled_model(pretrained_predicto
   variables, _, _ = checkpoints.load_variables(checkpoints.PRETRAINED)
   assert shipped.fingerprint == lc.model_fingerprint(variables)
   assert pretrained_predictor.landmark_correction is not None
+  assert pretrained_predictor.crop_scale == shipped.crop_scale  # the framing it was fitted on
   info = shipped.info
   assert info['faces'] == 994 and info['nme_cross_validated'] < info['nme_before']
   # Another model's variables have another fingerprint: a correction is never applied to it.
@@ -101,11 +102,36 @@ def test_the_fitting_command_on_real_faces(tmp_path, capsys):
   (folder / 'broken.jpg').write_bytes(b'x')
   (folder / 'broken.mat').write_bytes(b'not a mat file')
   out = tmp_path / 'c.npz'
-  assert fit_landmark_correction.main([f'--input={folder}', f'--output={out}', '--folds=4']) == 0
+  assert fit_landmark_correction.main([f'--input={folder}', f'--output={out}', '--folds=4',
+                                       '--crop_scales=1.0,0.85']) == 0
   printed = capsys.readouterr().out
-  assert 'skipped' in printed and 'broken' in printed and 'with (cross-validated)' in printed
+  assert 'skipped' in printed and 'broken' in printed
+  assert '| official crops, no correction |' in printed and '(cross-validated)' in printed
   c = lc.LandmarkCorrection.load(str(out))
   variables, _, _ = checkpoints.load_variables(checkpoints.PRETRAINED)
   assert c.fingerprint == lc.model_fingerprint(variables) and c.info['faces'] == 40
   assert c.info['nme_cross_validated'] < c.info['nme_before']
+  by_scale = c.info['cv_nme_by_crop_scale']
+  assert set(by_scale) == {'1.0', '0.85'} and by_scale[str(c.crop_scale)] == min(by_scale.values())
   assert fit_landmark_correction.main([f'--input={tmp_path / "none"}', f'--output={out}']) == 2
+
+
+def test_the_crop_scale_frames_landmark_and_box_crops_but_not_whole_crops(pretrained_predictor):
+  import copy
+  from prnet_jax.geometry import transforms
+  p = copy.copy(pretrained_predictor)
+  lms = faces(1)[0]
+  image = np.zeros((700, 700, 3), np.uint8)
+  p.crop_scale = 1.0
+  (official,), _ = p.crops_for(image, landmarks=lms[None, :, :2])
+  (boxed,), _ = p.crops_for(image, boxes=[(100, 100, 300, 340)])
+  (whole,), _ = p.crops_for(image, boxes=[(0, 0, 699, 699)], box_convention='crop')
+  p.crop_scale = 0.8
+  (small,), _ = p.crops_for(image, landmarks=lms[None, :, :2])
+  assert small.size == pytest.approx(0.8 * official.size)
+  assert small.size == pytest.approx(0.8 * transforms.landmark_crop(lms).size)
+  np.testing.assert_allclose(small.center, official.center)
+  assert p.crops_for(image, boxes=[(100, 100, 300, 340)])[0][0].size == pytest.approx(
+      0.8 * boxed.size)
+  assert p.crops_for(image, boxes=[(0, 0, 699, 699)], box_convention='crop')[0][0].size == (
+      whole.size)

@@ -82,10 +82,23 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
   return np.clip(_resize(image.astype(np.float32), size), 0, 255).astype(np.uint8)
 
 
+def rescale_points(points: np.ndarray, k: float, keep_zeros: bool = False) -> np.ndarray:
+  """(..., 3) pixel positions (x, y, z) of an image resized by `k`: x, y as the resize maps
+  pixel centres, (x + 0.5) * k - 0.5; z * k. `keep_zeros`: all-zero points (a position
+  map's background) stay zero."""
+  p = np.asarray(points, np.float32)
+  out = p * np.float32(k)
+  out[..., :2] += np.float32(0.5 * k - 0.5)
+  if keep_zeros:
+    out[~np.any(p != 0, axis=-1)] = 0
+  return out
+
+
 class DecodeExample:
   """Record -> {'image': uint8 (R, R, 3), 'position_map': float32 (R, R, 3),
-  'landmarks': float32 (68, 3), 'yaw_bucket': int32}, resized to `resolution` if needed
-  (positions scaled with the image)."""
+  'landmarks': float32 (68, 3), 'yaw_bucket': int32}, resized to `resolution` if needed:
+  positions follow the image, whose resize maps pixel centres (x + 0.5) * k - 0.5 for a
+  scale k; z is scaled by k."""
 
   def __init__(self, resolution: int):
     self.resolution = resolution
@@ -99,8 +112,8 @@ class DecodeExample:
     if image.shape[0] != self.resolution:
       k = self.resolution / image.shape[0]
       image = resize_image(image, self.resolution)
-      pos = _resize(pos, self.resolution) * np.float32(k)
-      landmarks = landmarks * np.float32(k)
+      pos = rescale_points(_resize(pos, self.resolution), k, keep_zeros=True)
+      landmarks = rescale_points(landmarks, k)
     return {'image': image, 'position_map': pos.astype(np.float32), 'landmarks': landmarks,
             'yaw_bucket': np.int32(ex['yaw_bucket'])}
 

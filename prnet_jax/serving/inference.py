@@ -115,6 +115,9 @@ class Predictor:
     # A linear correction of the 68 landmarks fitted on real faces for this model
     # (`landmark_correction`; the bundled model ships one), or None.
     self.landmark_correction = None
+    # The side of every crop made from landmarks or boxes, times this: the framing the model
+    # reads best (fitted on real faces with its landmark correction; 1: the official crops).
+    self.crop_scale = 1.0
     # Meshes for files (`dense_mesh`): the map resampled to the layout at `mesh_resolution`
     # px when the layout has a name to derive it from (`catalog.DERIVED`); else the map's own.
     self.layout: Optional[str] = None
@@ -162,6 +165,8 @@ class Predictor:
                     bool(run.get('predict_upright', False)), bool(run.get('predict_flip', False)))
     predictor.layout = uv_assets if uv_assets in DERIVED else None
     predictor.landmark_correction = shipped_correction(path, variables)
+    if predictor.landmark_correction is not None:  # fitted on crops of this framing
+      predictor.crop_scale = predictor.landmark_correction.crop_scale
     return predictor
 
   def dense_mesh(self, face: Face, image: np.ndarray, resolution: Optional[int] = None):
@@ -207,11 +212,16 @@ class Predictor:
     if landmarks is not None:
       lms = np.asarray(landmarks, np.float64).reshape(-1, 68, np.shape(landmarks)[-1])
       src = np.array([[l[:, 0].min(), l[:, 1].min(), l[:, 0].max(), l[:, 1].max()] for l in lms])
-      return [transforms.landmark_crop(l) for l in lms], src
+      return [self._scaled(transforms.landmark_crop(l)) for l in lms], src
     if boxes is None:
       boxes, box_convention = self.detector(image), 'detector'
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    return [transforms.box_crop(b, box_convention) for b in boxes], boxes
+    crops = [transforms.box_crop(b, box_convention) for b in boxes]
+    return ([self._scaled(c) for c in crops] if box_convention != 'crop' else crops), boxes
+
+  def _scaled(self, box: transforms.CropBox) -> transforms.CropBox:
+    return box if self.crop_scale == 1.0 else transforms.CropBox(box.center,
+                                                                 box.size * self.crop_scale)
 
   def predict(self, image: Any, boxes=None, landmarks=None, channel_order: str = 'RGB',
               box_convention: str = 'image_info') -> list[Face]:
@@ -281,13 +291,14 @@ class Predictor:
     turn = transforms.similarity(1.0, -angle, (0.0, 0.0))
     points = self.assets.landmarks(pos) if box_points is None else box_points
     turned = transforms.transform_points(turn, np.asarray(points, np.float64)[:, :2])
-    return transforms.crop_transform(transforms.landmark_crop(turned), self.model.resolution) @ turn
+    return transforms.crop_transform(self._scaled(transforms.landmark_crop(turned)),
+                                     self.model.resolution) @ turn
 
   def _landmark_transform(self, pos_crop: np.ndarray, t: np.ndarray) -> np.ndarray:
     """The landmark crop's transform around the 68 landmarks of a map predicted in crop `t`."""
     pos = transforms.transform_points(transforms.invert(t), pos_crop.reshape(-1, 3))
-    return transforms.crop_transform(transforms.landmark_crop(
-        self.assets.landmarks(pos.reshape(pos_crop.shape))), self.model.resolution)
+    return transforms.crop_transform(self._scaled(transforms.landmark_crop(
+        self.assets.landmarks(pos.reshape(pos_crop.shape)))), self.model.resolution)
 
   def _run(self, images, jobs):
     r = self.model.resolution
@@ -379,4 +390,5 @@ def apply_test_time_flags(predictor: Predictor, args) -> Predictor:
     predictor.flip = args.flip
   if not getattr(args, 'landmark_correction', True):
     predictor.landmark_correction = None
+    predictor.crop_scale = 1.0  # the official crops, as the model alone is scored
   return predictor

@@ -109,10 +109,12 @@ def cross_validated(pred: np.ndarray, gt: np.ndarray, lam: float, folds: int = 1
 
 @dataclasses.dataclass
 class LandmarkCorrection:
-  """A fitted correction: `weights` (FEATURES, 136) for the model with `fingerprint`."""
+  """A fitted correction: `weights` (FEATURES, 136) for the model with `fingerprint`, on
+  landmarks predicted from crops `crop_scale` x the official side (`Predictor.crop_scale`)."""
   weights: np.ndarray
   fingerprint: str
   info: dict
+  crop_scale: float = 1.0
 
   def __call__(self, landmarks: np.ndarray) -> np.ndarray:
     return correct(self.weights, landmarks)
@@ -121,7 +123,7 @@ class LandmarkCorrection:
     tmp = f'{path}.tmp-{os.getpid()}.npz'
     try:
       np.savez(tmp, weights=self.weights.astype(np.float32), fingerprint=self.fingerprint,
-               info=json.dumps(self.info))
+               info=json.dumps(self.info), crop_scale=np.float64(self.crop_scale))
       os.replace(tmp, path)
     finally:
       if os.path.exists(tmp):
@@ -132,16 +134,19 @@ class LandmarkCorrection:
     try:
       with np.load(path) as d:
         weights, fingerprint, info = d['weights'], str(d['fingerprint']), json.loads(str(d['info']))
+        crop_scale = float(d['crop_scale']) if 'crop_scale' in d.files else 1.0
     except (OSError, KeyError, ValueError) as e:
       raise ValueError(f'{path}: not a landmark correction file ({e})') from None
     if weights.shape != (FEATURES, 136):
       raise ValueError(f'{path}: weights are {weights.shape}, expected {(FEATURES, 136)}')
-    return cls(weights.astype(np.float64), fingerprint, info)
+    if not 0.5 <= crop_scale <= 2.0:
+      raise ValueError(f'{path}: crop_scale {crop_scale} outside [0.5, 2]')
+    return cls(weights.astype(np.float64), fingerprint, info, crop_scale)
 
 
 def fit(pred: np.ndarray, gt: np.ndarray, fingerprint: str, folds: int = 10, seed: int = 0,
         lambdas: Sequence[float] = LAMBDAS, angles: Optional[np.ndarray] = None,
-        about: str = '') -> LandmarkCorrection:
+        about: str = '', crop_scale: float = 1.0) -> LandmarkCorrection:
   """The ridge strength with the lowest k-fold cross-validated NME, then W on every face.
   `info` holds the cross-validated NME per strength, before and after (per |yaw| bucket when
   `angles` (N, 3) pitch, yaw, roll in degrees are given)."""
@@ -154,6 +159,7 @@ def fit(pred: np.ndarray, gt: np.ndarray, fingerprint: str, folds: int = 10, see
   cv = nme_2d(cross_validated(pred, gt, lam, folds, seed), gt)
   before = nme_2d(pred, gt)
   info = {'faces': len(pred), 'folds': folds, 'seed': seed, 'lambda': lam,
+          'crop_scale': crop_scale,
           'cv_nme_by_lambda': {str(k): v for k, v in scores.items()},
           'nme_before': float(before.mean()), 'nme_cross_validated': float(cv.mean()),
           'about': about}
@@ -165,15 +171,19 @@ def fit(pred: np.ndarray, gt: np.ndarray, fingerprint: str, folds: int = 10, see
     info['yaw_buckets'] = [error_analysis.bucket_label(edges, b) for b in range(len(edges) + 1)]
     info['nme_before_by_yaw'] = [float(before[m].mean()) for m in masks]
     info['nme_cross_validated_by_yaw'] = [float(cv[m].mean()) for m in masks]
-  return LandmarkCorrection(solve(pred, gt, lam), fingerprint, info)
+  return LandmarkCorrection(solve(pred, gt, lam), fingerprint, info, crop_scale)
 
 
 def markdown(info: dict) -> str:
   lines = [f"Landmark correction: {info['faces']} faces, {info['folds']}-fold cross-validation, "
-           f"ridge {info['lambda']}", '', '| 2D NME | ' + ' | '.join(
+           f"ridge {info['lambda']}, crops {info.get('crop_scale', 1.0)} x the official side", '', '| 2D NME | ' + ' | '.join(
                info.get('yaw_buckets', [])) + (' | ' if 'yaw_buckets' in info else '') + 'mean |',
            '|---|' + '---|' * (len(info.get('yaw_buckets', [])) + 1)]
-  for label, key in (('without', 'nme_before'), ('with (cross-validated)', 'nme_cross_validated')):
+  for label, key in (('official crops, no correction', 'nme_official'),
+                     (f"crops x {info.get('crop_scale', 1.0)}, no correction", 'nme_before'),
+                     ('... with the correction (cross-validated)', 'nme_cross_validated')):
+    if key not in info:
+      continue
     cells = [f'{100 * v:.2f}%' for v in info.get(f'{key}_by_yaw', [])]
     lines.append(f'| {label} | ' + ' | '.join(cells + [f'**{100 * info[key]:.2f}%**']) + ' |')
   return '\n'.join(lines) + '\n'

@@ -14,6 +14,16 @@ from benchmarks.common import report  # noqa: E402
 from prnet_jax.nn.model import PRNet, init_variables  # noqa: E402
 
 
+def run_benchmark(script: str, *args: str, output) -> list[dict]:
+  """Runs `script` from the repository root with `args` and --output=`output`; its JSON rows."""
+  import subprocess
+  r = subprocess.run([sys.executable, script, *args, f'--output={output}'],
+                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return json.loads(output.read_text())['rows']
+
+
 def test_report_prints_a_table_and_writes_json(tmp_path, capsys):
   rows = [{'what': 'train', 'images_per_s': 4.7123}, {'what': 'inference', 'images_per_s': 20.0}]
   out = tmp_path / 'sub' / 'r.json'
@@ -41,13 +51,8 @@ def test_roofline_bound_is_the_slower_of_compute_and_memory():
 @pytest.mark.slow(reason='benchmark subprocess')
 def test_roofline_script_runs_and_reports_every_row(tmp_path):
   """The one command a session lent a GPU runs; here its quick CPU variant (small model)."""
-  import subprocess
   out = tmp_path / 'roofline.json'
-  r = subprocess.run([sys.executable, 'benchmarks/roofline.py', '--small', f'--output={out}'],
-                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                     capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-3000:]
-  rows = json.loads(out.read_text())['rows']
+  rows = run_benchmark('benchmarks/roofline.py', '--small', output=out)
   assert [row['what'] for row in rows][1:] == ['inference latency', 'inference', 'train step']
   assert rows[0]['tflops'] > 0 and rows[0]['gbytes_per_s'] > 0
   for row in rows[1:]:
@@ -58,15 +63,9 @@ def test_roofline_script_runs_and_reports_every_row(tmp_path):
 
 @pytest.mark.slow(reason='benchmark subprocess')
 def test_export_latency_script_times_each_runtime(tmp_path):
-  import subprocess
   pytest.importorskip('onnxruntime', reason='the onnx extra (requirements-test.txt installs it)')
   out = tmp_path / 'export_latency.json'
-  r = subprocess.run([sys.executable, 'benchmarks/export_latency.py', '--small', '--repeats=2',
-                      f'--output={out}'],
-                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                     capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-3000:]
-  rows = json.loads(out.read_text())['rows']
+  rows = run_benchmark('benchmarks/export_latency.py', '--small', '--repeats=2', output=out)
   assert [row['runtime'] for row in rows] == ['jax (jit, native kernels)', 'jax.export artifact',
                                               'onnxruntime']
   assert all(row['batch1_ms'] > 0 for row in rows)
@@ -117,18 +116,11 @@ def test_torch_baseline_computes_our_function_and_trains():
 def test_native_kernels_script_reports_both_ops_and_agreement(tmp_path):
   """The per-layer native-vs-XLA table (quick variant): every shape has a kernel-gradient row,
   few-channel shapes a forward row, and native and XLA agree to float32 round-off."""
-  import subprocess
-
   from prnet_jax import native
   if native.find_compiler() is None or not native.enabled_by_env():
     pytest.skip('no C++ compiler (or PRNET_JAX_NATIVE=0): the native kernels are not built')
   out = tmp_path / 'native.json'
-  r = subprocess.run([sys.executable, 'benchmarks/native_kernels.py', '--small', '--repeats=2',
-                      f'--output={out}'],
-                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                     capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-3000:]
-  rows = json.loads(out.read_text())['rows']
+  rows = run_benchmark('benchmarks/native_kernels.py', '--small', '--repeats=2', output=out)
   assert sum(row['op'] == 'kernel_grad' for row in rows) == 4
   assert {row['shape'] for row in rows if row['op'] == 'forward'} >= {
       '64px 3->16 4x4 pad (1, 2)/(1, 2)', '32px 16->3 4x4 pad (2, 1)/(2, 1)'}

@@ -99,16 +99,24 @@ def test_oracle_on_synthetic_data_gives_zero_dense_error(tiny, tmp_path):
   assert os.path.exists(tmp_path / 'eval' / 'synthetic_faces-tiny-oracle.json')
 
 
-@pytest.mark.slow(reason='full model over a built dataset')
-def test_real_aflw2000_samples_end_to_end(tmp_path):
-  """The six real AFLW2000-3D samples: buckets from Pose_Para, ground truth against itself
-  gives NME 0, and the full PRNet runs over them (batch 4: the last batch padded)."""
+def build_real_aflw2000_samples(tmp_path) -> str:
+  """Builds `aflw2000_3d` from the six shared real samples into tmp_path/data; returns their
+  folder (skips the test when ../shared is absent)."""
   from conftest import shared_path
   src = shared_path('aflw2000-samples')
   manual = tmp_path / 'manual'
   shutil.copytree(src, manual / 'AFLW2000')
   build_lib.build('aflw2000_3d', data_dir=str(tmp_path / 'data'), manual_dir=str(manual),
                   num_workers=0)
+  return src
+
+
+@pytest.mark.slow(reason='full model over a built dataset')
+def test_real_aflw2000_samples_end_to_end(tmp_path):
+  """The six real AFLW2000-3D samples: buckets from Pose_Para, ground truth against itself
+  gives NME 0, and the full PRNet runs over them (batch 4: the last batch padded)."""
+  from conftest import shared_path
+  src = build_real_aflw2000_samples(tmp_path)
   config = prnet_config.get_config('')
   config.data_dir = str(tmp_path / 'data')
   config.uv_assets = shared_path('prnet-official', 'uv-data')
@@ -226,11 +234,7 @@ def test_the_papers_aflw2000_path_scores_real_files_like_folder_eval(tmp_path):
   from conftest import shared_path
   from prnet_jax.serving import folder_eval
   from prnet_jax.serving.inference import Predictor
-  src = shared_path('aflw2000-samples')
-  manual = tmp_path / 'manual'
-  shutil.copytree(src, manual / 'AFLW2000')
-  build_lib.build('aflw2000_3d', data_dir=str(tmp_path / 'data'), manual_dir=str(manual),
-                  num_workers=0)
+  src = build_real_aflw2000_samples(tmp_path)
   config = prnet_config.get_config('ict')
   config.data_dir = str(tmp_path / 'data')
   config.eval.dataset, config.eval.batch_size = 'aflw2000_3d', 2

@@ -175,15 +175,16 @@ def fit(pred: np.ndarray, gt: np.ndarray, fingerprint: str, folds: int = 10, see
 
 
 def markdown(info: dict) -> str:
+  """The fit's table: 2D NME by |yaw| bucket (when fitted with angles) and mean."""
+  buckets = info.get('yaw_buckets', [])
   lines = [f"Landmark correction: {info['faces']} faces, {info['folds']}-fold cross-validation, "
-           f"ridge {info['lambda']}, crops {info.get('crop_scale', 1.0)} x the official side", '', '| 2D NME | ' + ' | '.join(
-               info.get('yaw_buckets', [])) + (' | ' if 'yaw_buckets' in info else '') + 'mean |',
-           '|---|' + '---|' * (len(info.get('yaw_buckets', [])) + 1)]
+           f"ridge {info['lambda']}, crops {info.get('crop_scale', 1.0)} x the official side",
+           '', '| 2D NME | ' + ''.join(f'{b} | ' for b in buckets) + 'mean |',
+           '|---|' + '---|' * (len(buckets) + 1)]
   for label, key in (('official crops, no correction', 'nme_official'),
                      (f"crops x {info.get('crop_scale', 1.0)}, no correction", 'nme_before'),
                      ('... with the correction (cross-validated)', 'nme_cross_validated')):
-    if key not in info:
-      continue
-    cells = [f'{100 * v:.2f}%' for v in info.get(f'{key}_by_yaw', [])]
-    lines.append(f'| {label} | ' + ' | '.join(cells + [f'**{100 * info[key]:.2f}%**']) + ' |')
+    if key in info:
+      cells = [f'{100 * v:.2f}%' for v in info.get(f'{key}_by_yaw', [])]
+      lines.append(f'| {label} | ' + ' | '.join(cells + [f'**{100 * info[key]:.2f}%**']) + ' |')
   return '\n'.join(lines) + '\n'

@@ -244,7 +244,7 @@ def run(predictor: Predictor, inputs: str, out_dir: str, batch: int = 16,
   import time
 
   from prnet_jax.serving import outputs as outputs_lib
-  kinds_wanted = outputs
+  kinds = outputs_lib.OUTPUTS if outputs is None else outputs
   if os.path.isdir(inputs):
     files = sorted(os.path.join(inputs, f) for f in os.listdir(inputs)
                    if not f.startswith('.') and os.path.isfile(os.path.join(inputs, f)))
@@ -270,7 +270,6 @@ def run(predictor: Predictor, inputs: str, out_dir: str, batch: int = 16,
         if not faces:
           raise PredictError(f'{path}: no face found (for faces the detector misses, pass '
                              f'--boxes, or --no_detect for images cropped to the face)')
-        kinds = outputs_lib.OUTPUTS if kinds_wanted is None else kinds_wanted
         meshes = ([predictor.dense_mesh(f, image) for f in faces]
                   if {'obj', 'textured', 'ply'} & set(kinds) else None)
         outputs_lib.write_outputs(faces, image, os.path.join(out_dir, stems[i]), meshes, kinds,

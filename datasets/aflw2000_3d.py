@@ -25,7 +25,8 @@ Put in the manual directory (default ~/tensorflow_datasets/downloads/manual/):
   AFLW2000/  the AFLW2000-3D release (Zhu et al., CVPR 2016; linked from the 3DDFA project
              page as AFLW2000-3D.zip): image00002.jpg + image00002.mat, ... (pt3d_68, Pose_Para,
              Shape_Para, Exp_Para).
-  BFM/       optional: BFM.mat + BFM_UV.mat (see prnet_300wlp's instructions) for dense maps.
+  BFM/       optional, for dense maps: BFM.mat + BFM_UV.mat, or the raw BFM with 3DDFA's files
+             (see prnet_300wlp's instructions).
 
 Then build:  python -m datasets.build aflw2000_3d --manual_dir=DIR [--data_dir=DIR]
 """
@@ -38,8 +39,7 @@ def _init(bfm_dir: Optional[str]) -> None:
   _BFM = None
   if bfm_dir:
     from prnet_jax.faces import face_model
-    model = face_model.load_bfm(os.path.join(bfm_dir, 'BFM.mat'),
-                                os.path.join(bfm_dir, 'BFM_UV.mat'))
+    model = face_model.load_bfm_folder(bfm_dir)
     _BFM = (model, model.uv_renderer(CROP_SIZE))
 
 
@@ -94,7 +94,9 @@ class Aflw20003d(common.ManualFaceBuilder):
     if not os.path.isdir(folder):
       raise FileNotFoundError(f'{folder} not found.\n{MANUAL_DOWNLOAD_INSTRUCTIONS}')
     bfm = os.path.join(dl_manager.manual_dir, 'BFM')
-    bfm = bfm if os.path.isfile(os.path.join(bfm, 'BFM.mat')) else None
+    from prnet_jax.faces import bfm_generate
+    bfm = (bfm if os.path.isfile(os.path.join(bfm, 'BFM.mat')) or bfm_generate.has_raw_bfm(bfm)
+           else None)
     items = [(img, mat, os.path.splitext(os.path.basename(mat))[0])
              for img, mat in readers.find_pairs(folder)]
     return {'test': self._generate_examples(items, bfm)}

@@ -27,10 +27,13 @@ Put two folders in the manual directory (default ~/tensorflow_datasets/downloads
             the 3DDFA project page links the archive 300W-LP.zip): the subsets AFW, HELEN,
             IBUG, LFPW and their *_Flip twins, each with <name>.jpg + <name>.mat
             (Pose_Para, Shape_Para, Exp_Para, pt2d). The `landmarks/` folder is not needed.
-  BFM/      BFM.mat and BFM_UV.mat as produced by face3d (github.com/YadiraF/face3d,
-            examples/Data/BFM: run its generate script on the Basel Face Model 2009
-            01_MorphableModel.mat, which you request from the University of Basel, plus the
-            3DDFA and HPEN extras it lists; BFM_UV.mat comes from 3DMMasSTN).
+  BFM/      either BFM.mat and BFM_UV.mat as produced by face3d (github.com/YadiraF/face3d,
+            examples/Data/BFM), or the files its generate script reads, in its layout:
+            raw/01_MorphableModel.mat (the Basel Face Model 2009, which you request from the
+            University of Basel), 3ddfa/model_info.mat, Model_Expression.mat,
+            Model_tri_mouth.mat (3DDFA) and stn/BFM_UV.mat (3DMMasSTN). No MATLAB is needed:
+            python -m prnet_jax.faces.bfm_generate BFM BFM writes BFM.mat once (faster than
+            converting in every build worker, which happens otherwise).
 
 Then build:  python -m datasets.build prnet_300wlp --manual_dir=DIR [--data_dir=DIR]
 """
@@ -41,8 +44,7 @@ _BFM = None
 def _init_bfm(bfm_dir: str) -> None:
   global _BFM
   from prnet_jax.faces import face_model
-  model = face_model.load_bfm(os.path.join(bfm_dir, 'BFM.mat'),
-                              os.path.join(bfm_dir, 'BFM_UV.mat'))
+  model = face_model.load_bfm_folder(bfm_dir)
   _BFM = (model, model.uv_renderer(CROP_SIZE))
 
 
@@ -101,8 +103,12 @@ class Prnet300wlp(common.ManualFaceBuilder):
   def _split_generators(self, dl_manager):
     root = os.path.join(dl_manager.manual_dir, '300W_LP')
     bfm = os.path.join(dl_manager.manual_dir, 'BFM')
-    for path, what in ((root, '300W_LP/'), (os.path.join(bfm, 'BFM.mat'), 'BFM/BFM.mat'),
-                       (os.path.join(bfm, 'BFM_UV.mat'), 'BFM/BFM_UV.mat')):
+    from prnet_jax.faces import bfm_generate
+    needs = [(root, '300W_LP/')]
+    if not bfm_generate.has_raw_bfm(bfm):
+      needs += [(os.path.join(bfm, 'BFM.mat'), 'BFM/BFM.mat'),
+                (os.path.join(bfm, 'BFM_UV.mat'), 'BFM/BFM_UV.mat')]
+    for path, what in needs:
       if not os.path.exists(path):
         raise FileNotFoundError(f'{path} not found: the manual directory needs {what}.\n'
                                 f'{MANUAL_DOWNLOAD_INSTRUCTIONS}')

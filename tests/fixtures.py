@@ -100,3 +100,80 @@ def write_300wlp_sample(folder, name, rng, n_shape=16, n_exp=7, image_size=450, 
   Image.fromarray(image).save(os.path.join(folder, name + '.jpg'), quality=95)
   sio.savemat(os.path.join(folder, name + '.mat'), fields)
   return fields
+
+
+def write_raw_bfm_fixture(directory, nu=105, nv=106, n_shape=16, n_exp=7, seed=0,
+                          real_info=None, real_uv=None):
+  """Writes the inputs of face3d's generate.m in its layout (raw/, 3ddfa/, stn/) around a
+  procedural face of nu x nv vertices (>= 10,917 so that generate.m's repaired UV vertices
+  exist): the raw model has 3 extra vertices for every 100 kept (trimIndex drops them), fields
+  and MATLAB classes as released (shapeMU single, the rest double; segbin uint8, segbin_tri
+  logical). `real_info`/`real_uv`: paths of the real model_info.mat / trimmed BFM_UV.mat to
+  use instead of the procedural topology (then the geometry is random).
+  Returns a dict of the arrays written, keyed by MATLAB name."""
+  rng = np.random.default_rng(seed)
+  if real_info:
+    info = sio.loadmat(real_info, mat_dtype=True)
+    info = {k: v for k, v in info.items() if not k.startswith('__')}
+    trim = info['trimIndex'].reshape(-1).astype(np.int64)
+    n_raw = int(trim.max())
+    uv_trimmed = sio.loadmat(real_uv)['UV'] if real_uv else rng.uniform(0, 1, (trim.size, 2))
+    mean_trimmed = rng.normal(0, 50, (trim.size, 3))
+  else:
+    src = procedural_face_model(nu, nv)
+    v = src.num_vertices
+    n_raw = v + 3 * (v // 100) + 1
+    trim = np.sort(rng.choice(np.arange(1, n_raw + 1), v, replace=False))
+    info = {'trimIndex': trim.reshape(-1, 1).astype(np.float64),
+            'tri': (src.triangles.T + 1).astype(np.float64),
+            'keypoints': (src.landmarks[None] + 1).astype(np.float64),
+            'symlist': rng.integers(1, v + 1, (2, 50)).astype(np.float64),
+            'symlist_tri': rng.integers(1, len(src.triangles), (2, 40)).astype(np.float64),
+            'segbin': rng.integers(0, 2, (n_raw, 4)).astype(np.uint8),
+            'segbin_tri': rng.integers(0, 2, (len(src.triangles), 4)).astype(bool)}
+    uv_trimmed = src.uv.astype(np.float64)
+    mean_trimmed = src.mean.astype(np.float64)
+  v = trim.size
+  # The raw model: trimmed vertices at trimIndex, the others junk.
+  mean_raw = rng.normal(0, 1e4, (n_raw, 3))
+  mean_raw[trim - 1] = mean_trimmed
+  uv_raw = rng.uniform(5, 6, (n_raw, 2))  # far outside [0, 1]: a wrong row shows
+  uv_raw[trim - 1] = uv_trimmed
+  uv_raw[trim[[10031, 10154, 10279]] - 1] = -7.0  # generate.m repairs these three
+  raw = {'shapeMU': mean_raw.reshape(-1, 1).astype(np.float32),
+         'shapePC': rng.normal(0, 1, (3 * n_raw, n_shape)),
+         'shapeEV': rng.uniform(1, 2, (n_shape, 1)),
+         'texMU': rng.uniform(0, 255, (3 * n_raw, 1)).astype(np.float32),
+         'texPC': rng.normal(0, 1, (3 * n_raw, 3)), 'texEV': np.ones((3, 1)),
+         'tl': rng.integers(1, n_raw, (20, 3)).astype(np.float64),
+         'segbin': rng.integers(0, 2, (n_raw, 4)).astype(np.uint8)}  # model_info's wins
+  cell = np.empty((1, 2), object)
+  cell[0, 0] = rng.integers(1, v, (1, 5)).astype(np.float64)
+  cell[0, 1] = rng.integers(1, v, (1, 3)).astype(np.float64)
+  arrays = {
+      'raw/01_MorphableModel.mat': raw,
+      '3ddfa/model_info.mat': info,
+      '3ddfa/Model_Expression.mat': {
+          'mu_exp': rng.normal(0, 0.5, (3 * v, 1)), 'w_exp': rng.normal(0, 1, (3 * v, n_exp)),
+          'sigma_exp': rng.uniform(1, 2, (n_exp, 1))},
+      '3ddfa/Model_tri_mouth.mat': {'tri_mouth': rng.integers(1, v, (3, 114)).astype(np.float64)},
+      '3ddfa/Model_face_contour_trimed.mat': {
+          'face_contour': rng.integers(1, v, (1, 30)).astype(np.float64),
+          'face_contour_line': rng.integers(1, v, (1, 40)).astype(np.float64),
+          'face_contour_front': rng.integers(1, v, (1, 17)).astype(np.float64),
+          'face_contour_front_line': rng.integers(1, v, (1, 25)).astype(np.float64)},
+      '3ddfa/Modelplus_nose_hole.mat': {
+          'nose_hole': rng.integers(1, v, (1, 12)).astype(np.float64),
+          'nose_hole_right': rng.integers(1, v, (1, 6)).astype(np.float64),
+          'nose_hole_left': rng.integers(1, v, (1, 6)).astype(np.float64)},
+      '3ddfa/Modelplus_parallel.mat': {
+          'parallel': cell,  # a MATLAB cell array
+          'parallel_face_contour': rng.integers(1, v, (1, 17)).astype(np.float64)},
+      '3ddfa/vertex_code.mat': {'vertex_code': rng.uniform(0, 1, (3, v))},
+      'stn/BFM_UV.mat': {'UV': uv_raw},
+  }
+  for rel, fields in arrays.items():
+    path = os.path.join(directory, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    sio.savemat(path, fields)
+  return arrays

@@ -7,6 +7,7 @@ Model, model space y up and z towards the viewer. It carries triangles, UV coord
 
 Sources:
 * `load_bfm(bfm_mat, bfm_uv_mat)`: face3d's `BFM.mat` + `BFM_UV.mat` (users bring BFM);
+  `load_bfm_folder(dir)`: those, or the raw downloads via `prnet_jax.faces.bfm_generate`;
 * `prnet_jax.faces.procedural_face.procedural_face_model()`: the embedded, code-built model.
 
 `derive_uv_assets(model)` makes the PRNet assets (landmark UV positions, face mask and pixel
@@ -159,7 +160,31 @@ def load_bfm(bfm_mat: str, bfm_uv_mat: str) -> FaceModel:
   if 'model' not in data:
     raise FaceModelError(f'{bfm_mat}: no struct "model" (expected face3d\'s BFM.mat)')
   m = data['model'][0, 0]
-  names = m.dtype.names or ()
+  uv_data = _loadmat(bfm_uv_mat)
+  if 'UV' not in uv_data:
+    raise FaceModelError(f'{bfm_uv_mat}: no field "UV" (expected BFM_UV.mat)')
+  return bfm_from_fields({k: m[k] for k in m.dtype.names or ()}, uv_data['UV'], bfm_mat,
+                         bfm_uv_mat)
+
+
+def load_bfm_folder(folder: str) -> FaceModel:
+  """The BFM from `folder`: face3d's `BFM.mat` + `BFM_UV.mat`, or else the raw downloads
+  face3d's generate.m reads (`prnet_jax.faces.bfm_generate`), converted in memory."""
+  bfm, uv = os.path.join(folder, 'BFM.mat'), os.path.join(folder, 'BFM_UV.mat')
+  if os.path.isfile(bfm) or not os.path.isdir(folder):
+    return load_bfm(bfm, uv)
+  from prnet_jax.faces import bfm_generate
+  if not bfm_generate.has_raw_bfm(folder):
+    raise FaceModelError(f'{folder}: holds neither BFM.mat + BFM_UV.mat (face3d) nor '
+                         f'raw/01_MorphableModel.mat with 3DDFA\'s files '
+                         f'(python -m prnet_jax.faces.bfm_generate --help)')
+  model, _, uv_coords = bfm_generate.generate(folder)
+  return bfm_from_fields(model, uv_coords, f'{folder} (generate.m port)', f'{folder} (UV)')
+
+
+def bfm_from_fields(m: dict, uv: np.ndarray, bfm_mat: str, bfm_uv_mat: str) -> FaceModel:
+  """face3d's `model` struct fields + (V, 2) UV -> FaceModel (names label the errors)."""
+  names = tuple(m)
   need = ('shapeMU', 'shapePC', 'shapeEV', 'expMU', 'expPC', 'expEV', 'tri', 'kpt_ind')
   missing = [k for k in need if k not in names]
   if missing:
@@ -178,10 +203,7 @@ def load_bfm(bfm_mat: str, bfm_uv_mat: str) -> FaceModel:
     triangles = np.concatenate([triangles, tri(m['tri_mouth'])])
   landmarks = np.asarray(m['kpt_ind']).reshape(-1).astype(np.int64) - 1
 
-  uv_data = _loadmat(bfm_uv_mat)
-  if 'UV' not in uv_data:
-    raise FaceModelError(f'{bfm_uv_mat}: no field "UV" (expected BFM_UV.mat)')
-  uv = np.asarray(uv_data['UV'], np.float64)
+  uv = np.asarray(uv, np.float64)
   if uv.shape != (v, 2):
     raise FaceModelError(f'{bfm_uv_mat}: UV has shape {uv.shape}, the model has {v} vertices')
   albedo = None

@@ -1,12 +1,14 @@
-"""Input pipeline throughput (decode + batch + on-device augmentation) against what the full
-model's train step consumes.
+"""Input pipeline throughput (read + decode + batch + on-device augmentation) against what the
+full model's train step consumes.
 
-  python benchmarks/input_pipeline.py [--num=256] [--workers=0,2] [--output=...]
+  python benchmarks/input_pipeline.py [--num=256] [--workers=1,2] [--output=...]
 
 Builds (once) a `synthetic_faces` config of --num 256x256 examples in --data_dir, then measures
-images/s of: the grain loader alone (JPEG + position-map decode, batching) for each worker
-count; the same plus jitted augmentation; and a full-model train step (batch 16, forward +
-backward + Adam) for the consumption side.
+images/s of: one core's record work in this process (array_record read + JPEG + position map)
+for the position-map formats (PM1 zlib, PM2 zstd byte planes) decoded on the host or left to the
+device (`posmap_residuals`); the grain loader for each worker count; the same plus the device's
+share (position-map sums, jitted augmentation); and a full-model train step (batch 16, forward
++ backward + Adam) for the consumption side.
 """
 
 import argparse
@@ -21,7 +23,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import report  # noqa: E402
-from prnet_jax.data import augment, input_pipeline
+from prnet_jax.data import augment, input_pipeline, posmap_codec
 from prnet_jax.nn import losses  # noqa: E402
 from prnet_jax.nn.model import PRNet, init_variables  # noqa: E402
 
@@ -34,6 +36,32 @@ def images_per_s(next_batch, batch_size, n_batches):
   for _ in range(n_batches):
     next_batch()
   return batch_size * n_batches / (time.perf_counter() - t)
+
+
+def one_core_rows(source, n):
+  """images/s of read + decode of n records in this process, per position-map format/mode."""
+  pm1 = {}
+  for i in range(n):
+    rec = source[i]
+    pm1[i] = posmap_codec.encode(posmap_codec.decode(rec['position_map']), zlib_v1=True)
+  rows = []
+  for fmt, residuals in (('PM1 (zlib)', False), ('PM2 (zstd planes)', False),
+                         ('PM2 (zstd planes)', True)):
+    decode = input_pipeline.DecodeExample(256, posmap_residuals=residuals)
+
+    def work(i):
+      rec = source[i % n]
+      if fmt.startswith('PM1'):
+        rec = dict(rec, position_map=pm1[i % n])
+      decode.map(rec)
+    work(0)
+    t = time.perf_counter()
+    for i in range(4 * n):
+      work(i)
+    rows.append({'stage': f'read + decode, one core: {fmt}, maps '
+                          f'{"summed on device" if residuals else "on host"}',
+                 'workers': 0, 'images_per_s': 4 * n / (time.perf_counter() - t)})
+  return rows
 
 
 def train_step_rate(batch_size, steps):
@@ -68,7 +96,7 @@ def main():
   p.add_argument('--num', type=int, default=256)
   p.add_argument('--batch', type=int, default=16)
   p.add_argument('--batches', type=int, default=12)
-  p.add_argument('--workers', default='0,2')
+  p.add_argument('--workers', default='1,2')
   p.add_argument('--train_steps', type=int, default=3)
   p.add_argument('--data_dir', default='/tmp/prnet_bench_tfds')
   p.add_argument('--output', default='benchmarks/results/input_pipeline.json')
@@ -83,20 +111,22 @@ def main():
                                         jax.sharding.PartitionSpec('d'))
   aug = jax.jit(lambda k, b: augment.augment_batch(
       k, b['image'].astype(jnp.float32) / 255.0, b['position_map'], augment.AugmentConfig()))
-  rows = []
+  rows = one_core_rows(source, min(a.num, 64))
   for workers in [int(w) for w in a.workers.split(',')]:
-    loader = input_pipeline.train_loader(source, a.batch, 0, 256, worker_count=workers)
+    loader = input_pipeline.train_loader(source, a.batch, 0, 256, worker_count=workers,
+                                         posmap_residuals=True)
     it = iter(loader)
-    rows.append({'stage': 'load + decode + batch', 'workers': workers,
+    rows.append({'stage': 'grain loader: read + decode (maps summed on device) + batch',
+                 'workers': workers,
                  'images_per_s': images_per_s(lambda: next(it), a.batch, a.batches)})
     dev = input_pipeline.DeviceIterator(input_pipeline.train_loader(
-        source, a.batch, 0, 256, worker_count=workers), sharding)
+        source, a.batch, 0, 256, worker_count=workers, posmap_residuals=True), sharding)
     key = [jax.random.key(0)]
 
     def load_and_augment():
       key[0], k = jax.random.split(key[0])
       jax.block_until_ready(aug(k, next(dev)))
-    rows.append({'stage': '... + augmentation (jit)', 'workers': workers,
+    rows.append({'stage': '... + device: map sums + augmentation (jit)', 'workers': workers,
                  'images_per_s': images_per_s(load_and_augment, a.batch, a.batches)})
     dev.close()
   rows.append({'stage': f'full-model train step (batch {a.batch})', 'workers': '-',

@@ -48,13 +48,14 @@ def test_synthetic_faces_builds_and_reads_back(tmp_path):
 
 @pytest.mark.slow(reason='builds synthetic_faces/tiny')
 def test_a_build_removes_what_an_interrupted_build_left(tmp_path, capsys):
-  stale = tmp_path / 'synthetic_faces' / 'tiny' / 'incomplete.AB12CD_1.2.0'
+  version = str(synthetic_faces.SyntheticFaces.VERSION)
+  stale = tmp_path / 'synthetic_faces' / 'tiny' / f'incomplete.AB12CD_{version}'
   (stale / 'sub').mkdir(parents=True)
   (stale / 'sub' / 'shard').write_bytes(b'x' * 2_000_000)
   builder = build_lib.build('synthetic_faces/tiny', data_dir=str(tmp_path), num_workers=0)
   assert builder.is_prepared() and not stale.exists()
   assert f'removed {stale} (2.0 MB), left by an interrupted build' in capsys.readouterr().out
-  assert sorted(os.listdir(tmp_path / 'synthetic_faces' / 'tiny')) == ['1.2.0']
+  assert sorted(os.listdir(tmp_path / 'synthetic_faces' / 'tiny')) == [version]
 
 
 @pytest.mark.slow(reason='dataset builds in worker processes')

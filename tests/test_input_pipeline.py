@@ -169,3 +169,21 @@ def test_resized_positions_stay_on_the_image_content():
   inside = ex['position_map'][6, 10]               # its filter support inside the block
   np.testing.assert_allclose(inside[:2], centre, atol=0.05)
   assert not ex['position_map'][0, 0].any()        # the background stays zero
+
+
+def test_residual_batches_finished_on_the_devices_equal_host_decoding(source):
+  """train_loader(posmap_residuals=True) + DeviceIterator: the same global batches, bit for
+  bit, as decoding the maps on the host; a resize (64 -> 32) falls back to host decoding."""
+  for resolution in (64, 32):
+    host = ip.DeviceIterator(ip.train_loader(source, 4, 3, resolution), sharding())
+    dev = ip.DeviceIterator(ip.train_loader(source, 4, 3, resolution,
+                                            posmap_residuals=True), sharding())
+    for _ in range(2):
+      a, b = next(host), next(dev)
+      assert sorted(a) == sorted(b)
+      for k in a:
+        np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)
+      assert b['position_map'].dtype == np.float32
+      assert b['position_map'].sharding.is_equivalent_to(sharding(), 4)
+    host.close()
+    dev.close()

@@ -16,9 +16,11 @@ def smooth_map(seed=0):
   return m
 
 
-def test_round_trip_within_bound_and_zeros_exact():
+@pytest.mark.parametrize('zlib_v1', [False, True])
+def test_round_trip_within_bound_and_zeros_exact(zlib_v1):
   m = smooth_map()
-  data = codec.encode(m)
+  data = codec.encode(m, zlib_v1=zlib_v1)
+  assert data[:3] == (b'PM1' if zlib_v1 else b'PM2')
   out = codec.decode(data)
   assert out.shape == m.shape and out.dtype == np.float32
   assert np.abs(out - m).max() <= codec.MAX_ERROR + 1e-6
@@ -42,8 +44,27 @@ def test_bad_maps_rejected(value, message):
     codec.encode(m)
 
 
-def test_corrupt_records_rejected():
-  data = codec.encode(smooth_map())
+def test_both_formats_and_the_device_give_the_same_bits():
+  """PM1 and PM2 hold the same residuals; the accelerator's sums (jax, uint16 wrapping) give
+  the host's float32 values exactly, batched, and a missing map decodes to zeros."""
+  import jax
+  maps = [smooth_map(0), smooth_map(1) * 0.5 - 100]
+  host = [codec.decode(codec.encode(m)) for m in maps]
+  for m, h in zip(maps, host):
+    np.testing.assert_array_equal(codec.decode(codec.encode(m, zlib_v1=True)), h)
+    np.testing.assert_array_equal(codec.residuals(codec.encode(m)),
+                                  codec.residuals(codec.encode(m, zlib_v1=True)))
+  planes = np.stack([codec.residuals(codec.encode(m)) for m in maps])
+  assert planes.shape == (2, 2, 256, 256, 3) and planes.dtype == np.uint8
+  device = np.asarray(jax.jit(codec.integrate_on_device)(planes))
+  np.testing.assert_array_equal(device, np.stack(host))
+  zeros = codec.integrate(codec.zero_residuals((5, 7, 3)))
+  assert zeros.shape == (5, 7, 3) and not zeros.any()
+
+
+@pytest.mark.parametrize('zlib_v1', [False, True])
+def test_corrupt_records_rejected(zlib_v1):
+  data = codec.encode(smooth_map(), zlib_v1=zlib_v1)
   with pytest.raises(codec.PosmapCodecError, match='not an encoded position map'):
     codec.decode(b'XYZ' + data[3:])
   with pytest.raises(codec.PosmapCodecError, match='corrupt position map record'):

@@ -26,7 +26,8 @@ import numpy as np
 
 from prnet_jax.data import image_io, posmap_codec
 
-FIELDS = ('image', 'position_map', 'landmarks', 'yaw_bucket')
+FIELDS = ('image', 'position_map', 'landmarks', 'yaw_bucket')  # of a DeviceIterator's batches
+RESIDUALS = 'position_map_residuals'  # DecodeExample(posmap_residuals=True) -> DeviceIterator
 # Datasets built from files the user downloads, and what goes in the manual dir (the builders in
 # the repository's datasets/ say more: `python -m datasets.build NAME` prints it).
 MANUAL_DATASETS = {
@@ -98,24 +99,33 @@ class DecodeExample:
   """Record -> {'image': uint8 (R, R, 3), 'position_map': float32 (R, R, 3),
   'landmarks': float32 (68, 3), 'yaw_bucket': int32}, resized to `resolution` if needed:
   positions follow the image, whose resize maps pixel centres (x + 0.5) * k - 0.5 for a
-  scale k; z is scaled by k."""
+  scale k; z is scaled by k.
 
-  def __init__(self, resolution: int):
+  `posmap_residuals`: where no resize is needed, give 'position_map_residuals' ((2, R, R, 3)
+  uint8 byte planes, the codec's host half) instead of 'position_map', for `DeviceIterator` to finish on the
+  accelerator (the running sums were 2/3 of a record's host time)."""
+
+  def __init__(self, resolution: int, posmap_residuals: bool = False):
     self.resolution = resolution
+    self.posmap_residuals = posmap_residuals
 
   def map(self, ex: dict[str, Any]) -> dict[str, np.ndarray]:
     image = image_io.decode_record(ex['image'])
     raw = ex['position_map']
+    landmarks = np.asarray(ex['landmarks_3d'], np.float32)
+    out = {'landmarks': landmarks, 'yaw_bucket': np.int32(ex['yaw_bucket'])}
+    if image.shape[0] == self.resolution and self.posmap_residuals:
+      out[RESIDUALS] = (posmap_codec.residuals(raw) if len(raw) else
+                                       posmap_codec.zero_residuals(image.shape[:2] + (3,)))
+      return {'image': image, **out}
     pos = (posmap_codec.decode(raw) if len(raw) else
            np.zeros(image.shape[:2] + (3,), np.float32))
-    landmarks = np.asarray(ex['landmarks_3d'], np.float32)
     if image.shape[0] != self.resolution:
       k = self.resolution / image.shape[0]
       image = resize_image(image, self.resolution)
       pos = rescale_points(_resize(pos, self.resolution), k, keep_zeros=True)
-      landmarks = rescale_points(landmarks, k)
-    return {'image': image, 'position_map': pos.astype(np.float32), 'landmarks': landmarks,
-            'yaw_bucket': np.int32(ex['yaw_bucket'])}
+      out['landmarks'] = rescale_points(landmarks, k)
+    return {'image': image, 'position_map': pos.astype(np.float32), **out}
 
 
 def local_batch_size(global_batch_size: int) -> int:
@@ -140,8 +150,9 @@ class _LocalBatch:
 
 def train_loader(source, global_batch_size: int, seed: int, resolution: int,
                  worker_count: int = 0, num_epochs: Optional[int] = None,
-                 num_threads: int = 2):
+                 num_threads: int = 2, posmap_residuals: bool = False):
   """A grain IterDataset of this process's part of each global batch.
+  `posmap_residuals`: see `DecodeExample` (for a `DeviceIterator`, which finishes them).
 
   The record order is one seeded global stream (reshuffled every epoch, repeated), cut into
   global batches; process p decodes rows [p * L, (p + 1) * L) of each. So the global batches
@@ -150,7 +161,8 @@ def train_loader(source, global_batch_size: int, seed: int, resolution: int,
   local = local_batch_size(global_batch_size)
   ds = (grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(num_epochs)
         .batch(global_batch_size, drop_remainder=True)
-        .map(_LocalBatch(source, DecodeExample(resolution), jax.process_index() * local, local)))
+        .map(_LocalBatch(source, DecodeExample(resolution, posmap_residuals),
+                         jax.process_index() * local, local)))
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4))
   if worker_count > 0:
     # grain's worker processes read absl flags; outside an absl app (notebooks, scripts) mark
@@ -166,11 +178,12 @@ def to_global(local: dict[str, np.ndarray], sharding: jax.sharding.Sharding
               ) -> dict[str, jax.Array]:
   """Per-process batches -> global arrays sharded along the batch axis."""
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local.items() if k in FIELDS}
+          for k, v in local.items() if k in FIELDS or k == RESIDUALS}
 
 
 class DeviceIterator:
-  """Global-array batches from a `train_loader`, prefetched by a background thread.
+  """Global-array batches from a `train_loader`, prefetched by a background thread; position
+  map residuals (`posmap_residuals=True`) become 'position_map' on the devices.
 
   `get_state()` is the loader position after the last batch *returned* (not prefetched),
   so a run resumed from it sees exactly the batches an uninterrupted run would have seen."""
@@ -180,6 +193,7 @@ class DeviceIterator:
     self._loader = loader
     self._sharding = sharding
     self._prefetch = prefetch
+    self._integrate = jax.jit(posmap_codec.integrate_on_device, out_shardings=sharding)
     self._start(state)
 
   def _start(self, state: Optional[dict]) -> None:
@@ -196,7 +210,10 @@ class DeviceIterator:
     try:
       while not self._stop.is_set():
         local = next(self._it)
-        item = (to_global(local, self._sharding), copy.deepcopy(self._it.get_state()))
+        batch = to_global(local, self._sharding)
+        if RESIDUALS in batch:
+          batch['position_map'] = self._integrate(batch.pop(RESIDUALS))
+        item = (batch, copy.deepcopy(self._it.get_state()))
         while not self._stop.is_set():
           try:
             self._queue.put(item, timeout=0.1)

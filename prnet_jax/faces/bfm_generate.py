@@ -35,7 +35,6 @@ from typing import Optional
 
 import numpy as np
 
-from prnet_jax.faces.face_model import FaceModelError
 
 RAW = ('raw', '01_MorphableModel.mat')
 MODEL_INFO = ('3ddfa', 'model_info.mat')
@@ -56,6 +55,10 @@ TRI_MOUTH_ADD = np.array([[6420, 6542, 6664], [6420, 6294, 6167], [6167, 6297, 6
                           [6168, 6295, 6039]], np.float64)
 
 
+class BfmInputError(ValueError):
+  """An input of generate.m is missing or malformed; the message names the file."""
+
+
 def find(src: str, where: tuple[str, str]) -> Optional[str]:
   """`src/<folder>/<name>` (face3d's layout) or `src/<name>`; None if neither exists."""
   for path in (os.path.join(src, *where), os.path.join(src, where[1])):
@@ -72,26 +75,26 @@ def _load(src: str, where: tuple[str, str], fields: tuple[str, ...]) -> dict:
   from scipy import io as sio
   path = find(src, where)
   if path is None:
-    raise FaceModelError(f'{os.path.join(src, *where)}: file not found (face3d\'s BFM '
+    raise BfmInputError(f'{os.path.join(src, *where)}: file not found (face3d\'s BFM '
                          f'inputs; see python -m prnet_jax.faces.bfm_generate --help)')
   with open(path, 'rb') as f:
     head = f.read(128)
   if b'MATLAB 7.3' in head:
-    raise FaceModelError(f'{path}: a MATLAB v7.3 (HDF5) file; save it with -v7 or take the '
+    raise BfmInputError(f'{path}: a MATLAB v7.3 (HDF5) file; save it with -v7 or take the '
                          f'original download')
   try:
     data = sio.loadmat(path, mat_dtype=True)
   except Exception as e:  # scipy raises ValueError/TypeError/... for truncated files
-    raise FaceModelError(f'{path}: cannot read .mat ({e})') from e
+    raise BfmInputError(f'{path}: cannot read .mat ({e})') from e
   missing = [k for k in fields if k not in data]
   if missing:
-    raise FaceModelError(f'{path}: lacks fields {missing}')
+    raise BfmInputError(f'{path}: lacks fields {missing}')
   return {k: v for k, v in data.items() if not k.startswith('__')}
 
 
 def _check_rows(path_hint: str, name: str, array: np.ndarray, rows: int) -> None:
   if array.shape[0] < rows:
-    raise FaceModelError(f'{path_hint}: {name} has {array.shape[0]} rows, the trim index '
+    raise BfmInputError(f'{path_hint}: {name} has {array.shape[0]} rows, the trim index '
                          f'needs {rows}')
 
 
@@ -120,7 +123,7 @@ def generate(src: str) -> tuple[dict, Optional[dict], np.ndarray]:
   # 2. load expression
   exp = _load(src, EXPRESSION, ('mu_exp', 'w_exp', 'sigma_exp'))
   if exp['mu_exp'].shape[0] != model['shapeMU'].shape[0]:
-    raise FaceModelError(f'{find(src, EXPRESSION)}: mu_exp has {exp["mu_exp"].shape[0]} rows, '
+    raise BfmInputError(f'{find(src, EXPRESSION)}: mu_exp has {exp["mu_exp"].shape[0]} rows, '
                          f'the trimmed shape {model["shapeMU"].shape[0]}')
   model.update(expMU=exp['mu_exp'], expPC=exp['w_exp'], expEV=exp['sigma_exp'])
   # 3. load mouth tri
@@ -164,7 +167,7 @@ def write(src: str, out: str) -> list[str]:
   for name in ('BFM.mat', 'BFM_UV.mat', 'BFM_info.mat'):
     target = os.path.abspath(os.path.join(out, name))
     if any(i and os.path.abspath(i) == target for i in inputs):
-      raise FaceModelError(f'{target}: is an input; writing {name} there would replace it '
+      raise BfmInputError(f'{target}: is an input; writing {name} there would replace it '
                            f'(choose another output folder)')
   model, model_info, uv = generate(src)
   os.makedirs(out, exist_ok=True)
@@ -197,7 +200,7 @@ def main(argv=None) -> int:
   a = p.parse_args(argv)
   try:
     written = write(a.src, a.out)
-  except FaceModelError as e:
+  except BfmInputError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   for path in written:

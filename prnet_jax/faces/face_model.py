@@ -178,7 +178,10 @@ def load_bfm_folder(folder: str) -> FaceModel:
     raise FaceModelError(f'{folder}: holds neither BFM.mat + BFM_UV.mat (face3d) nor '
                          f'raw/01_MorphableModel.mat with 3DDFA\'s files '
                          f'(python -m prnet_jax.faces.bfm_generate --help)')
-  model, _, uv_coords = bfm_generate.generate(folder)
+  try:
+    model, _, uv_coords = bfm_generate.generate(folder)
+  except bfm_generate.BfmInputError as e:
+    raise FaceModelError(str(e)) from e
   return bfm_from_fields(model, uv_coords, f'{folder} (generate.m port)', f'{folder} (UV)')
 
 

@@ -263,7 +263,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   steps_per_epoch = max(len(source) // config.batch_size, 1)
   num_steps = int(config.get('num_train_steps', 0) or config.num_epochs * steps_per_epoch)
   loader = input_pipeline.train_loader(source, config.batch_size, config.seed,
-                                       model_config.resolution, config.get('worker_count', 0))
+                                       model_config.resolution, config.get('worker_count', 0),
+                                       posmap_residuals=True)
 
   # Mesh, model, loss, sharded state and the jitted step.
   try:

@@ -5,7 +5,7 @@ full model's train step consumes.
 
 Builds (once) a `synthetic_faces` config of --num 256x256 examples in --data_dir, then measures
 images/s of: one core's record work in this process (array_record read + JPEG + position map)
-for the position-map formats (PM1 zlib, PM2 zstd byte planes) decoded on the host or left to the
+for the position-map formats (PM1 zlib, PM2 zstd byte planes, PM3 zigzag planes) decoded on the host or left to the
 device (`posmap_residuals`); the grain loader for each worker count; the same plus the device's
 share (position-map sums, jitted augmentation); and a full-model train step (batch 16, forward
 + backward + Adam) for the consumption side.
@@ -39,26 +39,27 @@ def images_per_s(next_batch, batch_size, n_batches):
 
 
 def one_core_rows(source, n):
-  """images/s of read + decode of n records in this process, per position-map format/mode."""
-  pm1 = {}
-  for i in range(n):
-    rec = source[i]
-    pm1[i] = posmap_codec.encode(posmap_codec.decode(rec['position_map']), zlib_v1=True)
+  """images/s of read + decode of n records in this process, per position-map format/mode
+  (the records hold PM3; the older formats are re-encoded from them beforehand)."""
+  older = {fmt: [posmap_codec.encode(posmap_codec.decode(source[i]['position_map']), fmt)
+                 for i in range(n)] for fmt in ('PM1', 'PM2')}
   rows = []
-  for fmt, residuals in (('PM1 (zlib)', False), ('PM2 (zstd planes)', False),
-                         ('PM2 (zstd planes)', True)):
+  for fmt, name, residuals in (('PM1', 'PM1 (zlib)', False), ('PM2', 'PM2 (zstd planes)', False),
+                               ('PM3', 'PM3 (zstd zigzag planes)', False),
+                               ('PM2', 'PM2 (zstd planes)', True),
+                               ('PM3', 'PM3 (zstd zigzag planes)', True)):
     decode = input_pipeline.DecodeExample(256, posmap_residuals=residuals)
 
     def work(i):
       rec = source[i % n]
-      if fmt.startswith('PM1'):
-        rec = dict(rec, position_map=pm1[i % n])
+      if fmt in older:
+        rec = dict(rec, position_map=older[fmt][i % n])
       decode.map(rec)
     work(0)
     t = time.perf_counter()
     for i in range(4 * n):
       work(i)
-    rows.append({'stage': f'read + decode, one core: {fmt}, maps '
+    rows.append({'stage': f'read + decode, one core: {name}, maps '
                           f'{"summed on device" if residuals else "on host"}',
                  'workers': 0, 'images_per_s': 4 * n / (time.perf_counter() - t)})
   return rows

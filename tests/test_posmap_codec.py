@@ -16,11 +16,11 @@ def smooth_map(seed=0):
   return m
 
 
-@pytest.mark.parametrize('zlib_v1', [False, True])
-def test_round_trip_within_bound_and_zeros_exact(zlib_v1):
+@pytest.mark.parametrize('fmt', codec.FORMATS)
+def test_round_trip_within_bound_and_zeros_exact(fmt):
   m = smooth_map()
-  data = codec.encode(m, zlib_v1=zlib_v1)
-  assert data[:3] == (b'PM1' if zlib_v1 else b'PM2')
+  data = codec.encode(m, fmt)
+  assert data[:3] == fmt.encode()
   out = codec.decode(data)
   assert out.shape == m.shape and out.dtype == np.float32
   assert np.abs(out - m).max() <= codec.MAX_ERROR + 1e-6
@@ -44,16 +44,31 @@ def test_bad_maps_rejected(value, message):
     codec.encode(m)
 
 
-def test_both_formats_and_the_device_give_the_same_bits():
-  """PM1 and PM2 hold the same residuals; the accelerator's sums (jax, uint16 wrapping) give
-  the host's float32 values exactly, batched, and a missing map decodes to zeros."""
+def test_zigzag_is_a_bijection_of_16_bit_values_on_host_and_device():
+  import jax.numpy as jnp
+  d = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+  z = codec._zigzag(d)
+  assert np.array_equal(np.sort(z), d)  # a permutation
+  assert list(z[[0, 65535, 1, 65534]]) == [0, 1, 2, 3]  # 0, -1, 1, -2
+  np.testing.assert_array_equal(codec._unzigzag(z).astype(np.uint16), d)
+  np.testing.assert_array_equal(np.asarray(codec._unzigzag(jnp.asarray(z))), d)
+
+
+def test_all_formats_and_the_device_give_the_same_bits():
+  """PM1, PM2 and PM3 hold the same residuals; the accelerator's sums (jax, uint16 wrapping)
+  give the host's float32 values exactly, batched, and a missing map decodes to zeros. The
+  zigzag makes PM3 the smallest (its high byte plane is nearly all zeros)."""
   import jax
   maps = [smooth_map(0), smooth_map(1) * 0.5 - 100]
   host = [codec.decode(codec.encode(m)) for m in maps]
   for m, h in zip(maps, host):
-    np.testing.assert_array_equal(codec.decode(codec.encode(m, zlib_v1=True)), h)
-    np.testing.assert_array_equal(codec.residuals(codec.encode(m)),
-                                  codec.residuals(codec.encode(m, zlib_v1=True)))
+    for fmt in codec.FORMATS[1:]:
+      np.testing.assert_array_equal(codec.decode(codec.encode(m, fmt)), h)
+      np.testing.assert_array_equal(codec.residuals(codec.encode(m)),
+                                    codec.residuals(codec.encode(m, fmt)))
+    planes = codec.residuals(codec.encode(m))
+    assert (planes[1] == 0).mean() > 0.9
+    assert len(codec.encode(m)) < len(codec.encode(m, 'PM2'))
   planes = np.stack([codec.residuals(codec.encode(m)) for m in maps])
   assert planes.shape == (2, 2, 256, 256, 3) and planes.dtype == np.uint8
   device = np.asarray(jax.jit(codec.integrate_on_device)(planes))
@@ -62,12 +77,17 @@ def test_both_formats_and_the_device_give_the_same_bits():
   assert zeros.shape == (5, 7, 3) and not zeros.any()
 
 
-@pytest.mark.parametrize('zlib_v1', [False, True])
-def test_corrupt_records_rejected(zlib_v1):
-  data = codec.encode(smooth_map(), zlib_v1=zlib_v1)
+@pytest.mark.parametrize('fmt', codec.FORMATS)
+def test_corrupt_records_rejected(fmt):
+  data = codec.encode(smooth_map(), fmt)
   with pytest.raises(codec.PosmapCodecError, match='not an encoded position map'):
     codec.decode(b'XYZ' + data[3:])
   with pytest.raises(codec.PosmapCodecError, match='corrupt position map record'):
     codec.decode(data[:40])
   with pytest.raises(codec.PosmapCodecError, match='too short'):
     codec.decode(b'PM')
+
+
+def test_unknown_format_refused_by_name():
+  with pytest.raises(codec.PosmapCodecError, match="unknown position-map format 'PM9'"):
+    codec.encode(smooth_map(), 'PM9')

@@ -54,8 +54,15 @@ def test_the_shipped_points_are_reproduced_from_the_bfm_mean(surface):
   shape, kpt = lc.read_bfm_mean(shared_path('bfm-metadata', 'Model_Shape_Sim.mat'))
   out = lc.calibrate(shape, kpt, surface=surface)
   shipped = np.load(lc.SHIPPED_FOR[surface])
-  np.testing.assert_array_equal(out['corners'], shipped['corners'])
-  np.testing.assert_allclose(out['weights'], shipped['weights'], atol=1e-6)
+  # The same points on ICT's neutral surface (cm). Not the same triangle ids: the ICP runs in
+  # float32, whose last bits differ between CPUs (XLA's vector width), and a point on an edge
+  # then falls in one or the other of its two triangles, at the same spot.
+  neutral = ict_model.load().neutral.astype(np.float64)
+
+  def on_neutral(p):
+    return (p['weights'][:, :, None] * neutral[p['corners']]).sum(1)
+  np.testing.assert_allclose(on_neutral(out), on_neutral(shipped), atol=1e-3)
+  assert (out['corners'] == shipped['corners']).all(1).mean() > 0.9
   # The mapped BFM face lies on the ICT surface for most points (cm).
   assert np.median(out['distance']) < 0.3
 

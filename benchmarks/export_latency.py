@@ -1,11 +1,13 @@
-"""Batch-1 latency of the serving forward pass: JAX (jit), the jax.export artifact, ONNX Runtime.
+"""Batch-1 latency of the serving forward pass: JAX (jit), the jax.export artifact, ONNX Runtime,
+the TFLite interpreter (where TensorFlow is installed).
 
   python benchmarks/export_latency.py                 # the bundled model and the full 256 px one
   python benchmarks/export_latency.py --small         # the bundled model only (a quick check)
 
 Each row is one model and runtime: the median of `--repeats` calls on one uint8 crop after a
 warm-up call (compile excluded). The full model has random weights (same cost as trained ones).
-ONNX Runtime runs on the CPU with its default threads (all cores).
+ONNX Runtime runs on the CPU with its default threads (all cores); TFLite with XNNPACK on
+all cores.
 """
 
 import argparse
@@ -33,6 +35,31 @@ def models(small: bool):
                                                           jax.random.key(0))
 
 
+def _tflite_call(config, variables, x):
+  """A call of the TFLite export on `x`, or None without TensorFlow."""
+  import importlib.util
+  if importlib.util.find_spec('tensorflow') is None:
+    return None
+  import warnings
+
+  import tensorflow as tf
+
+  from prnet_jax.serving import tf_export
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')  # tf.lite.Interpreter's deprecation notice
+    interpreter = tf.lite.Interpreter(
+        model_content=tf_export.to_tflite(tf_export.build(config, variables), batch=1),
+        num_threads=os.cpu_count())
+  (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+  interpreter.allocate_tensors()
+
+  def call():
+    interpreter.set_tensor(inp['index'], x)
+    interpreter.invoke()
+    return interpreter.get_tensor(out['index'])
+  return call
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--small', action='store_true')
@@ -56,6 +83,9 @@ def main():
     runs = {'jax (jit, native kernels)': lambda: fwd(prepared, x).block_until_ready(),
             'jax.export artifact': lambda: loaded(x).block_until_ready(),
             'onnxruntime': lambda: session.run(None, {onnx_export.INPUT: x})}
+    tflite = _tflite_call(config, variables, x)
+    if tflite is not None:
+      runs['tflite (XNNPACK)'] = tflite
     for runtime_name, call in runs.items():
       call()  # warm-up (compiles)
       t = median(time_calls(call, a.repeats))

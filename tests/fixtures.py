@@ -177,3 +177,31 @@ def write_raw_bfm_fixture(directory, nu=105, nv=106, n_shape=16, n_exp=7, seed=0
     os.makedirs(os.path.dirname(path), exist_ok=True)
     sio.savemat(path, fields)
   return arrays
+
+
+def jax_forward(model_config, variables, images):
+  """The model's jitted inference forward (what every export must compute)."""
+  import jax
+
+  from prnet_jax.nn.model import PRNet, inference_fn
+  prepare, forward = inference_fn(PRNet.from_config(model_config))
+  return np.asarray(jax.jit(forward)(prepare(variables), images))
+
+
+def random_variables(model_config, seed):
+  """Initial weights with BatchNorm statistics and affine parameters far from (0, 1): mean /
+  variance or scale / bias mix-ups would show."""
+  import jax
+
+  from prnet_jax.nn.model import PRNet, init_variables
+  variables = init_variables(PRNet.from_config(model_config), jax.random.key(seed))
+  rng = np.random.default_rng(seed)
+
+  def perturb(path, x):
+    key = path[-1].key
+    if key in ('mean', 'bias'):
+      return rng.normal(0, 0.3, x.shape).astype(np.float32)
+    if key in ('var', 'scale'):
+      return rng.uniform(0.5, 2.0, x.shape).astype(np.float32)
+    return np.asarray(x)
+  return jax.tree_util.tree_map_with_path(perturb, variables)

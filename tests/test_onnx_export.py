@@ -5,38 +5,18 @@ import numpy as np
 import pytest
 
 from prnet_jax.nn import checkpoints
-from prnet_jax.nn.model import ModelConfig, PRNet, inference_fn, init_variables
+from prnet_jax.nn.model import ModelConfig, PRNet, init_variables
 
 onnx = pytest.importorskip('onnx', reason='the onnx extra (requirements-test.txt installs it)')
 ort = pytest.importorskip('onnxruntime', reason='the onnx extra')
 
 from prnet_jax.serving import export, onnx_export  # noqa: E402
+from fixtures import jax_forward, random_variables  # noqa: E402
 
 
 def run_onnx(proto, images):
   session = ort.InferenceSession(proto.SerializeToString(), providers=['CPUExecutionProvider'])
   return session.run(None, {onnx_export.INPUT: images})[0]
-
-
-def jax_forward(model_config, variables, images):
-  prepare, forward = inference_fn(PRNet.from_config(model_config))
-  return np.asarray(jax.jit(forward)(prepare(variables), images))
-
-
-def random_variables(model_config, seed):
-  """Initial weights with BatchNorm statistics and affine parameters far from (0, 1): mean /
-  variance or scale / bias mix-ups would show."""
-  variables = init_variables(PRNet.from_config(model_config), jax.random.key(seed))
-  rng = np.random.default_rng(seed)
-
-  def perturb(path, x):
-    key = path[-1].key
-    if key in ('mean', 'bias'):
-      return rng.normal(0, 0.3, x.shape).astype(np.float32)
-    if key in ('var', 'scale'):
-      return rng.uniform(0.5, 2.0, x.shape).astype(np.float32)
-    return np.asarray(x)
-  return jax.tree_util.tree_map_with_path(perturb, variables)
 
 
 @pytest.mark.parametrize('resolution,width', [(96, 2)])  # 96: odd sides (3 px) at the bottom

@@ -1,7 +1,9 @@
-r"""Serving exports of the PRNet forward pass: `jax.export` (default) or ONNX.
+r"""Serving exports of the PRNet forward pass: `jax.export` (default), ONNX, TFLite, SavedModel.
 
     python -m prnet_jax.serving.export --checkpoint=DIR --output=prnet.jaxexport [--platforms=cpu,cuda]
     python -m prnet_jax.serving.export --checkpoint=DIR --output=prnet.onnx --format=onnx
+    python -m prnet_jax.serving.export --checkpoint=DIR --output=prnet.tflite --format=tflite
+    python -m prnet_jax.serving.export --checkpoint=DIR --output=prnet_savedmodel --format=savedmodel
 
 Both take uint8 images (B, R, R, 3), any B, and return float32 position maps (B, R, R, 3) in
 crop pixels. `--checkpoint` defaults to the bundled model.
@@ -18,6 +20,14 @@ for onnxruntime and the runtimes that read ONNX:
 
     session = onnxruntime.InferenceSession('prnet.onnx')
     maps = session.run(None, {'images': images})[0]
+
+tflite and savedmodel (the `tf` extra, to write them; `prnet_jax.serving.tf_export`): the
+network in TensorFlow ops, input 'images', output 'position_maps'. The SavedModel takes any
+batch; the TFLite model a fixed one (`--tflite_batch`, default 1):
+
+    interpreter = ai_edge_litert.interpreter.Interpreter('prnet.tflite')   # or tf.lite
+    loaded = tf.saved_model.load('prnet_savedmodel')
+    maps = loaded.signatures['serving_default'](images=images)['position_maps']
 """
 
 from __future__ import annotations
@@ -35,6 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 
 # Only JAX and NumPy at import time: `load` must work where Flax is not installed.
+
+FORMATS = ('jax', 'onnx', 'tflite', 'savedmodel')
 
 
 def export_forward(model, variables, platforms: Sequence[str] = ('cpu',)):
@@ -85,10 +97,15 @@ def load(path: str) -> Callable[[np.ndarray], jax.Array]:
 
 def save_onnx(path: str, proto) -> None:
   """Writes the ONNX model through a temporary file beside `path` (as `save`)."""
+  save_bytes(path, proto.SerializeToString())
+
+
+def save_bytes(path: str, data: bytes) -> None:
+  """Writes `data` through a temporary file beside `path` (as `save`)."""
   tmp = f'{path}.tmp-{os.getpid()}'
   try:
     with open(tmp, 'wb') as f:
-      f.write(proto.SerializeToString())
+      f.write(data)
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
@@ -97,20 +114,24 @@ def save_onnx(path: str, proto) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   from prnet_jax.nn import checkpoints
-  p = argparse.ArgumentParser(description='Export the PRNet forward pass (jax.export or ONNX).')
+  p = argparse.ArgumentParser(
+      description='Export the PRNet forward pass (jax.export, ONNX, TFLite or SavedModel).')
   p.add_argument('--checkpoint', default=checkpoints.PRETRAINED,
                  help='a checkpoint directory or a run\'s workdir; default: the bundled model')
   p.add_argument('--output', required=True)
-  p.add_argument('--format', default='jax', choices=('jax', 'onnx'))
+  p.add_argument('--format', default='jax', choices=FORMATS)
   p.add_argument('--platforms', default='cpu', help='jax format: comma-separated cpu,cuda,tpu')
+  p.add_argument('--tflite_batch', type=int, default=1,
+                 help='tflite format: its fixed batch size (static shapes run 3.5x faster)')
   a = p.parse_args(argv)
   from prnet_jax.nn.model import PRNet
-  if a.format == 'onnx':
+  needs = {'onnx': ('onnx', 'onnx'), 'tflite': ('tensorflow', 'tf'),
+           'savedmodel': ('tensorflow', 'tf')}.get(a.format)
+  if needs:
     import importlib.util
-    missing = [m for m in ('onnx',) if importlib.util.find_spec(m) is None]
-    if missing:
-      print('error: --format=onnx needs the `onnx` extra: pip install "prnet-jax[onnx]"',
-            file=sys.stderr)
+    if importlib.util.find_spec(needs[0]) is None:
+      print(f'error: --format={a.format} needs the `{needs[1]}` extra: '
+            f'pip install "prnet-jax[{needs[1]}]"', file=sys.stderr)
       return 1
   try:
     variables, model_config, step = checkpoints.load_variables(a.checkpoint)
@@ -124,6 +145,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       save_onnx(a.output, onnx_export.build(model_config, variables))
       print(f'wrote {a.output}: ONNX opset {onnx_export.OPSET}, input {onnx_export.INPUT!r} '
             f'uint8 (batch, {r}, {r}, 3), output {onnx_export.OUTPUT!r} float32')
+      return 0
+    if a.format in ('tflite', 'savedmodel'):
+      from prnet_jax.serving import tf_export
+      module = tf_export.build(model_config, variables)
+      if a.format == 'tflite':
+        save_bytes(a.output, tf_export.to_tflite(module, a.tflite_batch))
+      else:
+        tf_export.save_saved_model(a.output, module)
+      print(f'wrote {a.output}: {a.format}, input {tf_export.INPUT!r} uint8 (batch, {r}, {r}, 3), '
+            f'output {tf_export.OUTPUT!r} float32')
       return 0
     model = PRNet.from_config(model_config)
     exported, flat = export_forward(model, variables, a.platforms.split(','))

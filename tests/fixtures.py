@@ -205,3 +205,22 @@ def random_variables(model_config, seed):
       return rng.uniform(0.5, 2.0, x.shape).astype(np.float32)
     return np.asarray(x)
   return jax.tree_util.tree_map_with_path(perturb, variables)
+
+
+# Training subprocesses (tests/train_worker.py): device counts, multi-host, kill and resume.
+WORKER = os.path.join(ROOT, 'tests', 'train_worker.py')
+
+
+def run_worker(*args, timeout=600, env=None):
+  """Runs tests/train_worker.py with `args`; fails the test with its output if it fails."""
+  r = subprocess.run([sys.executable, WORKER, *map(str, args)], cwd=ROOT, capture_output=True,
+                     text=True, timeout=timeout, env=env)
+  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+  return r
+
+
+def final_params(workdir):
+  """(variables, step) of the newest checkpoint in `workdir`."""
+  from prnet_jax.nn import checkpoints
+  variables, _, step = checkpoints.load_variables(os.path.join(workdir, 'checkpoints'))
+  return variables, step

@@ -105,3 +105,20 @@ def test_bfloat16_output_and_float32_statistics():
 def test_unknown_activation_is_named():
   with pytest.raises(ValueError, match="activation must be one of"):
     OursBNAct('gelu').init(jax.random.key(0), _inputs(), train=False)
+
+
+@pytest.mark.parametrize('dtype,stats', [('float32', 'float32'), ('bfloat16', 'float32'),
+                                         ('float64', 'float64')])
+def test_a_training_update_keeps_the_statistics_dtype(dtype, stats):
+  """The moving statistics come out of a training step in the dtype they went in (float32;
+  float64 for a float64 model): a train step's output state then has its input's types, and
+  the jitted step does not compile again at the second step (it did for float64 models)."""
+  with jax.enable_x64(True):
+    x = jnp.asarray(_inputs(), dtype)
+    bn = BatchNormAct(use_running_average=False, momentum=0.9, dtype=dtype, param_dtype=dtype)
+    v = bn.init(jax.random.key(0), x)
+    assert v['batch_stats']['mean'].dtype == stats
+    _, updated = bn.apply(v, x, mutable=['batch_stats'])
+    for key in ('mean', 'var'):
+      assert updated['batch_stats'][key].dtype == v['batch_stats'][key].dtype
+      assert not np.allclose(updated['batch_stats'][key], v['batch_stats'][key])

@@ -116,8 +116,11 @@ class BatchNormAct(nn.Module):
     if self.activation not in ACTIVATIONS:
       raise ValueError(f'activation must be one of {ACTIVATIONS}, got {self.activation!r}')
     c = x.shape[-1]
-    ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
-    ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
+    # float32 statistics (float64 for a float64 model); each update keeps their dtype, so a
+    # train step's output state has its input's types (no recompilation at the second step).
+    stats_dtype = jnp.promote_types(self.param_dtype, jnp.float32)
+    ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), stats_dtype))
+    ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), stats_dtype))
     scale = self.param('scale', nn.initializers.ones, (c,), self.param_dtype)
     bias = self.param('bias', nn.initializers.zeros, (c,), self.param_dtype)
     x = x.astype(self.dtype)
@@ -131,6 +134,6 @@ class BatchNormAct(nn.Module):
     out, mean, var = batch_norm_act_train(x, scale, bias, self.epsilon, self.activation)
     if not self.is_initializing():
       m = self.momentum
-      ra_mean.value = m * ra_mean.value + (1 - m) * lax.stop_gradient(mean)
-      ra_var.value = m * ra_var.value + (1 - m) * lax.stop_gradient(var)
+      ra_mean.value = (m * ra_mean.value + (1 - m) * lax.stop_gradient(mean)).astype(stats_dtype)
+      ra_var.value = (m * ra_var.value + (1 - m) * lax.stop_gradient(var)).astype(stats_dtype)
     return out

@@ -1,5 +1,5 @@
 """The PRNet forward pass in TensorFlow ops, written from the model's variables: a SavedModel
-(TF Serving, TF.js converters) and a TFLite flatbuffer (phones, microcontrollers' big brothers).
+(TF Serving, TF.js converters) and a TFLite flatbuffer (phones and other edge devices).
 
 The network is written layer by layer (`layer_walk`) with `tf.nn.conv2d` and
 `tf.nn.conv2d_transpose` at padding 'SAME', the conventions the Flax model follows (those of the

@@ -131,10 +131,10 @@ def test_native_kernels_script_reports_both_ops_and_agreement(tmp_path):
     assert row['native_ms'] > 0 and row['xla_ms'] > 0
 
 
-@pytest.mark.slow(reason='compiles the train step twice')
-def test_memory_estimate_counts_the_state_and_grows_with_the_batch():
+@pytest.mark.slow(reason='compiles the train step')
+def test_memory_estimate_counts_the_state_the_batch_and_the_activations():
   """benchmarks/memory_estimate.py's per-device accounting: the compiled step's arguments are
-  the train state plus the batch, byte for byte; its temporaries grow with the batch."""
+  the train state plus the batch, byte for byte; its temporaries hold the activations."""
   import configs.prnet as config_module
   from benchmarks.memory_estimate import step_memory
   from prnet_jax.faces.face_model import derive_uv_assets
@@ -148,7 +148,8 @@ def test_memory_estimate_counts_the_state_and_grows_with_the_batch():
   res = config().model.resolution
   trainer = train.make_trainer(config(), 100, derive_uv_assets(procedural_face_model(), res))
   state = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(trainer.abstract_state))
-  mems = {b: step_memory(config(), b) for b in (2, 8)}
-  for b, m in mems.items():
-    assert m['arguments'] == pytest.approx(state + b * res * res * 3 * (1 + 4), rel=1e-3)
-  assert mems[8]['temporaries'] > 2 * mems[2]['temporaries']
+  b = 4
+  m = step_memory(config(), b)
+  assert m['arguments'] == pytest.approx(state + b * res * res * 3 * (1 + 4), rel=1e-3)
+  # Temporaries hold at least the activations of the first conv layer, per image.
+  assert m['temporaries'] > b * res * res * config().model.width * 4

@@ -83,5 +83,5 @@ def test_a_tflite_batch_below_one_is_one_line(tmp_path, capsys):
   assert export.main(['--format=tflite', '--tflite_batch=0',
                       f'--output={tmp_path / "p.tflite"}']) == 1
   err = capsys.readouterr().err
-  assert err.count('\n') == 1 and 'the TFLite batch size must be at least 1, not 0' in err
+  assert err.count('\n') == 1 and '--tflite_batch must be at least 1, not 0' in err
   assert not (tmp_path / 'p.tflite').exists()

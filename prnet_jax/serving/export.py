@@ -125,6 +125,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  help='tflite format: its fixed batch size (static shapes run 3.5x faster)')
   a = p.parse_args(argv)
   from prnet_jax.nn.model import PRNet
+  if a.format == 'tflite' and a.tflite_batch < 1:
+    print(f'error: --tflite_batch must be at least 1, not {a.tflite_batch}', file=sys.stderr)
+    return 1
   needs = {'onnx': ('onnx', 'onnx'), 'tflite': ('tensorflow', 'tf'),
            'savedmodel': ('tensorflow', 'tf')}.get(a.format)
   if needs:

@@ -21,12 +21,10 @@ def _repository_copy(dest: str) -> None:
   files = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard', '-z'], cwd=ROOT,
                          capture_output=True, check=True).stdout.split(b'\0')
   os.makedirs(dest)
-  for f in filter(None, files):
-    src = os.path.join(ROOT, f.decode())
-    if os.path.isfile(src):
-      os.makedirs(os.path.dirname(os.path.join(dest, f.decode())), exist_ok=True)
-      with open(src, 'rb') as a, open(os.path.join(dest, f.decode()), 'wb') as b:
-        b.write(a.read())
+  for name in (f.decode() for f in files if f):
+    if os.path.isfile(os.path.join(ROOT, name)):  # not a file deleted from the working tree
+      os.makedirs(os.path.dirname(os.path.join(dest, name)), exist_ok=True)
+      shutil.copyfile(os.path.join(ROOT, name), os.path.join(dest, name))
   git = ['git', '-c', 'user.name=test', '-c', 'user.email=test@localhost']
   for cmd in (['init', '-q'], ['add', '-A'], ['commit', '-q', '-m', 'copy']):
     subprocess.run(git + cmd, cwd=dest, check=True, capture_output=True)

@@ -102,8 +102,8 @@ class DecodeExample:
   scale k; z is scaled by k.
 
   `posmap_residuals`: where no resize is needed, give 'position_map_residuals' ((2, R, R, 3)
-  uint8 byte planes, the codec's host half) instead of 'position_map', for `DeviceIterator` to finish on the
-  accelerator (the running sums were 2/3 of a record's host time)."""
+  uint8 byte planes, the codec's host half) instead of 'position_map', for `DeviceIterator` to
+  finish on the accelerator (the running sums were 2/3 of a record's host time)."""
 
   def __init__(self, resolution: int, posmap_residuals: bool = False):
     self.resolution = resolution
@@ -116,7 +116,7 @@ class DecodeExample:
     out = {'landmarks': landmarks, 'yaw_bucket': np.int32(ex['yaw_bucket'])}
     if image.shape[0] == self.resolution and self.posmap_residuals:
       out[RESIDUALS] = (posmap_codec.residuals(raw) if len(raw) else
-                                       posmap_codec.zero_residuals(image.shape[:2] + (3,)))
+                        posmap_codec.zero_residuals(image.shape[:2] + (3,)))
       return {'image': image, **out}
     pos = (posmap_codec.decode(raw) if len(raw) else
            np.zeros(image.shape[:2] + (3,), np.float32))

@@ -138,7 +138,7 @@ def zero_residuals(shape: tuple[int, int, int]) -> np.ndarray:
 def integrate(planes: np.ndarray) -> np.ndarray:
   """(..., 2, H, W, C) uint8 residual byte planes -> float32 positions, on the host."""
   z = planes[..., 0, :, :, :].astype(np.uint16) | (planes[..., 1, :, :, :].astype(np.uint16) << 8)
-  d = _unzigzag(z).astype(np.uint16)
+  d = _unzigzag(z)  # uint16: the arithmetic wraps
   q = np.cumsum(np.cumsum(d, axis=-3, dtype=np.uint16), axis=-2, dtype=np.uint16)
   return q.astype(np.float32) / np.float32(SCALE) - np.float32(OFFSET)
 
@@ -148,7 +148,7 @@ def integrate_on_device(planes):
   import jax.numpy as jnp
   z = (planes[..., 0, :, :, :].astype(jnp.uint16)
        | (planes[..., 1, :, :, :].astype(jnp.uint16) << 8))
-  d = _unzigzag(z).astype(jnp.uint16)
+  d = _unzigzag(z)
   q = jnp.cumsum(jnp.cumsum(d, axis=-3, dtype=jnp.uint16), axis=-2, dtype=jnp.uint16)
   return q.astype(jnp.float32) / jnp.float32(SCALE) - jnp.float32(OFFSET)
 

@@ -53,3 +53,17 @@ def test_variables_of_another_architecture_are_refused():
   del variables['params']['res9']
   with pytest.raises(ValueError, match=r"not a PRNet of this architecture: layers \['res9'\]"):
     onnx_export.build(model_config, variables)
+
+
+def test_the_cli_names_a_checkpoint_of_another_architecture_in_one_line(tmp_path, capsys):
+  model_config = ModelConfig(resolution=64, width=2)
+  variables = jax.tree.map(np.asarray, init_variables(PRNet.from_config(model_config),
+                                                      jax.random.key(0)))
+  del variables['params']['res9']
+  path = checkpoints.save_compact(str(tmp_path / 'm.npz'), variables, model_config, 1)
+  out = tmp_path / 'm.onnx'
+  assert export.main([f'--checkpoint={path}', '--format=onnx', f'--output={out}']) == 1
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and err.startswith(f'error: {path}: ')
+  assert "not a PRNet of this architecture: layers ['res9']" in err
+  assert not out.exists()

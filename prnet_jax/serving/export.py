@@ -166,7 +166,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except OSError as e:
     print(f'error: cannot write {a.output}: {e.strerror or e}', file=sys.stderr)
     return 1
-  except ValueError as e:  # variables of another architecture, a TFLite batch below 1
+  except ValueError as e:  # e.g. variables of another architecture
     print(f'error: {a.checkpoint}: {e}', file=sys.stderr)
     return 1
   print(f'wrote {a.output}: input uint8 (b, {r}, {r}, 3), platforms {a.platforms}')

@@ -78,7 +78,7 @@ def _record(s):
 class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
   """Synthetic faces with exact position maps, landmarks and poses."""
 
-  VERSION = tfds.core.Version('1.4.0')
+  VERSION = tfds.core.Version('1.5.0')
   RELEASE_NOTES = {'1.0.0': 'Procedural face model, 300W-LP-style crops.',
                    '1.1.0': 'ICT world: plain backdrops (black, white, grey, muted colours).',
                    '1.2.0': 'ICT world: the 68 landmarks are the BFM-68 points (as 300W-LP '
@@ -86,7 +86,10 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
                    '1.3.0': ('Records: position maps as PM2 (byte planes, zstd), the same '
                              'values in half the decode time.'),
                    '1.4.0': ('Records: position maps as PM3 (zigzag residuals): the same values,'
-                             ' 2/3 of the bytes, half the decode time.')}
+                             ' 2/3 of the bytes, half the decode time.'),
+                   '1.5.0': ("ICT world, 'ict' layout: the jaw's 17 landmarks are the BFM-68 "
+                             "points on ICT's skin, read from the face pixels around them "
+                             '(`prnet_jax.faces.landmark_taps`); images and maps unchanged.')}
   BUILDER_CONFIGS = [
       SyntheticFacesConfig(name='default', description='256 px, 4000 train / 200 test'),
       SyntheticFacesConfig(name='small', description='64 px, 2000 train / 200 test (CPU demo)',

@@ -65,9 +65,18 @@ def oracle_maps(batch: dict[str, jax.Array], assets: UVAssets, dense: bool) -> j
   if dense:
     return batch['position_map']
   maps = batch['position_map']
-  for u, v, _ in assets.bilinear_taps():  # every tap holds the landmark: any weights give it
-    maps = maps.at[:, v, u, :].set(batch['landmarks'])
-  return maps
+  # The tap pixels' values whose readout is the landmarks: the least-norm solution of
+  # W x = landmarks, exact while the 68 rows of tap weights are independent (taps may share
+  # pixels: neighbouring bilinear samples, or the affine taps of the 'ict' jaw).
+  idx, w = assets.taps()
+  pixels, column = np.unique(idx, return_inverse=True)
+  weights = np.zeros((idx.shape[0], len(pixels)))
+  np.add.at(weights, (np.repeat(np.arange(idx.shape[0]), idx.shape[1]), column.reshape(-1)),
+            w.reshape(-1))
+  values = jnp.einsum('pl,blc->bpc', jnp.asarray(np.linalg.pinv(weights), maps.dtype),
+                      batch['landmarks'].astype(maps.dtype))
+  flat = maps.reshape(maps.shape[0], -1, maps.shape[-1])
+  return flat.at[:, pixels, :].set(values).reshape(maps.shape)
 
 
 # ------------------------------------------------------------------------------- batching

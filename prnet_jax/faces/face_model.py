@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from prnet_jax.faces.uv_assets import NUM_LANDMARKS, UVAssets, grid_triangles
+from prnet_jax.faces.uv_assets import NUM_LANDMARKS, UVAssets, bilinear, grid_triangles
 from prnet_jax.geometry import render, transforms
 
 # Region labels (per vertex). Loss weights: landmarks 16, eyes/nose/mouth 4, face 3, other 0.
@@ -66,6 +66,11 @@ class FaceModel:
     landmark_corners, landmark_weights: optional (68, 3) int32 vertices and (68, 3) float32
       barycentric weights: landmarks that are surface points, not vertices
       (`landmark_points`); `landmarks` then holds each one's nearest corner.
+    landmark_taps_uv, landmark_taps_weights: optional (68, T, 2) float32 UV points ([0, 1],
+      v up) and (68, T) float32 weights summing to 1 per landmark: how position maps of this
+      model are read for the 68 landmarks (`UVAssets.kpt_taps` at any resolution), where
+      that is not at the landmark points themselves (points beyond the trained face region,
+      read from the face around them).
   """
   mean: np.ndarray
   shape_basis: np.ndarray
@@ -80,6 +85,8 @@ class FaceModel:
   exp_names: tuple[str, ...] = ()
   landmark_corners: Optional[np.ndarray] = None
   landmark_weights: Optional[np.ndarray] = None
+  landmark_taps_uv: Optional[np.ndarray] = None
+  landmark_taps_weights: Optional[np.ndarray] = None
 
   def __post_init__(self):
     v = self.mean.shape[0]
@@ -107,6 +114,16 @@ class FaceModel:
           (c.size and 0 <= c.min() and c.max() < v, 'landmark corners out of range'),
           (np.allclose(np.sum(w, -1), 1, atol=1e-4) and np.all(w >= -1e-6),
            'landmark weights are not barycentric'),
+      ]
+    if (self.landmark_taps_uv is None) != (self.landmark_taps_weights is None):
+      checks.append((False, 'landmark_taps_uv and landmark_taps_weights come together'))
+    elif self.landmark_taps_uv is not None:
+      tu, tw = self.landmark_taps_uv, self.landmark_taps_weights
+      checks += [
+          (tu.ndim == 3 and tu.shape[0] == NUM_LANDMARKS and tu.shape[2] == 2 and
+           tw.shape == tu.shape[:2], f'landmark taps shapes {tu.shape} / {tw.shape}'),
+          (np.all((tu >= 0) & (tu <= 1)), 'landmark tap UVs outside [0, 1]'),
+          (np.allclose(np.sum(tw, -1), 1, atol=1e-4), 'landmark tap weights do not sum to 1'),
       ]
     for ok, what in checks:
       if not ok:
@@ -354,6 +371,36 @@ def canonical_frame_vertices(model: FaceModel, resolution: int = 256) -> np.ndar
   return sample.positions
 
 
+def landmark_taps(model: FaceModel, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+  """The model's landmark taps (`landmark_taps_uv`, `landmark_taps_weights`) on a
+  `resolution`-px map: (68, T') int32 flat pixel indices and (68, T') float32 weights (each UV
+  point read bilinearly; a point on a pixel centre is that pixel; zero-weight taps padded)."""
+  tu = np.asarray(model.landmark_taps_uv, np.float64)
+  n, t = tu.shape[:2]
+  px = transforms.uv_pixels(tu.reshape(-1, 2), resolution)
+  snapped = np.round(px)
+  # Pixel centres stay exact (UVs are float32: ~1e-5 px of round-off at 256 px).
+  px = np.where(np.abs(px - snapped) < 1e-3, snapped, px)
+  u, v, w = bilinear(px, resolution)
+  flat = (v.astype(np.int64) * resolution + u).reshape(n, 4 * t)
+  w = (w.reshape(n, t, 4).astype(np.float64)
+       * np.asarray(model.landmark_taps_weights, np.float64)[:, :, None]).reshape(n, 4 * t)
+  rows = []
+  for k in range(n):  # one tap per pixel, zero weights dropped
+    pix, col = np.unique(flat[k], return_inverse=True)
+    acc = np.zeros(len(pix))
+    np.add.at(acc, col, w[k])
+    keep = np.abs(acc) > 1e-9
+    rows.append((pix[keep], acc[keep]))
+  width = max(len(p) for p, _ in rows)
+  taps = np.zeros((n, width), np.int32)
+  weights = np.zeros((n, width), np.float32)
+  for k, (pix, acc) in enumerate(rows):
+    taps[k, :len(pix)], taps[k, len(pix):] = pix, pix[0]
+    weights[k, :len(pix)] = acc / acc.sum()  # exactly affine after float rounding
+  return taps, weights
+
+
 def derive_uv_assets(model: FaceModel, resolution: int = 256) -> UVAssets:
   """PRNet's UV assets for `model`, in the official formats and meanings (see uv_assets)."""
   renderer = model.uv_renderer(resolution)
@@ -380,6 +427,13 @@ def derive_uv_assets(model: FaceModel, resolution: int = 256) -> UVAssets:
         u, v = lo[:, 0] + du, lo[:, 1] + dv
         weights[v, u] = np.where(face_mask[v, u] > 0, weights[v, u], LANDMARK_HALO_WEIGHT)
         face_mask[v, u] = 1.0
+  taps = tap_weights = None
+  if model.landmark_taps_uv is not None:
+    taps, tap_weights = landmark_taps(model, resolution)
+    # ... and so are the pixels the landmarks are read from.
+    v, u = np.divmod(taps[tap_weights != 0], resolution)
+    weights[v, u] = np.where(face_mask[v, u] > 0, weights[v, u], REGION_WEIGHTS[FACE])
+    face_mask[v, u] = 1.0
   # Outside the face the official weight mask still holds the plain-face weight (48/255);
   # only the product with the face mask is zero there.
   weights = np.where(face_mask > 0, weights, REGION_WEIGHTS[FACE]).astype(np.float32)
@@ -389,5 +443,6 @@ def derive_uv_assets(model: FaceModel, resolution: int = 256) -> UVAssets:
   return UVAssets(kpt_uv=kpt_uv, face_indices=face_indices, face_mask=face_mask,
                   kpt_uv_subpixel=(None if model.landmark_corners is None
                                    else subpixel),
+                  kpt_taps=taps, kpt_tap_weights=tap_weights,
                   weight_mask=weights, canonical_vertices=canonical,
                   triangles=grid_triangles(face_mask))

@@ -20,11 +20,14 @@ head, and the map reaches further back).
 Landmarks: the 68 points are the benchmark's (BFM-68, as 300W-LP and AFLW2000-3D define them)
 placed on ICT's surface by `landmark_calibration` (a triangle and barycentric weights each, so
 they move with identity and expression); the UV assets read them between pixel centres
-(`UVAssets.kpt_uv_subpixel`). Units: centimetres.
+(`UVAssets.kpt_uv_subpixel`). In the 'ict' layout the jaw's BFM-68 points lie beyond the face
+region it trains (1-3 cm further out on the skin): its maps are read for them from the face
+pixels around them (`landmark_taps`, `UVAssets.kpt_taps`). Units: centimetres.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Optional
 
@@ -51,6 +54,10 @@ LANDMARK_POINTS_SKIN = assets.path('ict_landmarks_bfm68_skin.npz')
 #     and the layout fitted to them, so that the benchmark's landmarks fall where PRNet's layout
 #     has them (the map reaches further back and the face is ~10% narrower in it).
 LAYOUTS = {'ict': LANDMARK_POINTS, 'ict_bfm68': LANDMARK_POINTS_SKIN}
+# How the 'ict' layout's maps are read for the 68 landmarks (written by `landmark_taps`): the
+# jaw as the BFM-68 points on ICT's skin, from the face pixels around them (the points lie
+# beyond the face region the 'ict' layout trains); the rest at their points.
+LANDMARK_TAPS = {'ict': assets.path('ict_landmark_taps.npz')}
 
 
 def _spherical(vertices: np.ndarray, centre: np.ndarray) -> np.ndarray:
@@ -152,14 +159,36 @@ def _ear_clip(poly: np.ndarray, sign: float) -> list[tuple[int, int, int]]:
 
 
 @functools.lru_cache(maxsize=None)
-def _model(layout: str = 'ict') -> tuple[fm.FaceModel, np.ndarray]:
+def layout_pixels(layout: str = 'ict') -> np.ndarray:
+  """(V, 2) the 256 px UV-map position of every ICT vertex in `layout` (one of LAYOUTS)."""
+  if layout not in LAYOUTS:
+    raise ValueError(f'unknown ICT layout {layout!r}: one of {sorted(LAYOUTS)}')
+  ict = ict_model.load()
+  px = uv_layout(ict, None if layout == 'ict' else landmark_points(ict, LAYOUTS[layout]))
+  if layout == 'ict':  # ICT's own landmarks on pixel centres (as the bundled model learned)
+    px[ict.landmarks] = np.round(px[ict.landmarks])
+  px.flags.writeable = False
+  return px
+
+
+def _load_taps(path: str) -> tuple[np.ndarray, np.ndarray]:
+  try:
+    with np.load(path) as d:
+      uv, weights = d['uv'].astype(np.float32), d['weights'].astype(np.float32)
+  except (OSError, KeyError, ValueError) as e:
+    raise ict_model.ICTModelError(f'{path}: not a landmark-taps file with uv and weights '
+                                  f'({e}); re-create it with python -m '
+                                  'prnet_jax.faces.landmark_taps') from e
+  return uv, weights
+
+
+@functools.lru_cache(maxsize=None)
+def _model(layout: str = 'ict', taps: bool = True) -> tuple[fm.FaceModel, np.ndarray]:
   if layout not in LAYOUTS:
     raise ValueError(f'unknown ICT layout {layout!r}: one of {sorted(LAYOUTS)}')
   ict = ict_model.load()
   points_file = LAYOUTS[layout]
-  px = uv_layout(ict, None if layout == 'ict' else landmark_points(ict, points_file))
-  if layout == 'ict':  # ICT's own landmarks on pixel centres (as the bundled model learned)
-    px[ict.landmarks] = np.round(px[ict.landmarks])
+  px = layout_pixels(layout).copy()
   surface = np.zeros(len(ict.neutral), bool)
   surface[ict.part('face')] = surface[ict.part('head_and_neck')] = True
   inside = surface & np.all((px >= 0) & (px <= _SIZE - 1), 1)
@@ -213,18 +242,22 @@ def _model(layout: str = 'ict') -> tuple[fm.FaceModel, np.ndarray]:
       landmarks=landmarks.astype(np.int32), regions=regions,
       exp_names=ict.expression_names, landmark_corners=corners.astype(np.int32),
       landmark_weights=weights.astype(np.float32))
+  if taps and layout in LANDMARK_TAPS:
+    uv, tap_weights = _load_taps(LANDMARK_TAPS[layout])
+    model = dataclasses.replace(model, landmark_taps_uv=uv, landmark_taps_weights=tap_weights)
   return model, keep
 
 
-def face_model(layout: str = 'ict') -> fm.FaceModel:
-  """The position-map FaceModel of the shipped ICT model in `layout` (one of LAYOUTS; cached)."""
-  return _model(layout)[0]
+def face_model(layout: str = 'ict', taps: bool = True) -> fm.FaceModel:
+  """The position-map FaceModel of the shipped ICT model in `layout` (one of LAYOUTS; cached);
+  `taps=False`: without the layout's landmark taps (the points themselves are read)."""
+  return _model(layout, taps)[0]
 
 
 def ict_vertices(layout: str = 'ict') -> np.ndarray:
   """(V',) the ICT vertex (over `ict_model.load()`'s numbering) of each `face_model(layout)`
   vertex."""
-  return _model(layout)[1]
+  return _model(layout, False)[1]  # the same vertices with or without taps
 
 
 # ------------------------------------------------------------------------------ sampling
@@ -273,7 +306,7 @@ def sample_expression(rng: np.random.Generator, names: tuple[str, ...] = ()) -> 
   """(53,) expression weights in [0, 1]: a few plausible moves (smiles, jaw open, blinks and
   winks, brow raise and frown, pucker, squints, sneer, gaze ...), each possibly asymmetric,
   or neutral (~20% of samples). Sparse: most weights are 0."""
-  names = names or face_model().exp_names
+  names = names or face_model(taps=False).exp_names
   index = {n: i for i, n in enumerate(names)}
   out = np.zeros(len(names), np.float32)
   for p, shapes, one_sided in MOVES:

@@ -14,6 +14,11 @@ Files of the official ``Data/uv-data/`` folder (all 256x256 UV space, row = v, c
 * ``uv_kpt_subpixel.txt`` (optional, this project's): 2x68 floats, the landmarks' exact UV
   positions when they lie between pixel centres; a landmark is then read by bilinear
   interpolation of the map (``uv_kpt_ind.txt`` keeps the nearest pixels, the official meaning).
+* ``uv_kpt_taps.txt`` (optional, this project's): 68 rows of T flat pixel indices followed by
+  T weights: each landmark an affine combination of map pixels (weights summing to 1, so it
+  moves with every rotation, scale and translation of the map). It reads landmarks that lie
+  beyond the trained face region from the face pixels around them (the 'ict' layout's jaw);
+  ``uv_kpt_ind.txt`` then keeps the pixels the loss weights mark.
 
 ``weight_mask`` is held in relative units: ``png * 16 / 255``, so landmark : eyes/nose/mouth :
 face = 16 : 4 : 3 (4.02 and 3.01 exactly, as the PNG rounds them), and neck/background 0
@@ -52,6 +57,9 @@ class UVAssets:
     triangles: (T, 3) int32 indices into the N face vertices.
     kpt_uv_subpixel: optional (68, 2) float32 exact (u, v) of landmarks between pixel centres
       (read bilinearly); `kpt_uv` is then its rounding.
+    kpt_taps, kpt_tap_weights: optional (68, T) int32 flat pixel indices and (68, T) float32
+      weights (each row sums to 1): landmarks read as affine combinations of map pixels,
+      instead of `kpt_uv` / `kpt_uv_subpixel` (which then only mark the loss weights).
   """
   kpt_uv: np.ndarray
   face_indices: np.ndarray
@@ -60,6 +68,8 @@ class UVAssets:
   canonical_vertices: np.ndarray
   triangles: np.ndarray
   kpt_uv_subpixel: Optional[np.ndarray] = None
+  kpt_taps: Optional[np.ndarray] = None
+  kpt_tap_weights: Optional[np.ndarray] = None
 
   def __post_init__(self):
     r = self.resolution
@@ -79,6 +89,16 @@ class UVAssets:
                   f'kpt_uv_subpixel shape {k.shape} or values outside [0, {r - 1}]'),
                  (np.array_equal(np.round(k).astype(np.int32), self.kpt_uv),
                   'kpt_uv is not the rounding of kpt_uv_subpixel')]
+    if (self.kpt_taps is None) != (self.kpt_tap_weights is None):
+      checks.append((False, 'kpt_taps and kpt_tap_weights come together'))
+    elif self.kpt_taps is not None:
+      t, w = self.kpt_taps, self.kpt_tap_weights
+      checks += [(t.ndim == 2 and t.shape[0] == NUM_LANDMARKS and w.shape == t.shape,
+                  f'kpt_taps / kpt_tap_weights shapes {t.shape} / {w.shape}'),
+                 (t.size > 0 and t.min() >= 0 and t.max() < r * r,
+                  f'kpt_taps outside the {r}x{r} map'),
+                 (np.allclose(np.sum(w, -1), 1.0, atol=1e-4),
+                  'kpt_tap_weights rows do not sum to 1 (not an affine combination)')]
     for ok, what in checks:
       if not ok:
         raise AssetError(f'Inconsistent UV assets: {what}')
@@ -94,7 +114,12 @@ class UVAssets:
 
   def landmarks(self, pos):
     """(..., R, R, 3) position maps -> (..., 68, 3) landmarks (works on NumPy and JAX arrays):
-    the landmark pixels, or bilinear samples at the sub-pixel positions when given."""
+    the landmark pixels, bilinear samples at the sub-pixel positions, or the affine taps
+    (`kpt_taps`), whichever the assets give."""
+    if self.kpt_taps is not None:
+      flat = pos.reshape(pos.shape[:-3] + (-1, pos.shape[-1]))
+      w = self.kpt_tap_weights.astype(np.float32)[..., None].astype(pos.dtype)
+      return (flat[..., self.kpt_taps, :] * w).sum(-2)
     if self.kpt_uv_subpixel is None:
       return pos[..., self.kpt_uv[:, 1], self.kpt_uv[:, 0], :]
     return sum(w[:, None].astype(pos.dtype) * pos[..., v, u, :]
@@ -105,13 +130,15 @@ class UVAssets:
     tap of weight 1 per landmark without sub-pixel positions)."""
     if self.kpt_uv_subpixel is None:
       return [(self.kpt_uv[:, 0], self.kpt_uv[:, 1], np.ones(NUM_LANDMARKS, np.float32))]
-    r = self.resolution
-    k = self.kpt_uv_subpixel.astype(np.float64)
-    lo = np.minimum(np.floor(k).astype(np.int32), r - 2)
-    f = k - lo
-    return [(lo[:, 0] + du, lo[:, 1] + dv,
-             ((f[:, 0] if du else 1 - f[:, 0]) * (f[:, 1] if dv else 1 - f[:, 1])
-              ).astype(np.float32)) for dv in (0, 1) for du in (0, 1)]
+    return list(zip(*(np.moveaxis(a, 1, 0) for a in bilinear(self.kpt_uv_subpixel,
+                                                               self.resolution))))
+
+  def taps(self) -> tuple[np.ndarray, np.ndarray]:
+    """How `landmarks` reads each landmark: (68, T) flat pixel indices and (68, T) weights."""
+    if self.kpt_taps is not None:
+      return self.kpt_taps, self.kpt_tap_weights
+    u, v, w = (np.stack(a, 1) for a in zip(*self.bilinear_taps()))
+    return (v * self.resolution + u).astype(np.int32), w.astype(np.float32)
 
   def vertices(self, pos):
     """(..., R, R, 3) position maps -> (..., N, 3) dense face vertices."""
@@ -128,6 +155,12 @@ class UVAssets:
       np.savetxt(subpixel, self.kpt_uv_subpixel.T.astype(np.float64))
     elif os.path.exists(subpixel):
       os.remove(subpixel)
+    taps = os.path.join(directory, 'uv_kpt_taps.txt')
+    if self.kpt_taps is not None:
+      np.savetxt(taps, np.concatenate([self.kpt_taps.astype(np.float64),
+                                       self.kpt_tap_weights.astype(np.float64)], 1))
+    elif os.path.exists(taps):
+      os.remove(taps)
     np.savetxt(os.path.join(directory, 'face_ind.txt'), self.face_indices.astype(np.float64))
     Image.fromarray((self.face_mask > 0).astype(np.uint8) * 255).save(
         os.path.join(directory, 'uv_face_mask.png'))
@@ -136,6 +169,19 @@ class UVAssets:
     np.save(os.path.join(directory, 'canonical_vertices.npy'),
             self.canonical_vertices.astype(np.float64))
     np.savetxt(os.path.join(directory, 'triangles.txt'), self.triangles, fmt='%d')
+
+
+def bilinear(points: np.ndarray, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The bilinear taps of (P, 2) (u, v) map positions in [0, R-1]: u (P, 4), v (P, 4) int32 and
+  weights (P, 4) float32 (a position on a pixel centre gets that pixel at weight 1)."""
+  k = np.asarray(points, np.float64)
+  lo = np.minimum(np.floor(k).astype(np.int32), resolution - 2)
+  f = k - lo
+  u = np.stack([lo[:, 0] + du for dv in (0, 1) for du in (0, 1)], 1)
+  v = np.stack([lo[:, 1] + dv for dv in (0, 1) for du in (0, 1)], 1)
+  w = np.stack([(f[:, 0] if du else 1 - f[:, 0]) * (f[:, 1] if dv else 1 - f[:, 1])
+                for dv in (0, 1) for du in (0, 1)], 1)
+  return u.astype(np.int32), v.astype(np.int32), w.astype(np.float32)
 
 
 def grid_triangles(face_mask: np.ndarray) -> np.ndarray:
@@ -208,6 +254,16 @@ def load_uv_assets(directory: str) -> UVAssets:
       raise AssetError(f'{sub_path}: expected 2x{NUM_LANDMARKS} (u, v) values, got {sub.shape}')
     subpixel = sub.T.astype(np.float32)
 
+  taps_path = os.path.join(directory, 'uv_kpt_taps.txt')
+  taps = tap_weights = None
+  if os.path.isfile(taps_path):
+    t = _read_txt(taps_path)
+    if t.ndim != 2 or t.shape[0] != NUM_LANDMARKS or t.shape[1] % 2:
+      raise AssetError(f'{taps_path}: expected {NUM_LANDMARKS} rows of T pixel indices and T '
+                       f'weights, got shape {t.shape}')
+    taps, tap_weights = t[:, :t.shape[1] // 2].astype(np.int32), t[:, t.shape[1] // 2:]
+    tap_weights = tap_weights.astype(np.float32)
+
   ind_path = _path(directory, 'face_ind.txt')
   face_indices = _read_txt(ind_path).astype(np.int64)
   mask_indices = np.flatnonzero(face_mask_png.reshape(-1) > 0)
@@ -235,7 +291,7 @@ def load_uv_assets(directory: str) -> UVAssets:
                     face_mask=face_mask,
                     weight_mask=weight_png.astype(np.float32) * np.float32(WEIGHT_PNG_SCALE),
                     canonical_vertices=canonical.astype(np.float32), triangles=triangles,
-                    kpt_uv_subpixel=subpixel)
+                    kpt_uv_subpixel=subpixel, kpt_taps=taps, kpt_tap_weights=tap_weights)
   except AssetError as e:
     raise AssetError(f'{directory}: {e}') from e
 

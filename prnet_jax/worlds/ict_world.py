@@ -138,6 +138,10 @@ class ICTWorld:
     self.keep = ict_face.ict_vertices(config.layout)
     self.image_size, self.uv_resolution = config.image_size, config.uv_resolution
     self.uv_renderer = self.model.uv_renderer(config.uv_resolution)
+    # Layouts whose landmarks are read from the map (the 'ict' jaw: `landmark_taps`) store them
+    # as read, so the ground truth is what a perfect map gives.
+    self._taps = (None if self.model.landmark_taps_uv is None
+                  else fm.landmark_taps(self.model, config.uv_resolution))
     self._triangles = jnp.asarray(ict.triangles)
     self._rest = jnp.asarray(ict.neutral, jnp.float32)
     n = len(ict.neutral)
@@ -383,6 +387,10 @@ class ICTWorld:
       img = image_effects.smooth_silhouette(images[k], covered[k])
       img, _ = image_effects.occlude(d.rngs['occlusion'], img, lm, d.skin, dict(cfg.occluders))
       img = image_effects.camera(d.rngs['camera'], img, cfg)
+      if self._taps is not None:
+        taps, weights = self._taps
+        lm = np.einsum('ltc,lt->lc', pos_maps[k].reshape(-1, 3)[taps].astype(np.float64),
+                       weights.astype(np.float64)).astype(np.float32)
       samples.append(Sample(image=img, position_map=pos_maps[k], landmarks=lm,
                             pose=d.pose.astype(np.float32),
                             crop_transform=d.gt.transform.astype(np.float32),

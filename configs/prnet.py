@@ -48,10 +48,10 @@ Variants:
       lower for cuda and tpu on any machine).
   ict_bfm68: the same recipe on `synthetic_faces/ict_bfm68_128`, the ICT world in the UV layout
       fitted to the benchmark's BFM-68 landmarks (UV assets 'ict_bfm68'; its landmark floor on
-      the AFLW2000-3D development half is 2.26% where the 'ict' layout's is 3.42%). On that
-      half its model is the better one alone (official crops 10.03% vs 10.07%) and the worse
-      one with its framing and landmark correction (6.11% vs 5.91%, cross-validated), so the
-      bundled model is the 'ict' one (docs/pretrained_model.md).
+      the AFLW2000-3D development half is 2.26%; the 'ict' layout's, whose jaw is read from the
+      face around it, 2.35%). On that half its model scored 10.03% alone (official crops) and
+      6.11% with its framing and landmark correction (cross-validated), where the bundled 'ict'
+      model scores 10.02% and 5.72% (docs/pretrained_model.md).
 """
 
 import ml_collections

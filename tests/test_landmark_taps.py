@@ -19,9 +19,11 @@ def fitted():
 
 
 def test_the_shipped_taps_are_the_fit(fitted):
+  # (Weights to 1e-3: another CPU's float32 renders move a ridge solution a little.)
   with np.load(ict_face.LANDMARK_TAPS['ict']) as d:
     np.testing.assert_allclose(d['uv'], fitted['uv'], atol=1e-6)
-    np.testing.assert_allclose(d['weights'], fitted['weights'], atol=1e-4)
+    np.testing.assert_allclose(d['weights'], fitted['weights'], atol=1e-3)
+    assert np.abs(d['weights'][:17, 1:]).max() > 0.05   # the jaw's taps are real combinations
 
 
 def test_the_jaw_is_read_at_the_skin_points_of_faces_it_was_not_fitted_on(fitted):

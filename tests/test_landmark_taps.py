@@ -36,7 +36,7 @@ def test_the_jaw_is_read_at_the_skin_points_of_faces_it_was_not_fitted_on(fitted
   rng = np.random.default_rng(123)
   v = ict.vertices(ict_face.sample_identity(rng), ict_face.sample_expression(rng))
   read = lt.readout_on('ict', v[keep])
-  skin = lt.skin_points(ict, np.asarray(v, np.float64))
+  skin = lt.skin_points(np.asarray(v, np.float64))
   region = model.landmark_points(np.asarray(v[keep], np.float64))
   jaw = list(lt.JAW)
   near = np.linalg.norm(read[jaw] - skin[jaw], axis=1)
@@ -112,3 +112,14 @@ def test_a_missing_taps_file_is_named(tmp_path, monkeypatch):
   finally:
     monkeypatch.undo()
     ict_face._model.cache_clear()  # pylint: disable=protected-access
+
+
+def test_a_face_model_with_taps_that_are_not_affine_is_refused():
+  import dataclasses
+  model = ict_face.face_model('ict')
+  with pytest.raises(fm.FaceModelError, match='tap weights do not sum to 1'):
+    dataclasses.replace(model, landmark_taps_weights=model.landmark_taps_weights * 2)
+  with pytest.raises(fm.FaceModelError, match='come together'):
+    dataclasses.replace(model, landmark_taps_weights=None)
+  with pytest.raises(fm.FaceModelError, match='outside'):
+    dataclasses.replace(model, landmark_taps_uv=model.landmark_taps_uv + 2)

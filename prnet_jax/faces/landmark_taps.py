@@ -23,6 +23,7 @@ geometry: ICT pixels and numbers), is the layout's `landmark_taps_uv` / `_weight
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from typing import Optional, Sequence
 
@@ -34,10 +35,16 @@ from prnet_jax.faces import ict_face, ict_model
 JAW = tuple(range(17))
 
 
-def skin_points(ict: ict_model.ICTModel, vertices: np.ndarray) -> np.ndarray:
-  """(..., V, 3) full ICT vertices -> (..., 68, 3) the BFM-68 points on ICT's skin."""
+@functools.lru_cache(maxsize=None)
+def _skin_corners() -> tuple[np.ndarray, np.ndarray]:
+  """The BFM-68 points on ICT's skin: (68, 3) ICT vertices and barycentric weights."""
   with np.load(ict_face.LANDMARK_POINTS_SKIN) as d:
-    corners, weights = d['corners'].astype(np.int64), d['weights'].astype(np.float64)
+    return d['corners'].astype(np.int64), d['weights'].astype(np.float64)
+
+
+def skin_points(vertices: np.ndarray) -> np.ndarray:
+  """(..., V, 3) full ICT vertices -> (..., 68, 3) the BFM-68 points on ICT's skin."""
+  corners, weights = _skin_corners()
   return (weights[:, :, None] * vertices[..., corners, :]).sum(-2)
 
 
@@ -65,13 +72,12 @@ def fit(layout: str = 'ict', resolution: int = 64, samples: int = 400, neighbour
   for _ in range(samples + held_out):
     v = ict.vertices(ict_face.sample_identity(rng), ict_face.sample_expression(rng))
     maps.append(np.asarray(renderer(np.asarray(v[keep], np.float32)), np.float64).reshape(-1, 3))
-    targets.append(skin_points(ict, np.asarray(v, np.float64)))
+    targets.append(skin_points(np.asarray(v, np.float64)))
   maps, targets = np.stack(maps), np.stack(targets)
   face = assets.face_indices
   face_px = np.stack([face % resolution, face // resolution], 1).astype(np.float64)
   # Where each skin point lies in this layout's map.
-  with np.load(ict_face.LANDMARK_POINTS_SKIN) as d:
-    corners, weights = d['corners'].astype(np.int64), d['weights'].astype(np.float64)
+  corners, weights = _skin_corners()
   point_px = ((weights[:, :, None] * ict_face.layout_pixels(layout)[corners]).sum(1)
               * (resolution - 1) / 255.0)
   own = np.clip(assets.kpt_uv_subpixel.astype(np.float64), 0, resolution - 1)

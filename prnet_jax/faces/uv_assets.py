@@ -117,9 +117,7 @@ class UVAssets:
     the landmark pixels, bilinear samples at the sub-pixel positions, or the affine taps
     (`kpt_taps`), whichever the assets give."""
     if self.kpt_taps is not None:
-      flat = pos.reshape(pos.shape[:-3] + (-1, pos.shape[-1]))
-      w = self.kpt_tap_weights.astype(np.float32)[..., None].astype(pos.dtype)
-      return (flat[..., self.kpt_taps, :] * w).sum(-2)
+      return read_taps(pos, self.kpt_taps, self.kpt_tap_weights)
     if self.kpt_uv_subpixel is None:
       return pos[..., self.kpt_uv[:, 1], self.kpt_uv[:, 0], :]
     return sum(w[:, None].astype(pos.dtype) * pos[..., v, u, :]
@@ -169,6 +167,13 @@ class UVAssets:
     np.save(os.path.join(directory, 'canonical_vertices.npy'),
             self.canonical_vertices.astype(np.float64))
     np.savetxt(os.path.join(directory, 'triangles.txt'), self.triangles, fmt='%d')
+
+
+def read_taps(pos, taps: np.ndarray, weights: np.ndarray):
+  """(..., R, R, C) maps -> (..., 68, C): each landmark the weighted sum of its (68, T) flat
+  pixel taps (NumPy or JAX arrays)."""
+  flat = pos.reshape(pos.shape[:-3] + (-1, pos.shape[-1]))
+  return (flat[..., taps, :] * weights[:, :, None].astype(pos.dtype)).sum(-2)
 
 
 def bilinear(points: np.ndarray, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

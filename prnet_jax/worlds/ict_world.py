@@ -35,6 +35,7 @@ import numpy as np
 
 from prnet_jax.faces import face_model as fm
 from prnet_jax.faces import ict_face, ict_model
+from prnet_jax.faces.uv_assets import read_taps
 from prnet_jax.geometry import render, transforms
 from prnet_jax.geometry.render import vertex_normals
 from prnet_jax.worlds import ict_render, image_effects
@@ -388,9 +389,7 @@ class ICTWorld:
       img, _ = image_effects.occlude(d.rngs['occlusion'], img, lm, d.skin, dict(cfg.occluders))
       img = image_effects.camera(d.rngs['camera'], img, cfg)
       if self._taps is not None:
-        taps, weights = self._taps
-        lm = np.einsum('ltc,lt->lc', pos_maps[k].reshape(-1, 3)[taps].astype(np.float64),
-                       weights.astype(np.float64)).astype(np.float32)
+        lm = read_taps(pos_maps[k], *self._taps)
       samples.append(Sample(image=img, position_map=pos_maps[k], landmarks=lm,
                             pose=d.pose.astype(np.float32),
                             crop_transform=d.gt.transform.astype(np.float32),
